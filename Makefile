@@ -1,0 +1,78 @@
+# digits: train, export and serve a handwritten-digit CNN the TensorFlow Serving way.
+# `make test` builds everything it needs from nothing: venv, packages, data, browser, linters.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed
+DATA_DIR   ?= data
+MODELS_DIR ?= models
+MODEL_NAME ?= mnist
+PRESET     ?= fast
+ARGS       ?=
+
+export DIGITS_DATA_DIR := $(DATA_DIR)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: help setup data train reproduce-seed tune up demo test test-all lint bench bench-train \
+        bench-serve soak browsers tools clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install the project with its dev tools
+
+data: setup  ## fetch MNIST and Fashion-MNIST, convert to mnist.npz layout, verify checksums
+	$(BIN)/digits-train data --data-dir $(DATA_DIR)
+
+train: data  ## train PRESET (default: fast) and export the next version to models/mnist
+	$(BIN)/digits-train train --preset $(PRESET) --models-dir $(MODELS_DIR) --model-name $(MODEL_NAME) $(ARGS)
+
+reproduce-seed: data  ## train the tutorial's six presets and write reports/reproduce_seed.md
+	$(BIN)/digits-train reproduce-seed --data-dir $(DATA_DIR) $(ARGS)
+
+tune: data  ## hyperparameter search (KerasTuner); ARGS='--budget 30'
+	$(BIN)/digits-train tune --data-dir $(DATA_DIR) $(ARGS)
+
+up: data  ## train a model if none exists, then serve it (gRPC 8500, REST 8501) and the gateway (8080)
+	MODELS_DIR=$(MODELS_DIR) MODEL_NAME=$(MODEL_NAME) PRESET=$(PRESET) bash scripts/up.sh
+
+demo: data  ## a short end-to-end run: train, export, serve, evaluate, print the results
+	MODELS_DIR=$(MODELS_DIR) bash scripts/demo.sh
+
+browsers:  ## Debian's Chromium for the drawing-page test
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+tools:  ## static checkers for compose and k8s (hadolint comes from PyPI)
+	@command -v docker-compose >/dev/null || { apt-get update -qq && apt-get install -y -qq docker-compose; }
+	@command -v kubectl >/dev/null || { apt-get update -qq && apt-get install -y -qq kubernetes-client; }
+
+test: data browsers tools  ## the whole default test suite (fast, offline)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-all: data browsers tools  ## every test, the slow full-data ones too
+	$(PY) -m pytest $(ARGS)
+
+lint: setup  ## ruff
+	$(BIN)/ruff check trainer serving client tests bench
+
+bench: bench-train bench-serve  ## both benchmarks
+
+bench-train: data  ## tutorial seed-best vs the fast preset, side by side
+	$(PY) bench/train_bench.py $(ARGS)
+
+bench-serve: data  ## serving latency and throughput, ratios in one run
+	$(PY) bench/serve_bench.py $(ARGS)
+
+soak: data  ## reliability under hot-swaps, corrupt versions, restarts and disconnects
+	$(PY) bench/soak.py $(ARGS)
+
+clean:  ## remove generated files (keeps data/ and models/)
+	rm -rf reports .pytest_cache .ruff_cache build *.egg-info
