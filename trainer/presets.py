@@ -1,0 +1,102 @@
+"""Named training presets as data: the tutorial's six networks, each a typed frozen config."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One Conv2D (valid padding, stride 1), optionally followed by a MaxPooling2D."""
+
+    filters: int
+    kernel_size: int
+    pool_size: int = 0  # 0: no pooling after this convolution
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture: conv stack -> Flatten -> Dropout -> dense hidden layers -> softmax."""
+
+    conv_layers: tuple[ConvLayer, ...]
+    dense_units: tuple[int, ...]
+    dropout: float = 0.0  # rate of the Dropout between Flatten and the dense layers; 0: no layer
+    activation: str = "relu"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and schedule."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str = "rmsprop"
+    learning_rate: float = 0.001
+    val_size: int = 5_000  # stratified hold-out from the 60k training images, for epoch selection
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named, reproducible recipe: what to build and how to train it."""
+
+    name: str
+    description: str
+    model: ModelConfig
+    train: TrainConfig
+    tutorial_test_accuracy: float | None = None  # last-epoch figure the tutorial printed, if any
+    tags: tuple[str, ...] = field(default=())
+
+    def with_overrides(self, **train_overrides: Any) -> Preset:
+        """A copy with some TrainConfig fields replaced (None values are ignored)."""
+        changes = {key: value for key, value in train_overrides.items() if value is not None}
+        return replace(self, train=replace(self.train, **changes)) if changes else self
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, written into model cards and reports."""
+        return asdict(self)
+
+
+_ONE_CONV = (ConvLayer(10, 4),)
+_TUTORIAL_TRAIN = TrainConfig(epochs=10, batch_size=50)
+
+
+def _seed(name: str, description: str, model: ModelConfig, accuracy: float, **train: Any) -> Preset:
+    return Preset(
+        name=name,
+        description=description,
+        model=model,
+        train=replace(_TUTORIAL_TRAIN, **train),
+        tutorial_test_accuracy=accuracy,
+        tags=("seed",),
+    )
+
+
+# The tutorial's progression (../shared/seed/), layer for layer; accuracy = its last-epoch test figure.
+SEED_PRESETS = (
+    _seed("seed-baseline", "Conv(10,4x4) -> Dense(100); no regularisation",
+          ModelConfig(_ONE_CONV, (100,)), 0.9829),
+    _seed("seed-dropout", "seed-baseline with Dropout(0.5) before the dense layer",
+          ModelConfig(_ONE_CONV, (100,), dropout=0.5), 0.9864),
+    _seed("seed-dense200", "seed-dropout with 200 hidden units",
+          ModelConfig(_ONE_CONV, (200,), dropout=0.5), 0.9855),
+    _seed("seed-dense50", "seed-dropout with 50 hidden units",
+          ModelConfig(_ONE_CONV, (50,), dropout=0.5), 0.9852),
+    _seed("seed-2conv", "two stacked convolutions: Conv(10,4) -> MaxPool(2) -> Conv(20,4)",
+          ModelConfig((ConvLayer(10, 4, pool_size=2), ConvLayer(20, 4)), (100,), dropout=0.5), 0.9907),
+    _seed("seed-best", "the tutorial's best: Conv(16,4)-Pool-Conv(32,4)-Pool, Dropout(0.4), batch 200",
+          ModelConfig((ConvLayer(16, 4, pool_size=2), ConvLayer(32, 4, pool_size=2)), (100,), dropout=0.4),
+          0.9938, batch_size=200, epochs=40),
+)
+
+PRESETS: dict[str, Preset] = {preset.name: preset for preset in SEED_PRESETS}
+"""Registry of every preset by name; add a preset by adding an entry."""
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called `name`, or a KeyError listing the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
