@@ -4,18 +4,70 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
 
-from trainer.data import DataError, default_data_dir, prepare_data
+from client.contract import DEFAULT_MODEL_BASE, DEFAULT_MODEL_NAME
+from trainer.data import DATASETS, SOURCES, TRAIN_SIZE, DataError, default_data_dir, prepare_data
+from trainer.presets import PRESETS, SEED_PRESETS
+
+DEFAULT_REPORTS_DIR = "reports"
+QUICK = {"epochs": 1, "limit_train": 5_000, "val_size": 1_000}  # reproduce-seed --quick: a smoke run
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The digits-train argument parser."""
     parser = argparse.ArgumentParser(prog="digits-train", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = commands.add_parser("data", help="fetch MNIST and Fashion-MNIST into the data dir and verify them")
-    data.add_argument("--data-dir", default=str(default_data_dir()), help="default: $DIGITS_DATA_DIR or data")
+    _add_data_dir(data)
     data.set_defaults(handler=_cmd_data)
+
+    train = commands.add_parser("train", help="train a preset and export the next model version")
+    train.add_argument(
+        "--preset", required=True, choices=sorted(PRESETS), help="named recipe (see trainer/presets.py)"
+    )
+    train.add_argument("--epochs", type=_positive_int, help="override the preset's epochs")
+    train.add_argument("--batch-size", type=_positive_int, help="override the preset's batch size")
+    train.add_argument("--seed", type=int, help="override the preset's random seed")
+    train.add_argument("--dataset", choices=DATASETS, default="mnist")
+    _add_data_dir(train)
+    train.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="npz",
+        help="where to read the data: our npz (default), ~/.keras cache, IDX files, Keras download",
+    )
+    train.add_argument("--idx-dir", type=Path, help="folder with the four IDX .gz files (with --source idx)")
+    train.add_argument(
+        "--models-dir", default=DEFAULT_MODEL_BASE, help="export under MODELS_DIR/MODEL_NAME/<version>"
+    )
+    train.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
+    train.add_argument(
+        "--limit-train", type=_positive_int, help="train on a random subset of this many images"
+    )
+    train.add_argument("--val-size", type=_val_size, help="validation hold-out from the 60k (default 5000)")
+    train.add_argument(
+        "--reports-dir", default=DEFAULT_REPORTS_DIR, help="run outputs go to REPORTS_DIR/<run-id>/"
+    )
+    train.set_defaults(handler=_cmd_train)
+
+    reproduce = commands.add_parser("reproduce-seed", help="train the tutorial's six presets, write a table")
+    _add_data_dir(reproduce)
+    reproduce.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {QUICK['epochs']} epoch on {QUICK['limit_train']} images per preset",
+    )
+    reproduce.add_argument(
+        "--only",
+        action="append",
+        choices=[p.name for p in SEED_PRESETS],
+        help="run only this preset (repeatable)",
+    )
+    reproduce.add_argument("--reports-dir", default=DEFAULT_REPORTS_DIR)
+    reproduce.set_defaults(handler=_cmd_reproduce)
     return parser
 
 
@@ -27,11 +79,112 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"digits-train: data error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("digits-train: interrupted", file=sys.stderr)
+        return 130
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
     prepare_data(args.data_dir)
     return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from trainer.data import load_dataset
+    from trainer.export import export_model
+    from trainer.report import model_card, new_run_dir, write_run_report
+    from trainer.train import train_model
+
+    dataset = load_dataset(args.dataset, args.data_dir, args.source, args.idx_dir)
+    preset = PRESETS[args.preset].with_overrides(
+        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size
+    )
+    result = train_model(preset, dataset, limit_train=args.limit_train, log=_log)
+    run_dir = new_run_dir(args.reports_dir, f"{preset.name}-{dataset.name}")
+    write_run_report(result, dataset, run_dir)
+    card = {**model_card(result, dataset), "report_dir": str(run_dir)}
+    version_dir = export_model(
+        result.model, args.models_dir, args.model_name, card, warmup_images=dataset.x_test
+    )
+    _log(f"report: {run_dir}")
+    _log(f"exported: {version_dir}")
+    _log(f"test accuracy: {result.test_accuracy} ({result.test_errors} errors)")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from trainer.data import load_dataset
+    from trainer.report import ReproduceRow, new_run_dir, reproduce_table, write_run_report
+    from trainer.train import train_model
+
+    dataset = load_dataset("mnist", args.data_dir)
+    presets = [p for p in SEED_PRESETS if not args.only or p.name in args.only]
+    rows = []
+    for preset in presets:
+        if args.quick:
+            preset = preset.with_overrides(epochs=QUICK["epochs"], val_size=QUICK["val_size"])
+        start = time.perf_counter()
+        result = train_model(
+            preset, dataset, limit_train=QUICK["limit_train"] if args.quick else None, log=_log
+        )
+        write_run_report(result, dataset, new_run_dir(args.reports_dir, f"reproduce-{preset.name}"))
+        rows.append(
+            ReproduceRow(
+                preset=preset.name,
+                params=result.params,
+                tutorial_accuracy=preset.tutorial_test_accuracy,
+                test_accuracy=result.test_accuracy,
+                best_epoch=result.best_epoch,
+                epochs=preset.train.epochs,
+                seconds=time.perf_counter() - start,
+            )
+        )
+    mode = (
+        f"quick smoke run: {QUICK['epochs']} epoch, {QUICK['limit_train']:,} training images"
+        if args.quick
+        else "the tutorial's settings"
+    )
+    notes = [
+        f"Mode: {mode}. Validation: a stratified hold-out of {result.val_size:,} of the {TRAIN_SIZE:,} "
+        f"training images picks the epoch; the test set ({len(dataset.y_test):,} images) is scored once.",
+        "The tutorial's figure is its last-epoch accuracy on the test set, which it also used as validation.",
+        "Wall time includes evaluation and the report plots.",
+    ]
+    path = Path(args.reports_dir) / ("reproduce_seed_quick.md" if args.quick else "reproduce_seed.md")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(reproduce_table(rows, "Reproducing the tutorial's six networks", notes))
+    _log(path.read_text())
+    _log(f"written: {path}")
+    return 0
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", default=str(default_data_dir()), help="default: $DIGITS_DATA_DIR or data"
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _val_size(text: str) -> int:
+    value = _positive_int(text)
+    if value >= TRAIN_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be smaller than the {TRAIN_SIZE} training images, got {value}"
+        )
+    return value
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
 
 
 if __name__ == "__main__":

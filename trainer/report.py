@@ -1,0 +1,178 @@
+"""Write what a training run produced: history, curves, failures gallery, model card, reproduce table."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import keras
+import matplotlib
+import numpy as np
+import tensorflow as tf
+
+from client.contract import (
+    CLASS_NAMES,
+    IMAGE_SIZE,
+    INPUT_DTYPE,
+    INPUT_NAME,
+    NUM_CLASSES,
+    OUTPUT_CLASSES,
+    OUTPUT_PROBABILITIES,
+    SIGNATURE_NAME,
+)
+from client.plots import plot_confusion_matrix, plot_misclassified
+from client.stats import Interval, confusion_matrix
+from trainer.data import Dataset
+from trainer.train import TrainResult
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def new_run_dir(reports_dir: str | Path, label: str) -> Path:
+    """A fresh reports/<UTC time>-<label>/ directory (suffixed if that name is taken)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    base = Path(reports_dir) / f"{stamp}-{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}"
+    for attempt in range(1000):
+        path = base if attempt == 0 else base.with_name(f"{base.name}-{attempt}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a run directory next to {base}")
+
+
+def model_card(result: TrainResult, dataset: Dataset) -> dict[str, Any]:
+    """Everything needed to know what a model is and how good it is, as JSON-ready data."""
+    return {
+        "preset": result.preset.name,
+        "description": result.preset.description,
+        "config": result.preset.to_dict(),
+        "dataset": {
+            "name": dataset.name,
+            "source": dataset.source,
+            "sha256": dataset.checksums(),
+            "train_images": result.train_size,
+            "val_images": result.val_size,
+            "test_images": len(dataset.y_test),
+        },
+        "metrics": {
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history.get("loss", [])),
+            "val_accuracy": result.val_accuracy,
+            "test_accuracy": result.test_accuracy.value,
+            "test_accuracy_ci95": [result.test_accuracy.low, result.test_accuracy.high],
+            "test_errors": result.test_errors,
+        },
+        "params": result.params,
+        "training_seconds": round(result.seconds, 2),
+        "signature": {
+            "name": SIGNATURE_NAME,
+            "inputs": {
+                INPUT_NAME: {
+                    "dtype": INPUT_DTYPE,
+                    "shape": [None, IMAGE_SIZE, IMAGE_SIZE],
+                    "range": "raw pixels 0..255, ink bright on dark",
+                }
+            },
+            "outputs": {
+                OUTPUT_PROBABILITIES: {"dtype": "float32", "shape": [None, NUM_CLASSES]},
+                OUTPUT_CLASSES: {"dtype": "int64", "shape": [None]},
+            },
+        },
+        "class_names": list(CLASS_NAMES[dataset.name]),
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "python_version": platform.python_version(),
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def write_run_report(result: TrainResult, dataset: Dataset, run_dir: Path) -> dict[str, Path]:
+    """history.json, curves.png, misclassified.png, confusion_matrix.png and model_card.json in run_dir."""
+    names = CLASS_NAMES[dataset.name]
+    history = {**result.history, "best_epoch": result.best_epoch, "epoch_seconds": result.epoch_seconds}
+    paths = {
+        "history": _write_json(run_dir / "history.json", history),
+        "curves": plot_history(result.history, result.best_epoch, run_dir / "curves.png", result.preset.name),
+        "misclassified": plot_misclassified(
+            dataset.x_test, dataset.y_test, result.test_predictions, names, run_dir / "misclassified.png"
+        ),
+        "confusion_matrix": plot_confusion_matrix(
+            confusion_matrix(dataset.y_test, result.test_predictions, NUM_CLASSES),
+            names,
+            run_dir / "confusion_matrix.png",
+            title=f"{result.preset.name} on the {dataset.name} test set",
+        ),
+        "model_card": _write_json(run_dir / "model_card.json", model_card(result, dataset)),
+    }
+    return paths
+
+
+def plot_history(history: dict[str, list[float]], best_epoch: int, path: Path, title: str = "") -> Path:
+    """Train and validation accuracy and loss per epoch, the kept epoch marked."""
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    for ax, metric in ((acc_ax, "accuracy"), (loss_ax, "loss")):
+        ax.plot(epochs, history.get(metric, []), marker=".", label=f"train {metric}")
+        ax.plot(epochs, history.get(f"val_{metric}", []), marker=".", label=f"validation {metric}")
+        if best_epoch:
+            ax.axvline(
+                best_epoch, color="grey", linestyle="--", linewidth=1, label=f"kept epoch {best_epoch}"
+            )
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+@dataclass(frozen=True)
+class ReproduceRow:
+    """One line of the reproduce-seed table."""
+
+    preset: str
+    params: int
+    tutorial_accuracy: float | None
+    test_accuracy: Interval
+    best_epoch: int
+    epochs: int
+    seconds: float
+
+
+def reproduce_table(rows: Sequence[ReproduceRow], title: str, notes: Sequence[str] = ()) -> str:
+    """The reproduce-seed results as a markdown document."""
+    lines = [f"# {title}", ""]
+    lines += [f"{note}" for note in notes]
+    lines += [
+        "",
+        "| preset | params | tutorial test acc | our test acc [95% Wilson] | best epoch / epochs | wall |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
+    for row in rows:
+        tutorial = f"{100 * row.tutorial_accuracy:.2f}%" if row.tutorial_accuracy is not None else "-"
+        lines.append(
+            f"| {row.preset} | {row.params:,} | {tutorial} | {row.test_accuracy} | "
+            f"{row.best_epoch} / {row.epochs} | {row.seconds:.0f} s |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path

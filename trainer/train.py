@@ -1,0 +1,194 @@
+"""Train a preset: stratified validation hold-out, best epoch by validation accuracy, honest test report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from client.stats import Interval, wilson_interval
+from trainer.data import Dataset
+from trainer.model import build_model, compile_model, to_model_input
+from trainer.presets import Preset
+
+PREDICT_BATCH = 1_000
+
+
+@dataclass(frozen=True)
+class Split:
+    """Indices into the 60k training images: what the model fits and what selects the epoch."""
+
+    train: np.ndarray
+    val: np.ndarray
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A trained model (best-epoch weights) and everything the report and model card need."""
+
+    model: keras.Model
+    preset: Preset
+    dataset: str
+    history: dict[str, list[float]]
+    best_epoch: int  # 1-based
+    val_accuracy: float
+    test_accuracy: Interval
+    test_errors: int
+    test_predictions: np.ndarray  # int [10000] predicted classes on the test set
+    train_size: int
+    val_size: int
+    seconds: float
+    epoch_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def params(self) -> int:
+        """Number of model parameters."""
+        return self.model.count_params()
+
+
+def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> Split:
+    """A seeded hold-out of `val_size` indices with the same class proportions as `labels`."""
+    labels = np.asarray(labels)
+    if not 0 < val_size < len(labels):
+        raise ValueError(f"val_size must be between 1 and {len(labels) - 1}, got {val_size}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    # Largest-remainder rounding so the per-class quotas add up to exactly val_size.
+    exact = counts * val_size / len(labels)
+    quotas = np.floor(exact).astype(int)
+    quotas[np.argsort(quotas - exact)[: val_size - quotas.sum()]] += 1
+    val = np.concatenate(
+        [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quotas, strict=True)]
+    )
+    val = np.sort(val)
+    train = np.setdiff1d(np.arange(len(labels)), val, assume_unique=True)
+    return Split(train=train, val=val)
+
+
+def limit_indices(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """A seeded random subset of `limit` indices (all of them when limit is None or larger)."""
+    if limit is None or limit >= len(indices):
+        return indices
+    if limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+    return np.sort(np.random.default_rng(seed).choice(indices, size=limit, replace=False))
+
+
+def distribution_strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy across several GPUs; otherwise the default (one GPU if present, else CPU)."""
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+class KeepBestEpoch(keras.callbacks.Callback):
+    """Remember the weights of the epoch with the best validation accuracy and restore them at the end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.best_accuracy = -1.0
+        self.best_epoch = 0
+        self._best_weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        accuracy = float((logs or {}).get("val_accuracy", -1.0))
+        if accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_epoch = accuracy, epoch + 1
+            self._best_weights = self.model.get_weights()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._best_weights is not None:
+            self.model.set_weights(self._best_weights)
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """One console line per epoch: metrics, seconds, and a star on a new best validation accuracy."""
+
+    def __init__(self, epochs: int, log: Callable[[str], None]) -> None:
+        super().__init__()
+        self.epochs, self.log = epochs, log
+        self.seconds: list[float] = []
+        self._best = -1.0
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        self.seconds.append(time.perf_counter() - self._start)
+        val = float(logs.get("val_accuracy", -1.0))
+        star = " *" if val > self._best else ""
+        self._best = max(self._best, val)
+        nan = float("nan")
+        self.log(
+            f"epoch {epoch + 1:>3}/{self.epochs}  loss {logs.get('loss', nan):.4f}  "
+            f"acc {logs.get('accuracy', nan):.4f}  val_loss {logs.get('val_loss', nan):.4f}  "
+            f"val_acc {val:.4f}  {self.seconds[-1]:.1f}s{star}"
+        )
+
+
+def train_model(
+    preset: Preset,
+    dataset: Dataset,
+    limit_train: int | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Fit `preset` on the training split, keep the best epoch by validation accuracy, score on test once."""
+    cfg = preset.train
+    keras.utils.set_random_seed(cfg.seed)
+    split = stratified_split(dataset.y_train, cfg.val_size, cfg.seed)
+    train_idx = limit_indices(split.train, limit_train, cfg.seed)
+    x_train = to_model_input(dataset.x_train[train_idx]).numpy()
+    y_train = dataset.y_train[train_idx]
+    x_val = to_model_input(dataset.x_train[split.val]).numpy()
+    y_val = dataset.y_train[split.val]
+
+    with distribution_strategy().scope():
+        model = compile_model(build_model(preset.model), cfg)
+    log(
+        f"{preset.name}: {model.count_params():,} params, {len(train_idx):,} train / {len(split.val):,} val "
+        f"images of {dataset.name}, batch {cfg.batch_size}, {cfg.epochs} epochs"
+    )
+    best, progress = KeepBestEpoch(), EpochProgress(cfg.epochs, log)
+    start = time.perf_counter()
+    history = model.fit(
+        x_train,
+        y_train,
+        validation_data=(x_val, y_val),
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        shuffle=True,
+        verbose=0,
+        callbacks=[best, progress],
+    )
+    seconds = time.perf_counter() - start
+
+    # The test set is touched once, after every choice is made.
+    probabilities = model.predict(to_model_input(dataset.x_test), batch_size=PREDICT_BATCH, verbose=0)
+    predictions = probabilities.argmax(axis=1)
+    correct = int(np.sum(predictions == dataset.y_test))
+    test_accuracy = wilson_interval(correct, len(dataset.y_test))
+    log(
+        f"best epoch {best.best_epoch} (val_acc {best.best_accuracy:.4f}); test accuracy {test_accuracy}, "
+        f"{len(dataset.y_test) - correct} errors; trained in {seconds:.1f}s"
+    )
+    return TrainResult(
+        model=model,
+        preset=preset,
+        dataset=dataset.name,
+        history={key: [float(v) for v in values] for key, values in history.history.items()},
+        best_epoch=best.best_epoch,
+        val_accuracy=best.best_accuracy,
+        test_accuracy=test_accuracy,
+        test_errors=len(dataset.y_test) - correct,
+        test_predictions=predictions,
+        train_size=len(train_idx),
+        val_size=len(split.val),
+        seconds=seconds,
+        epoch_seconds=progress.seconds,
+    )
