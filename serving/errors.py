@@ -1,0 +1,110 @@
+"""Typed serving errors, each mapped once to its gRPC code and HTTP status (as TF Serving maps them)."""
+
+from __future__ import annotations
+
+import grpc
+
+# TF Serving's http_server.cc ToHTTPStatusCode, keyed by the canonical code.
+_HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+# gRPC messages longer than this are cut, as TF Serving's grpc_status_util.cc does.
+MAX_GRPC_MESSAGE_CHARS = 1024
+
+
+class ServingError(Exception):
+    """A request failure with a canonical status code and a message for the caller."""
+
+    code = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        """The HTTP status TF Serving's REST API answers for this code."""
+        return _HTTP_STATUS.get(self.code, 500)
+
+    @property
+    def grpc_message(self) -> str:
+        """The message, truncated as TF Serving truncates gRPC status messages."""
+        if len(self.message) <= MAX_GRPC_MESSAGE_CHARS:
+            return self.message
+        return self.message[:MAX_GRPC_MESSAGE_CHARS] + "...TRUNCATED"
+
+
+class InvalidArgument(ServingError):
+    """Bad input: wrong names, dtypes, shapes, malformed JSON."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ServingError):
+    """Unknown model or version."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(ServingError):
+    """The request cannot run against this servable (e.g. unknown signature over gRPC)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(ServingError):
+    """Temporarily unable to serve: batch queue full, shutting down."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(ServingError):
+    """The request ran past its deadline."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unimplemented(ServingError):
+    """The server does not offer this operation."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Internal(ServingError):
+    """An unexpected failure inside the server."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+def from_tf_error(error: Exception) -> ServingError:
+    """Map a TensorFlow runtime error to a ServingError with TF Serving's message prefix."""
+    import tensorflow as tf  # imported lazily: errors.py is used by code that never needs TF
+
+    message = getattr(error, "message", None) or str(error)
+    message = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+    if isinstance(error, tf.errors.InvalidArgumentError | ValueError | TypeError):
+        return InvalidArgument(message)
+    if isinstance(error, tf.errors.ResourceExhaustedError):
+        return Unavailable(message)
+    if isinstance(error, tf.errors.DeadlineExceededError):
+        return DeadlineExceeded(message)
+    if isinstance(error, tf.errors.FailedPreconditionError):
+        return FailedPrecondition(message)
+    return Internal(message)
