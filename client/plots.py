@@ -51,7 +51,8 @@ def plot_misclassified(
         ax.axis("off")
     if len(wrong) == 0:
         fig.text(0.5, 0.5, "no misclassified images", ha="center", va="center")
-    fig.suptitle(f"{len(np.flatnonzero(np.asarray(y_true) != np.asarray(y_pred)))} misclassified", fontsize=10)
+    total_wrong = int(np.sum(np.asarray(y_true) != np.asarray(y_pred)))
+    fig.suptitle(f"{total_wrong} misclassified", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -1,0 +1,97 @@
+"""The gateway's settings: defaults, then `DIGITS_*` environment variables, then test overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from client import contract
+from client.model_client import PROTOCOLS, ClientConfig
+from client.preprocess import ImageLimits
+
+DEFAULTS = {
+    "MODEL_SERVER": None,  # host:port; None: localhost on the protocol's default port
+    "PROTOCOL": "grpc",
+    "MODEL_NAME": contract.DEFAULT_MODEL_NAME,
+    "MODEL_VERSION": None,
+    "VERSION_LABEL": None,
+    "DATASET": "mnist",  # which class names to answer with (contract.CLASS_NAMES)
+    "TIMEOUT_S": 5.0,
+    "RETRIES": 2,
+    "MAX_CONTENT_LENGTH": 8 * 1024 * 1024,  # Flask's own key: bigger bodies get 413
+    "MAX_IMAGE_PIXELS": 16_000_000,
+    "MAX_IMAGE_SIDE": 8_192,
+    "MAX_BATCH_IMAGES": 256,
+    "AUTH_TOKEN": None,  # when set, /v1/* needs "Authorization: Bearer <token>"
+}
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Typed view of the gateway's Flask config."""
+
+    model_server: str
+    protocol: str
+    model_name: str
+    model_version: int | None
+    version_label: str | None
+    dataset: str
+    timeout_s: float
+    retries: int
+    max_content_length: int
+    max_image_pixels: int
+    max_image_side: int
+    max_batch_images: int
+    auth_token: str | None
+
+    @classmethod
+    def from_config(cls, config: dict) -> GatewaySettings:
+        """Validate and convert the (env-parsed, hence loosely typed) Flask config."""
+        protocol = str(config["PROTOCOL"]).lower()
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"DIGITS_PROTOCOL must be one of {PROTOCOLS}, not {protocol!r}")
+        default_port = contract.GRPC_PORT if protocol == "grpc" else contract.REST_PORT
+        dataset = str(config["DATASET"])
+        if dataset not in contract.CLASS_NAMES:
+            raise ValueError(f"DIGITS_DATASET must be one of {sorted(contract.CLASS_NAMES)}, not {dataset!r}")
+        token = config["AUTH_TOKEN"]
+        return cls(
+            model_server=str(config["MODEL_SERVER"] or f"localhost:{default_port}"),
+            protocol=protocol,
+            model_name=str(config["MODEL_NAME"]),
+            model_version=_optional_int(config["MODEL_VERSION"]),
+            version_label=str(config["VERSION_LABEL"]) if config["VERSION_LABEL"] else None,
+            dataset=dataset,
+            timeout_s=float(config["TIMEOUT_S"]),
+            retries=int(config["RETRIES"]),
+            max_content_length=int(config["MAX_CONTENT_LENGTH"]),
+            max_image_pixels=int(config["MAX_IMAGE_PIXELS"]),
+            max_image_side=int(config["MAX_IMAGE_SIDE"]),
+            max_batch_images=int(config["MAX_BATCH_IMAGES"]),
+            auth_token=str(token) if token not in (None, "") else None,  # "1234" arrives as an int
+        )
+
+    @property
+    def client_config(self) -> ClientConfig:
+        """How to reach the model server."""
+        return ClientConfig(
+            target=self.model_server,
+            protocol=self.protocol,
+            model_name=self.model_name,
+            model_version=self.model_version,
+            version_label=self.version_label,
+            timeout_s=self.timeout_s,
+            retries=self.retries,
+            batch_size=self.max_batch_images,
+        )
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_pixels=self.max_image_pixels, max_side=self.max_image_side)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return contract.CLASS_NAMES[self.dataset]
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value in (None, "") else int(value)
