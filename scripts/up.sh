@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# `make up`: the local stack without Docker. Trains the quick default model when models/<name> holds
+# no version, then runs digits-serve (gRPC 8500, REST 8501) and the gateway (8080) in the foreground.
+# Ctrl-C stops both cleanly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=.venv/bin
+MODELS_DIR=${MODELS_DIR:-models}
+MODEL_NAME=${MODEL_NAME:-mnist}
+PRESET=${PRESET:-fast}
+GRPC_PORT=${GRPC_PORT:-8500}
+REST_PORT=${REST_PORT:-8501}
+GATEWAY_PORT=${GATEWAY_PORT:-8080}
+base="$MODELS_DIR/$MODEL_NAME"
+
+if ! ls -d "$base"/[0-9]* >/dev/null 2>&1; then
+  echo "up: no model under $base yet: training preset '$PRESET' first (make train PRESET=... to choose another)"
+  "$BIN/digits-train" train --preset "$PRESET" --models-dir "$MODELS_DIR" --model-name "$MODEL_NAME"
+fi
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  echo "up: stopping"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait || true
+}
+trap stop INT TERM EXIT
+
+"$BIN/digits-serve" --port="$GRPC_PORT" --rest_api_port="$REST_PORT" \
+  --model_name="$MODEL_NAME" --model_base_path="$base" \
+  --enable_batching --batching_parameters_file=serving/config/batching.config \
+  --monitoring_config_file=serving/config/monitoring.config &
+pids+=($!)
+
+# The REST port opens only once the model is loaded (as in TF Serving): wait for AVAILABLE.
+for _ in $(seq 1 120); do
+  if curl -fsS "http://localhost:$REST_PORT/v1/models/$MODEL_NAME" 2>/dev/null | grep -q AVAILABLE; then break; fi
+  kill -0 "${pids[0]}" 2>/dev/null || { echo "up: digits-serve exited"; exit 1; }
+  sleep 1
+done
+
+DIGITS_MODEL_SERVER="localhost:$GRPC_PORT" DIGITS_MODEL_NAME="$MODEL_NAME" \
+  "$BIN/digits-gateway" --host 0.0.0.0 --port "$GATEWAY_PORT" &
+pids+=($!)
+
+cat <<MSG
+up: serving $base
+  gRPC     localhost:$GRPC_PORT   (tensorflow.serving.PredictionService)
+  REST     http://localhost:$REST_PORT/v1/models/$MODEL_NAME
+  gateway  http://localhost:$GATEWAY_PORT/   (draw a digit)
+Ctrl-C to stop.
+MSG
+wait -n "${pids[@]}"
