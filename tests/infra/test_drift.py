@@ -1,0 +1,150 @@
+"""One product, three ways to run it: `make up`, docker-compose.yml and k8s/ must agree on ports, model name,
+model layout, TF Serving flags and config files, gateway settings and images, with client/contract.py."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from client import contract
+from tests.infra.conftest import REPO, container, find, pod_spec
+
+SERVING_CONFIG = REPO / "serving" / "config"
+# TensorFlow sizes its thread pools for the node's cores; only k8s knows the container's CPU limit.
+K8S_ONLY_FLAGS = ("--tensorflow_intra_op_parallelism", "--tensorflow_inter_op_parallelism")
+
+
+def _shell_default(script: str, variable: str) -> str:
+    match = re.search(rf"^{variable}=\$\{{{variable}:-([^}}]+)\}}$", script, re.MULTILINE)
+    assert match, f"scripts/up.sh has no default for {variable}"
+    return match.group(1)
+
+
+def _make_default(variable: str) -> str:
+    match = re.search(rf"^{variable}\s*\?=\s*(\S+)$", (REPO / "Makefile").read_text(), re.MULTILINE)
+    assert match, f"Makefile has no default for {variable}"
+    return match.group(1)
+
+
+def _flags(words: list[str]) -> dict[str, str]:
+    return {flag.partition("=")[0]: flag.partition("=")[2] for flag in words if flag.startswith("--")}
+
+
+@pytest.fixture(scope="module")
+def up_script() -> str:
+    return (REPO / "scripts" / "up.sh").read_text()
+
+
+@pytest.fixture(scope="module")
+def up_serve_flags(up_script) -> dict[str, str]:
+    """The digits-serve flags of `make up`, continuation lines joined."""
+    command = re.search(r'"\$BIN/digits-serve"(.*?)&\n', up_script.replace("\\\n", " "), re.DOTALL)
+    assert command, "scripts/up.sh no longer starts digits-serve"
+    return _flags(command.group(1).split())
+
+
+@pytest.fixture(scope="module")
+def k8s(rendered) -> list[dict]:
+    return rendered["cpu"]
+
+
+def test_ports_agree(up_script, compose, k8s):
+    for variable in ("GRPC_PORT", "REST_PORT", "GATEWAY_PORT"):
+        port = getattr(contract, variable)
+        assert _shell_default(up_script, variable) == str(port), variable
+    published = {(p["published"], p["target"]) for p in compose["services"]["serving"]["ports"]}
+    assert published == {(contract.GRPC_PORT, contract.GRPC_PORT), (contract.REST_PORT, contract.REST_PORT)}
+    assert [(p["published"], p["target"]) for p in compose["services"]["gateway"]["ports"]] == [
+        (contract.GATEWAY_PORT, contract.GATEWAY_PORT)]
+    serving = container(find(k8s, "Deployment", "serving"), "serving")
+    assert {p["name"]: p["containerPort"] for p in serving["ports"]} == {
+        "grpc": contract.GRPC_PORT, "http": contract.REST_PORT}
+    assert {p["name"]: p["port"] for p in find(k8s, "Service", "serving")["spec"]["ports"]} == {
+        "grpc": contract.GRPC_PORT, "http": contract.REST_PORT}
+    gateway = container(find(k8s, "Deployment", "gateway"), "gateway")
+    assert [p["containerPort"] for p in gateway["ports"]] == [contract.GATEWAY_PORT]
+    assert [p["port"] for p in find(k8s, "Service", "gateway")["spec"]["ports"]] == [contract.GATEWAY_PORT]
+
+
+def test_model_name_and_layout_agree(up_script, compose_raw, k8s):
+    name, base = contract.DEFAULT_MODEL_NAME, contract.DEFAULT_MODEL_BASE
+    assert _make_default("MODEL_NAME") == _shell_default(up_script, "MODEL_NAME") == name
+    assert _make_default("MODELS_DIR") == _shell_default(up_script, "MODELS_DIR") == base
+    config = (SERVING_CONFIG / "models.config").read_text()
+    assert re.findall(r'^\s*name:\s*"([^"]+)"', config, re.MULTILINE) == [name]
+    # <model base>/<model name>/<int version>/: the base is ./models on the host, /models in containers.
+    assert re.findall(r'base_path:\s*"([^"]+)"', config) == [f"/models/{name}"]
+    assert f"./{base}:/models:ro" in compose_raw["services"]["serving"]["volumes"]
+    assert f"./{base}:/models" in compose_raw["x-trainer"]["volumes"]
+    for kind, workload in (("Deployment", "serving"), ("Job", "trainer")):
+        mounts = container(find(k8s, kind, workload), workload)["volumeMounts"]
+        assert {"models": "/models"}.items() <= {m["name"]: m["mountPath"] for m in mounts}.items()
+    job_args = container(find(k8s, "Job", "trainer"), "trainer")["args"]
+    assert job_args[job_args.index("--model-name") + 1] == name
+
+
+def test_tf_serving_flags_and_config_files_agree(up_serve_flags, compose, k8s):
+    compose_flags = _flags(compose["services"]["serving"]["command"])
+    k8s_serving = container(find(k8s, "Deployment", "serving"), "serving")
+    k8s_flags = _flags(k8s_serving["args"])
+    assert {f: v for f, v in k8s_flags.items() if f not in K8S_ONLY_FLAGS} == compose_flags
+    cpu_limit = k8s_serving["resources"]["limits"]["cpu"]
+    assert all(k8s_flags[flag] == cpu_limit for flag in K8S_ONLY_FLAGS), "thread pools = the CPU limit"
+    for flag in ("--model_config_file", "--batching_parameters_file", "--monitoring_config_file"):
+        assert (SERVING_CONFIG / compose_flags[flag].removeprefix("/config/")).is_file(), flag
+    # make up's digits-serve reads the same batching and monitoring files from serving/config/.
+    for flag, value in up_serve_flags.items():
+        if value.startswith("serving/config/"):
+            assert compose_flags[flag] == "/config/" + value.removeprefix("serving/config/"), flag
+    assert "--enable_batching" in up_serve_flags and "--enable_batching" in compose_flags
+
+
+def test_config_files_reach_both_deployments_whole(compose_raw, k8s):
+    volumes = compose_raw["services"]["serving"]["volumes"]
+    prefix = "./serving/config/"
+    mounted = {v.split(":")[0].removeprefix(prefix) for v in volumes if v.startswith(prefix)}
+    config_map = next(m for m in k8s if m["kind"] == "ConfigMap")
+    shipped = {p.name for p in SERVING_CONFIG.glob("*.config")}
+    assert mounted == set(config_map["data"]) == shipped
+
+
+def test_gateway_settings_agree(up_script, compose, k8s):
+    launch = re.search(r"((?:DIGITS_\w+=\S+\s+(?:\\\s+)?)+)\"\$BIN/digits-gateway\"", up_script)
+    assert launch, "scripts/up.sh no longer starts digits-gateway with DIGITS_* settings"
+    up_env = dict(re.findall(r"(DIGITS_\w+)=\"?([^\"\s]+)\"?", launch.group(1)))
+    compose_env = compose["services"]["gateway"]["environment"]
+    k8s_env = {e["name"]: e["value"] for e in container(find(k8s, "Deployment", "gateway"), "gateway")["env"]}
+    assert set(up_env) == set(compose_env) == set(k8s_env)
+    assert up_env["DIGITS_MODEL_SERVER"] == "localhost:$GRPC_PORT"
+    server = f"serving:{contract.GRPC_PORT}"  # the serving service's gRPC port, in compose and k8s alike
+    assert compose_env["DIGITS_MODEL_SERVER"] == k8s_env["DIGITS_MODEL_SERVER"] == server
+    assert compose_env["DIGITS_MODEL_NAME"] == k8s_env["DIGITS_MODEL_NAME"] == contract.DEFAULT_MODEL_NAME
+
+
+def test_serving_health_checks_are_the_same_script(compose, k8s):
+    compose_script = compose["services"]["serving"]["healthcheck"]["test"][-1]
+    readiness = container(find(k8s, "Deployment", "serving"), "serving")["readinessProbe"]
+    k8s_script = readiness["exec"]["command"][-1]
+    assert compose_script == k8s_script
+
+
+def test_metrics_are_scraped_where_monitoring_config_serves_them(k8s):
+    path = re.search(r'path:\s*"([^"]+)"', (SERVING_CONFIG / "monitoring.config").read_text()).group(1)
+    annotations = find(k8s, "Deployment", "serving")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] == path
+    assert annotations["prometheus.io/port"] == str(contract.REST_PORT)
+
+
+def test_images_agree(compose, k8s):
+    pairs = (("serving", "Deployment", "serving"), ("gateway", "Deployment", "gateway"),
+             ("trainer", "Job", "trainer"), ("trainer-cpu", "Job", "trainer"))
+    for service, kind, workload in pairs:
+        k8s_image = container(find(k8s, kind, workload), workload)["image"]
+        assert compose["services"][service]["image"] == k8s_image, service
+
+
+def test_trainer_user_matches_the_image_user(dockerfiles, k8s):
+    image_user = [i.args for i in dockerfiles["trainer"] if i.keyword == "USER"][-1].split(":")[0]
+    for kind, name in (("Job", "trainer"), ("Deployment", "serving"), ("Deployment", "gateway")):
+        assert str(pod_spec(find(k8s, kind, name))["securityContext"]["runAsUser"]) == image_user, name

@@ -1,0 +1,166 @@
+"""k8s/: both overlays render with kustomize, pass Kubernetes' schemas, and hold the promised pieces:
+hardened non-root containers with limits and probes, HPAs, a PDB, the GPU only in the gpu overlay."""
+
+from __future__ import annotations
+
+import re
+
+import kubernetes_validate
+import pytest
+
+from tests.infra.conftest import OVERLAYS, REPO, container, find, pod_spec, run_tool, workloads
+
+# The oldest Kubernetes these manifests claim (autoscaling/v2, policy/v1 PDB) and the newest schema at hand.
+K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
+NAMESPACE = "digits"
+CONFIG_FILES = ("models.config", "batching.config", "monitoring.config")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_passes_the_kubernetes_schemas_strictly(overlay, rendered):
+    for version in K8S_VERSIONS:
+        for manifest in rendered[overlay]:
+            try:
+                kubernetes_validate.validate(manifest, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                where = f"{manifest['kind']}/{manifest['metadata']['name']}"
+                pytest.fail(f"{overlay}: {where} on Kubernetes {version}: {exc}")
+
+
+def test_kubernetes_validate_cli_accepts_the_rendered_files(rendered, tmp_path):
+    import yaml
+
+    paths = []
+    for overlay, manifests in rendered.items():
+        path = tmp_path / f"{overlay}.yaml"
+        path.write_text(yaml.safe_dump_all(manifests))
+        paths.append(str(path))
+    cli = REPO / ".venv" / "bin" / "kubernetes-validate"
+    command = [str(cli)] if cli.is_file() else ["kubernetes-validate"]
+    result = run_tool([*command, "--strict", "--quiet", *paths])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_holds_the_whole_product(overlay, rendered):
+    kinds = {(m["kind"], m["metadata"]["name"]) for m in rendered[overlay]}
+    expected_kinds = [("Namespace", NAMESPACE), ("PersistentVolumeClaim", "models"), ("Job", "trainer"),
+                      ("PodDisruptionBudget", "serving")]
+    for name in ("serving", "gateway"):
+        expected_kinds += [("Deployment", name), ("Service", name), ("HorizontalPodAutoscaler", name)]
+    for expected in expected_kinds:
+        assert expected in kinds, f"{overlay} lacks {expected[0]}/{expected[1]}"
+    for manifest in rendered[overlay]:
+        if manifest["kind"] != "Namespace":
+            assert manifest["metadata"]["namespace"] == NAMESPACE, manifest["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_is_non_root_locked_down_and_bounded(overlay, rendered):
+    for workload in workloads(rendered[overlay]):
+        spec = pod_spec(workload)
+        for box in spec["containers"]:
+            where = f"{overlay}: {workload['metadata']['name']}/{box['name']}"
+            security = {**spec.get("securityContext", {}), **box.get("securityContext", {})}
+            assert security.get("runAsNonRoot") is True, where
+            assert security.get("runAsUser", 0) != 0, f"{where}: runAsNonRoot needs a numeric non-root uid"
+            assert security.get("readOnlyRootFilesystem") is True, where
+            assert security.get("allowPrivilegeEscalation") is False, where
+            assert security.get("capabilities", {}).get("drop") == ["ALL"], where
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(box.get("resources", {}).get(bound, {})), f"{where}: {bound}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_image_is_pinned(overlay, rendered, pyproject):
+    for workload in workloads(rendered[overlay]):
+        for box in pod_spec(workload)["containers"]:
+            image, _, tag = box["image"].rpartition(":")
+            assert image and re.fullmatch(r"\d+\.\d+\.\d+", tag), f"{box['image']} is not a pinned release"
+            if image.startswith("digits-"):
+                assert tag == pyproject["project"]["version"], box["image"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_deployments_have_readiness_and_liveness_probes(overlay, rendered):
+    for deployment in (m for m in rendered[overlay] if m["kind"] == "Deployment"):
+        for box in pod_spec(deployment)["containers"]:
+            assert "readinessProbe" in box and "livenessProbe" in box, deployment["metadata"]["name"]
+
+
+def test_serving_readiness_needs_an_available_version(rendered):
+    from client.contract import DEFAULT_MODEL_NAME, REST_PORT
+
+    serving = container(find(rendered["cpu"], "Deployment", "serving"), "serving")
+    script = serving["readinessProbe"]["exec"]["command"][-1]
+    assert f"/dev/tcp/127.0.0.1/{REST_PORT}" in script and f"/v1/models/{DEFAULT_MODEL_NAME} " in script
+    assert '"AVAILABLE"' in script
+    assert serving["livenessProbe"]["httpGet"]["path"] == f"/v1/models/{DEFAULT_MODEL_NAME}"
+    # Ports open only after the first load: liveness must wait for a startup probe that allows for it.
+    startup = serving["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_hpas_and_pdb_point_at_real_pods(overlay, rendered):
+    manifests = rendered[overlay]
+    for name in ("serving", "gateway"):
+        deployment = find(manifests, "Deployment", name)
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        service = find(manifests, "Service", name)
+        assert service["spec"]["selector"].items() <= labels.items()
+        named_ports = {p["name"] for box in pod_spec(deployment)["containers"] for p in box["ports"]}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= named_ports
+        hpa = find(manifests, "HorizontalPodAutoscaler", name)
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    pdb = find(manifests, "PodDisruptionBudget", "serving")
+    serving_labels = find(manifests, "Deployment", "serving")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= serving_labels.items()
+    serving_hpa = find(manifests, "HorizontalPodAutoscaler", "serving")
+    assert pdb["spec"]["minAvailable"] < serving_hpa["spec"]["minReplicas"], "drains must stay possible"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serving_config_map_is_generated_from_serving_config_files(overlay, rendered):
+    maps = [m for m in rendered[overlay] if m["kind"] == "ConfigMap"]
+    assert len(maps) == 1 and maps[0]["metadata"]["name"].startswith("serving-config-")
+    for name in CONFIG_FILES:
+        assert maps[0]["data"][name] == (REPO / "serving" / "config" / name).read_text(), name
+    volumes = pod_spec(find(rendered[overlay], "Deployment", "serving"))["volumes"]
+    assert {"name": "config", "configMap": {"name": maps[0]["metadata"]["name"]}} in volumes
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_models_pvc_is_shared_read_write_by_the_trainer_and_read_only_by_serving(overlay, rendered):
+    manifests = rendered[overlay]
+    assert "ReadWriteMany" in find(manifests, "PersistentVolumeClaim", "models")["spec"]["accessModes"]
+    for name, kind, read_only in (("serving", "Deployment", True), ("trainer", "Job", False)):
+        workload = find(manifests, kind, name)
+        volume = next(v for v in pod_spec(workload)["volumes"] if v["name"] == "models")
+        assert volume["persistentVolumeClaim"]["claimName"] == "models"
+        mount = next(m for m in container(workload, name)["volumeMounts"] if m["name"] == "models")
+        assert mount["mountPath"] == "/models" and mount.get("readOnly", False) is read_only
+
+
+def test_only_the_gpu_overlay_asks_for_a_gpu(rendered):
+    gpu_trainer = find(rendered["gpu"], "Job", "trainer")
+    resources = container(gpu_trainer, "trainer")["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == "1"
+    toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    assert toleration in pod_spec(gpu_trainer)["tolerations"]
+    assert pod_spec(gpu_trainer)["nodeSelector"]
+    for workload in workloads(rendered["cpu"]):
+        assert "nvidia.com/gpu" not in str(workload), workload["metadata"]["name"]
+    for name in ("serving", "gateway"):  # serving stays on CPUs in both overlays
+        assert "nvidia.com/gpu" not in str(find(rendered["gpu"], "Deployment", name))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_trainer_job_runs_a_command_digits_train_accepts(overlay, rendered):
+    from trainer.cli import build_parser
+
+    job = find(rendered[overlay], "Job", "trainer")
+    assert pod_spec(job)["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] >= 1
+    args = build_parser().parse_args(container(job, "trainer")["args"])
+    assert args.models_dir == "/models"
