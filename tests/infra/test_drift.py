@@ -148,3 +148,18 @@ def test_trainer_user_matches_the_image_user(dockerfiles, k8s):
     image_user = [i.args for i in dockerfiles["trainer"] if i.keyword == "USER"][-1].split(":")[0]
     for kind, name in (("Job", "trainer"), ("Deployment", "serving"), ("Deployment", "gateway")):
         assert str(pod_spec(find(k8s, kind, name))["securityContext"]["runAsUser"]) == image_user, name
+
+
+def test_gateway_health_checks_use_its_own_routes(compose, k8s, dockerfiles):
+    source = (REPO / "client" / "gateway.py").read_text()
+    routes = set(re.findall(r'@\w+\.(?:get|route)\("([^"]+)"', source))
+    gateway = container(find(k8s, "Deployment", "gateway"), "gateway")
+    readiness = gateway["readinessProbe"]["httpGet"]["path"]
+    liveness = gateway["livenessProbe"]["httpGet"]["path"]
+    # Liveness must not hang on TF Serving (a restart would not fix it); readiness should.
+    assert {readiness, liveness} <= routes and readiness != liveness
+    compose_check = " ".join(compose["services"]["gateway"]["healthcheck"]["test"])
+    image_check = [i.args for i in dockerfiles["gateway"] if i.keyword == "HEALTHCHECK"][-1]
+    for check in (compose_check, image_check):
+        path = re.search(rf"127\.0\.0\.1:{contract.GATEWAY_PORT}(/\w+)", check).group(1)
+        assert path in routes, check
