@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 # TF Serving's http_server.cc ToHTTPStatusCode, keyed by the canonical code.
@@ -93,12 +95,20 @@ class Internal(ServingError):
     code = grpc.StatusCode.INTERNAL
 
 
+def _useful_line(text: str) -> str:
+    """The line of a TF runtime error that says what went wrong (not the node or stack-trace noise)."""
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("[[")]
+    if not lines:
+        return ""
+    return re.sub(r"\s*\[Op:[^\]]*\]$", "", lines[-1])
+
+
 def from_tf_error(error: Exception) -> ServingError:
     """Map a TensorFlow runtime error to a ServingError with TF Serving's message prefix."""
     import tensorflow as tf  # imported lazily: errors.py is used by code that never needs TF
 
-    message = getattr(error, "message", None) or str(error)
-    message = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+    message = _useful_line(getattr(error, "message", None) or str(error)) or type(error).__name__
     if isinstance(error, tf.errors.InvalidArgumentError | ValueError | TypeError):
         return InvalidArgument(message)
     if isinstance(error, tf.errors.ResourceExhaustedError):

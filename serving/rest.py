@@ -33,6 +33,7 @@ _CORS_ORIGIN = re.compile(r"https?://.*")
 _CORS_HEADERS = (("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Methods", "POST, GET"),
                  ("Access-Control-Allow-Headers", "Content-Type"))
 _JSON = "application/json"
+_DRAIN_LIMIT = 16 * 1024 * 1024  # oversized bodies up to this much over the limit are read and dropped
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,8 @@ class _Handler(BaseHTTPRequestHandler):
             if length < 0:
                 raise _BodyError(400, "Invalid Content-Length header")
             if length > limit:
+                if length - limit <= _DRAIN_LIMIT:
+                    self._drain(length)  # read it away so the client sees the 413 instead of a reset
                 raise _BodyError(413, f"Request body of {length} bytes is over the limit of {limit} bytes "
                                       "(--rest_api_max_body_bytes)")
             body = self.rfile.read(length) if length else b""
@@ -264,6 +267,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Content-Encoding", "").lower() == "gzip":
             body = _gunzip(body, limit)
         return body
+
+    def _drain(self, length: int) -> None:
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 16))
+            if not chunk:
+                return
+            length -= len(chunk)
 
     def _read_chunked(self, limit: int) -> bytes:
         parts, total = [], 0

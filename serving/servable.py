@@ -13,7 +13,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from serving.errors import FailedPrecondition, InvalidArgument, ServingError, from_tf_error
-from serving.tensor_codec import dtype_name, numpy_dtype
+from serving.tensor_codec import array_dtype_name, dtype_name, numpy_dtype
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def check_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> None
     for alias, value in inputs.items():
         spec = signature.inputs[alias]
         if value.dtype != spec.numpy_dtype:
-            got = "string" if value.dtype.kind in "OSU" else value.dtype.name
+            got = array_dtype_name(value)
             raise InvalidArgument(
                 f"Expects arg[{sorted(signature.inputs).index(alias)}] ('{alias}') to be "
                 f"{dtype_name(spec.dtype)} but {got} is provided")

@@ -28,6 +28,14 @@ def dtype_name(dtype: int) -> str:
         return f"unknown dtype {dtype}"
 
 
+def array_dtype_name(array: np.ndarray) -> str:
+    """TF's name for an array's dtype: float32 -> 'float', bytes objects -> 'string'."""
+    if array.dtype.kind in "OSU":
+        return "string"
+    enum = _DTYPE_BY_NUMPY.get(array.dtype)
+    return dtype_name(enum) if enum is not None else array.dtype.name
+
+
 def numpy_dtype(dtype: int) -> np.dtype:
     """The numpy dtype for a DataType enum; strings become object arrays of bytes."""
     if dtype == types_pb2.DT_STRING:

@@ -185,3 +185,25 @@ def images() -> np.ndarray:
 def batching_config() -> BatchingConfig:
     return BatchingConfig(max_batch_size=16, batch_timeout_micros=2000, max_enqueued_batches=100,
                           num_batch_threads=2)
+
+
+@pytest.fixture
+def server_factory():
+    """start_server(config_text, **overrides) for tests that need their own server; stopped afterwards."""
+    started: list[ModelServer] = []
+
+    def factory(config_text: str, **overrides) -> ModelServer:
+        server = start_server(config_text, **overrides)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def model_builders() -> SimpleNamespace:
+    """The model-building helpers, for tests that write versions while a server runs."""
+    return SimpleNamespace(digits=save_digits_model, odd=save_odd_model, estimator=save_estimator_style_model,
+                           reference=reference_predict, free_port=free_port)
