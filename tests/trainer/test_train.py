@@ -1,0 +1,74 @@
+"""Validation is a stratified, seeded hold-out of the training images; the test set only gets scored."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer.data import Dataset
+from trainer.presets import get_preset
+from trainer.train import KeepBestEpoch, limit_indices, stratified_split, train_model
+
+
+def test_split_is_stratified_exact_and_disjoint(mnist_data):
+    labels = mnist_data.y_train
+    split = stratified_split(labels, 5000, seed=7)
+    assert len(split.val) == 5000 and len(split.train) == 55000
+    assert np.intersect1d(split.train, split.val).size == 0
+    assert np.array_equal(np.union1d(split.train, split.val), np.arange(len(labels)))
+    expected = np.bincount(labels) * 5000 / len(labels)
+    assert np.all(np.abs(np.bincount(labels[split.val]) - expected) <= 1)
+
+
+def test_split_is_seeded(mnist_data):
+    a = stratified_split(mnist_data.y_train, 1000, seed=1)
+    b = stratified_split(mnist_data.y_train, 1000, seed=1)
+    c = stratified_split(mnist_data.y_train, 1000, seed=2)
+    assert np.array_equal(a.val, b.val)
+    assert not np.array_equal(a.val, c.val)
+
+
+@pytest.mark.parametrize("size", [0, 60000, -5])
+def test_split_rejects_impossible_sizes(mnist_data, size):
+    with pytest.raises(ValueError, match="val_size"):
+        stratified_split(mnist_data.y_train, size, seed=0)
+
+
+def test_limit_takes_a_seeded_subset_of_the_given_indices():
+    indices = np.arange(100, 200)
+    subset = limit_indices(indices, 10, seed=3)
+    assert len(subset) == 10 and set(subset) <= set(indices)
+    assert np.array_equal(subset, limit_indices(indices, 10, seed=3))
+    assert limit_indices(indices, None, seed=3) is indices
+
+
+def test_keep_best_epoch_restores_the_best_validation_weights():
+    import keras
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    keeper = KeepBestEpoch()
+    keeper.set_model(model)
+    weights = []
+    for epoch, val_acc in enumerate([0.5, 0.9, 0.7]):
+        model.set_weights([np.full((1, 1), float(epoch)), np.zeros(1)])
+        weights.append(model.get_weights())
+        keeper.on_epoch_end(epoch, {"val_accuracy": val_acc, "accuracy": 1.0})
+    keeper.on_train_end()
+    assert keeper.best_epoch == 2
+    np.testing.assert_array_equal(model.get_weights()[0], weights[1][0])
+
+
+def test_test_set_changes_only_the_test_score(mnist_data):
+    """Scramble the test labels: every choice (history, best epoch) stays the same, only the score moves."""
+    preset = get_preset("seed-best").with_overrides(epochs=2, val_size=1000, batch_size=100, seed=5)
+    scrambled = Dataset("mnist", mnist_data.x_train, mnist_data.y_train, mnist_data.x_test,
+                        (mnist_data.y_test + 1) % 10)
+    quiet = lambda _: None  # noqa: E731
+    real = train_model(preset, mnist_data, limit_train=3000, log=quiet)
+    fake = train_model(preset, scrambled, limit_train=3000, log=quiet)
+    assert real.history.keys() == fake.history.keys() and real.best_epoch == fake.best_epoch
+    for key, values in real.history.items():
+        assert fake.history[key] == pytest.approx(values, rel=1e-5), key
+    assert "val_accuracy" in real.history and not any("test" in key for key in real.history)
+    assert real.test_accuracy.value > 0.8 > fake.test_accuracy.value
+    assert real.train_size == 3000 and real.val_size == 1000
