@@ -157,3 +157,12 @@ def test_gateway_runs_create_app_on_gunicorn_with_a_healthcheck(dockerfiles, pyp
     healthchecks = [i.args for i in instructions if i.keyword == "HEALTHCHECK"]
     assert healthchecks and f"127.0.0.1:{GATEWAY_PORT}/healthz" in healthchecks[-1]
     assert [i.args for i in instructions if i.keyword == "EXPOSE"] == [str(GATEWAY_PORT)]
+
+
+def test_gateway_build_context_holds_the_drawing_page():
+    page_files = [p for d in ("static", "templates") for p in (REPO / "client" / d).rglob("*") if p.is_file()]
+    assert page_files, "client/static and client/templates are empty"
+    for ignore in ignore_files_for(DOCKERFILES["gateway"]):
+        for file in page_files:
+            relative = file.relative_to(REPO).as_posix()
+            assert not ignore.excludes(relative), f"{ignore.path.name} drops {relative}"
