@@ -113,6 +113,22 @@ def test_concurrent_reader_never_sees_a_partial_version(tmp_path, small_model):
     assert seen_incomplete == []
 
 
+def test_concurrent_exports_get_distinct_versions(tmp_path, small_model):
+    results: list[Path] = []
+
+    def export() -> None:
+        results.append(export_model(small_model, tmp_path, "m", verify=False))
+
+    threads = [threading.Thread(target=export) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(p.name for p in results) == ["1", "2", "3"]
+    assert [read_model_card(p)["version"] for p in sorted(results)] == [1, 2, 3]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2", "3"]
+
+
 def test_failed_export_leaves_nothing_behind(tmp_path, small_model, monkeypatch):
     import trainer.export as export
 
