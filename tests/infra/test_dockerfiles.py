@@ -4,7 +4,10 @@ nothing generated, and commands the project's own CLIs accept."""
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +169,22 @@ def test_gateway_build_context_holds_the_drawing_page():
         for file in page_files:
             relative = file.relative_to(REPO).as_posix()
             assert not ignore.excludes(relative), f"{ignore.path.name} drops {relative}"
+
+
+@pytest.mark.parametrize(("image", "extras"), [("trainer", ()), ("gateway", ("gateway",))])
+def test_dependency_layer_installs_exactly_pyprojects_requirements(image, extras, dockerfiles, pyproject,
+                                                                   tmp_path):
+    steps = [i.args for i in dockerfiles[image] if i.keyword == "RUN" and "tomllib" in i.args]
+    assert len(steps) == 1, f"{image}: one RUN reads the requirements from pyproject.toml"
+    script = steps[0].split(">", 1)[0]  # the shell (/bin/sh -c) command, up to its redirection
+    for name in ("python", "python3"):  # the image's interpreter names, here this test's Python
+        (tmp_path / name).symlink_to(sys.executable)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["sh", "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    project = pyproject["project"]
+    expected = list(project["dependencies"])
+    for extra in extras:
+        expected += project["optional-dependencies"][extra]
+    assert result.stdout.splitlines() == expected
