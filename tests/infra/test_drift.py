@@ -108,7 +108,13 @@ def test_config_files_reach_both_deployments_whole(compose_raw, k8s):
     assert {"name": "config", "mountPath": "/config", "readOnly": True} in mounts
 
 
-def test_gateway_settings_agree(up_script, compose, k8s):
+def _image_env(instructions) -> dict[str, str]:
+    final = max(i.stage for i in instructions)
+    pairs = [w for i in instructions if i.keyword == "ENV" and i.stage == final for w in i.args.split()]
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def test_gateway_settings_agree(up_script, compose, k8s, dockerfiles):
     launch = re.search(r"((?:DIGITS_\w+=\S+\s+(?:\\\s+)?)+)\"\$BIN/digits-gateway\"", up_script)
     assert launch, "scripts/up.sh no longer starts digits-gateway with DIGITS_* settings"
     up_env = dict(re.findall(r"(DIGITS_\w+)=\"?([^\"\s]+)\"?", launch.group(1)))
@@ -119,6 +125,18 @@ def test_gateway_settings_agree(up_script, compose, k8s):
     server = f"serving:{contract.GRPC_PORT}"  # the serving service's gRPC port, in compose and k8s alike
     assert compose_env["DIGITS_MODEL_SERVER"] == k8s_env["DIGITS_MODEL_SERVER"] == server
     assert compose_env["DIGITS_MODEL_NAME"] == k8s_env["DIGITS_MODEL_NAME"] == contract.DEFAULT_MODEL_NAME
+    image_env = _image_env(dockerfiles["gateway"])
+    assert {name: image_env[name] for name in compose_env} == compose_env, "the image's defaults"
+
+
+def test_trainer_data_dir_agrees(compose, k8s, dockerfiles):
+    image_dir = _image_env(dockerfiles["trainer"])["DIGITS_DATA_DIR"]
+    assert f"digits-train data --data-dir {image_dir}" in " ".join(i.args for i in dockerfiles["trainer"])
+    for name in ("trainer", "trainer-cpu"):
+        assert compose["services"][name]["environment"]["DIGITS_DATA_DIR"] == image_dir
+        assert f"data:{image_dir}:rw" in compose["services"][name]["volumes"]
+    job_env = {e["name"]: e["value"] for e in container(find(k8s, "Job", "trainer"), "trainer")["env"]}
+    assert job_env["DIGITS_DATA_DIR"] == image_dir
 
 
 def test_serving_health_checks_are_the_same_script(compose, k8s):
