@@ -37,8 +37,8 @@ def test_serving_is_the_official_tf_serving_release_of_our_tensorflow_line(compo
     assert re.fullmatch(rf"tensorflow/serving:{line}\.\d+", compose["services"]["serving"]["image"])
 
 
-def test_serving_reads_models_read_only_and_our_config_files(compose_raw):
-    serving = compose_raw["services"]["serving"]
+def test_serving_reads_models_read_only_and_our_config_files(compose):
+    serving = compose["services"]["serving"]
     assert "./models:/models:ro" in serving["volumes"]
     assert "./serving/config:/config:ro" in serving["volumes"]
     flags = dict(flag.partition("=")[::2] for flag in serving["command"])
@@ -70,8 +70,8 @@ def test_trainers_are_on_demand_and_write_models_as_a_non_root_user(compose):
         trainer = compose["services"][name]
         assert trainer["profiles"] == ["train"] and trainer["restart"] == "no"
         assert trainer["build"]["dockerfile"] == "trainer/Dockerfile"
-        assert f"{REPO / 'models'}:/models:rw" in trainer["volumes"]
-        assert "data:/data:rw" in trainer["volumes"], "the data cache is a named volume"
+        assert "./models:/models" in trainer["volumes"]
+        assert "data:/data" in trainer["volumes"], "the data cache is a named volume"
         assert trainer["user"].split(":")[0] not in ("0", "root")
     assert "data" in compose["volumes"]
 

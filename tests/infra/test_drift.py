@@ -53,10 +53,9 @@ def test_ports_agree(up_script, compose, k8s):
     for variable in ("GRPC_PORT", "REST_PORT", "GATEWAY_PORT"):
         port = getattr(contract, variable)
         assert _shell_default(up_script, variable) == str(port), variable
-    published = {(p["published"], p["target"]) for p in compose["services"]["serving"]["ports"]}
-    assert published == {(contract.GRPC_PORT, contract.GRPC_PORT), (contract.REST_PORT, contract.REST_PORT)}
-    assert [(p["published"], p["target"]) for p in compose["services"]["gateway"]["ports"]] == [
-        (contract.GATEWAY_PORT, contract.GATEWAY_PORT)]
+    assert compose["services"]["serving"]["ports"] == [
+        f"{contract.GRPC_PORT}:{contract.GRPC_PORT}", f"{contract.REST_PORT}:{contract.REST_PORT}"]
+    assert compose["services"]["gateway"]["ports"] == [f"{contract.GATEWAY_PORT}:{contract.GATEWAY_PORT}"]
     serving = container(find(k8s, "Deployment", "serving"), "serving")
     assert {p["name"]: p["containerPort"] for p in serving["ports"]} == {
         "grpc": contract.GRPC_PORT, "http": contract.REST_PORT}
@@ -67,7 +66,7 @@ def test_ports_agree(up_script, compose, k8s):
     assert [p["port"] for p in find(k8s, "Service", "gateway")["spec"]["ports"]] == [contract.GATEWAY_PORT]
 
 
-def test_model_name_and_layout_agree(up_script, compose_raw, k8s):
+def test_model_name_and_layout_agree(up_script, compose, k8s):
     name, base = contract.DEFAULT_MODEL_NAME, contract.DEFAULT_MODEL_BASE
     assert _make_default("MODEL_NAME") == _shell_default(up_script, "MODEL_NAME") == name
     assert _make_default("MODELS_DIR") == _shell_default(up_script, "MODELS_DIR") == base
@@ -75,8 +74,9 @@ def test_model_name_and_layout_agree(up_script, compose_raw, k8s):
     assert re.findall(r'^\s*name:\s*"([^"]+)"', config, re.MULTILINE) == [name]
     # <model base>/<model name>/<int version>/: the base is ./models on the host, /models in containers.
     assert re.findall(r'base_path:\s*"([^"]+)"', config) == [f"/models/{name}"]
-    assert f"./{base}:/models:ro" in compose_raw["services"]["serving"]["volumes"]
-    assert f"./{base}:/models" in compose_raw["x-trainer"]["volumes"]
+    assert f"./{base}:/models:ro" in compose["services"]["serving"]["volumes"]
+    for trainer in ("trainer", "trainer-cpu"):
+        assert f"./{base}:/models" in compose["services"][trainer]["volumes"]
     for kind, workload in (("Deployment", "serving"), ("Job", "trainer")):
         mounts = container(find(k8s, kind, workload), workload)["volumeMounts"]
         assert {"models": "/models"}.items() <= {m["name"]: m["mountPath"] for m in mounts}.items()
@@ -100,8 +100,8 @@ def test_tf_serving_flags_and_config_files_agree(up_serve_flags, compose, k8s):
     assert "--enable_batching" in up_serve_flags and "--enable_batching" in compose_flags
 
 
-def test_config_files_reach_both_deployments_whole(compose_raw, k8s):
-    assert "./serving/config:/config:ro" in compose_raw["services"]["serving"]["volumes"]
+def test_config_files_reach_both_deployments_whole(compose, k8s):
+    assert "./serving/config:/config:ro" in compose["services"]["serving"]["volumes"]
     config_map = next(m for m in k8s if m["kind"] == "ConfigMap")
     assert set(config_map["data"]) == {p.name for p in SERVING_CONFIG.glob("*.config")}
     mounts = container(find(k8s, "Deployment", "serving"), "serving")["volumeMounts"]
@@ -134,7 +134,7 @@ def test_trainer_data_dir_agrees(compose, k8s, dockerfiles):
     assert f"digits-train data --data-dir {image_dir}" in " ".join(i.args for i in dockerfiles["trainer"])
     for name in ("trainer", "trainer-cpu"):
         assert compose["services"][name]["environment"]["DIGITS_DATA_DIR"] == image_dir
-        assert f"data:{image_dir}:rw" in compose["services"][name]["volumes"]
+        assert f"data:{image_dir}" in compose["services"][name]["volumes"]
     job_env = {e["name"]: e["value"] for e in container(find(k8s, "Job", "trainer"), "trainer")["env"]}
     assert job_env["DIGITS_DATA_DIR"] == image_dir
 
