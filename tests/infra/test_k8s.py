@@ -59,6 +59,7 @@ def test_overlay_holds_the_whole_product(overlay, rendered):
 def test_every_container_is_non_root_locked_down_and_bounded(overlay, rendered):
     for workload in workloads(rendered[overlay]):
         spec = pod_spec(workload)
+        assert spec["automountServiceAccountToken"] is False, workload["metadata"]["name"]
         for box in spec["containers"]:
             where = f"{overlay}: {workload['metadata']['name']}/{box['name']}"
             security = {**spec.get("securityContext", {}), **box.get("securityContext", {})}
