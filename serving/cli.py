@@ -79,8 +79,7 @@ def build_config(args: argparse.Namespace):
         read_monitoring_config,
         single_model_config,
     )
-    from serving.rest import RestOptions
-    from serving.server import ServerConfig
+    from serving.settings import RestOptions, ServerConfig
 
     if args.model_config_file:
         model_config = read_model_server_config(args.model_config_file)

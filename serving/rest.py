@@ -22,6 +22,7 @@ from serving.errors import DeadlineExceeded, InvalidArgument, ServingError
 from serving.metrics import Metrics
 from serving.model_manager import ModelManager
 from serving.openapi import openapi_document
+from serving.settings import RestOptions
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +35,6 @@ _CORS_HEADERS = (("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Me
                  ("Access-Control-Allow-Headers", "Content-Type"))
 _JSON = "application/json"
 _DRAIN_LIMIT = 16 * 1024 * 1024  # oversized bodies up to this much over the limit are read and dropped
-
-
-@dataclass(frozen=True)
-class RestOptions:
-    """REST behaviour flags."""
-
-    num_threads: int = 8
-    timeout_ms: int = 30000
-    max_body_bytes: int = 64 * 1024 * 1024
-    enable_cors: bool = False
-    metrics_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -356,6 +346,7 @@ class RestServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    request_queue_size = 1024  # listen backlog; the default 5 resets bursts of new connections
 
     def __init__(self, address: tuple[str, int], api: RestApi, options: RestOptions):
         super().__init__(address, _Handler)

@@ -13,12 +13,12 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from serving.errors import FailedPrecondition, InvalidArgument, ServingError, from_tf_error
+from serving.settings import SERVE_TAG
 from serving.tensor_codec import array_dtype_name, dtype_name, numpy_dtype
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
-SERVE_TAG = "serve"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"

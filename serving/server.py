@@ -6,18 +6,16 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from tensorflow_serving.config import model_server_config_pb2
-
-from serving.batching import BatchingConfig, BatchQueue
+from serving.batching import BatchQueue
 from serving.config_files import ConfigError, read_model_server_config
 from serving.grpc_service import create_grpc_server
 from serving.metrics import Metrics
 from serving.model_manager import ModelManager
-from serving.rest import RestApi, RestOptions, RestServer
-from serving.servable import SERVE_TAG, Servable
+from serving.rest import RestApi, RestServer
+from serving.servable import Servable
+from serving.settings import ServerConfig
 from serving.warmup import run_warmup
 
 log = logging.getLogger("digits-serve")
@@ -25,27 +23,6 @@ log = logging.getLogger("digits-serve")
 
 class StartupError(Exception):
     """The server could not start (models failed to load, ports taken...)."""
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Everything the server needs; the CLI builds it from TF Serving's flags."""
-
-    model_config: model_server_config_pb2.ModelServerConfig = field(compare=False)
-    grpc_port: int | None = 8500           # None: no gRPC; 0: any free port
-    rest_port: int | None = 8501           # None: no REST; 0: any free port
-    host: str = "0.0.0.0"
-    model_config_file: str | None = None
-    model_config_file_poll_wait_seconds: float = 0.0
-    file_system_poll_wait_seconds: float = 1.0
-    batching: BatchingConfig | None = None
-    rest: RestOptions = RestOptions()
-    grpc_max_threads: int = 8
-    enable_grpc_health: bool = False
-    enable_warmup: bool = True
-    warmup_iterations: int = 1
-    saved_model_tags: tuple[str, ...] = (SERVE_TAG,)
-    shutdown_grace_seconds: float = 30.0
 
 
 class ModelServer:

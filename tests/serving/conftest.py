@@ -22,8 +22,8 @@ from client.contract import (
 )
 from serving.batching import BatchingConfig
 from serving.config_files import parse_model_server_config
-from serving.rest import RestOptions
-from serving.server import ModelServer, ServerConfig
+from serving.server import ModelServer
+from serving.settings import RestOptions, ServerConfig
 
 
 class DigitsLike(tf.Module):
@@ -122,9 +122,9 @@ def reference_predict(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in out.items()}
 
 
-def start_server(config_text: str, **overrides) -> ModelServer:
+def start_server(config_text: str | None, **overrides) -> ModelServer:
     """An in-process ModelServer on free ports (127.0.0.1), started and ready."""
-    options = dict(model_config=parse_model_server_config(config_text), grpc_port=0, rest_port=0,
+    options = dict(model_config=parse_model_server_config(config_text) if config_text else None, grpc_port=0, rest_port=0,
                    host="127.0.0.1", file_system_poll_wait_seconds=0.2, grpc_max_threads=16,
                    rest=RestOptions(num_threads=16, max_body_bytes=2_000_000,
                                     metrics_path="/monitoring/prometheus/metrics"),

@@ -1,0 +1,132 @@
+"""Server-side batching: merged model calls, each caller gets exactly its own rows, bounded queue."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from client.contract import INPUT_NAME, OUTPUT_PROBABILITIES
+from serving.batching import BatchingConfig, BatchQueue
+from serving.errors import InvalidArgument, Unavailable
+
+
+@pytest.fixture
+def batched_server(tmp_path, built_models, server_factory):
+    shutil.copytree(built_models.digits[1], tmp_path / "digits" / "1")
+    config = BatchingConfig(max_batch_size=16, batch_timeout_micros=5000, max_enqueued_batches=1000,
+                            num_batch_threads=2, allowed_batch_sizes=(4, 8, 16))
+    return server_factory(f'model_config_list {{ config {{ name: "digits" base_path: "{tmp_path / "digits"}" }} }}',
+                          batching=config)
+
+
+def test_concurrent_callers_get_exactly_their_own_rows(batched_server, built_models):
+    rng = np.random.default_rng(7)
+    requests_images = [rng.integers(0, 256, size=(1 + i % 3, 28, 28), dtype=np.uint8) for i in range(96)]
+    loaded = tf.saved_model.load(str(built_models.digits[1]))
+    expected = [loaded.signatures["serving_default"](**{INPUT_NAME: tf.constant(x)})[OUTPUT_PROBABILITIES].numpy()
+                for x in requests_images]
+    channel = grpc.insecure_channel(f"127.0.0.1:{batched_server.grpc_port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    rest = f"http://127.0.0.1:{batched_server.rest_port}"
+    start = threading.Barrier(32)
+
+    def call(index):
+        if index < 32:
+            start.wait()  # the first wave arrives together, so batches must form
+        images = requests_images[index]
+        if index % 2:
+            r = requests.post(f"{rest}/v1/models/digits:predict", json={"inputs": images.tolist()}, timeout=30)
+            assert r.status_code == 200, r.text
+            return np.array(r.json()["outputs"][OUTPUT_PROBABILITIES])
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "digits"
+        request.inputs[INPUT_NAME].CopyFrom(tf.make_tensor_proto(images))
+        return tf.make_ndarray(stub.Predict(request, timeout=30).outputs[OUTPUT_PROBABILITIES])
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(call, range(len(requests_images))))
+    for got, want in zip(results, expected, strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)  # merged batches round differently
+    metrics = requests.get(f"{rest}/monitoring/prometheus/metrics", timeout=5).text
+    batches = int(metrics.split("batching_session:batches_total ")[1].split()[0])
+    rows = int(metrics.split("batching_session:rows_total ")[1].split()[0])
+    assert rows == sum(len(x) for x in requests_images)
+    assert batches < len(requests_images)  # requests were merged
+    channel.close()
+
+
+def test_padding_to_allowed_batch_sizes_and_row_split():
+    seen_sizes: list[int] = []
+
+    def run(inputs):
+        seen_sizes.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 10, "n": np.arange(len(inputs["x"]))}
+
+    queue = BatchQueue(run, BatchingConfig(max_batch_size=8, batch_timeout_micros=20000, max_enqueued_batches=10,
+                                           num_batch_threads=1, allowed_batch_sizes=(2, 8)))
+    inputs = [np.full((1 + i % 2, 3), i, np.float32) for i in range(5)]
+    with ThreadPoolExecutor(5) as pool:
+        results = list(pool.map(lambda x: queue.run({"x": x}, timeout=10), inputs))
+    queue.stop()
+    for x, result in zip(inputs, results, strict=True):
+        np.testing.assert_array_equal(result["y"], x * 10)
+        assert len(result["n"]) == len(x)
+    assert set(seen_sizes) <= {2, 8}
+
+
+def test_full_queue_is_unavailable_and_oversized_task_is_invalid():
+    release = threading.Event()
+    running = threading.Event()
+
+    def slow(inputs):
+        running.set()
+        release.wait(10)
+        return {"y": inputs["x"]}
+
+    queue = BatchQueue(slow, BatchingConfig(max_batch_size=2, batch_timeout_micros=0, max_enqueued_batches=1,
+                                            num_batch_threads=1))
+    pool = ThreadPoolExecutor(2)
+    first = pool.submit(queue.run, {"x": np.ones((2, 1))}, 10)  # occupies the only worker
+    running.wait(5)
+    second = pool.submit(queue.run, {"x": np.ones((2, 1))}, 10)  # fills the only queue slot
+    import time
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not queue._batches:
+        time.sleep(0.01)
+    with pytest.raises(Unavailable, match="queue to which this task was submitted is full"):
+        queue.run({"x": np.ones((2, 1))}, 10)
+    with pytest.raises(InvalidArgument, match="Task size 3 is larger than maximum input batch size 2"):
+        queue.run({"x": np.ones((3, 1))}, 10)
+    release.set()
+    assert first.result(10)["y"].shape == (2, 1) and second.result(10)["y"].shape == (2, 1)
+    queue.stop()
+    pool.shutdown()
+
+
+def test_rest_returns_503_when_the_batch_queue_is_full(tmp_path, built_models, server_factory):
+    shutil.copytree(built_models.digits[1], tmp_path / "digits" / "1")
+    config = BatchingConfig(max_batch_size=1, batch_timeout_micros=0, max_enqueued_batches=1, num_batch_threads=1)
+    server = server_factory(f'model_config_list {{ config {{ name: "digits" base_path: "{tmp_path / "digits"}" }} }}',
+                            batching=config)
+    rest = f"http://127.0.0.1:{server.rest_port}"
+    body = {"instances": np.zeros((1, 28, 28), np.uint8).tolist()}
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda _: requests.post(f"{rest}/v1/models/digits:predict", json=body, timeout=30),
+                                  range(64)))
+    codes = {r.status_code for r in responses}
+    assert codes <= {200, 503} and 200 in codes
+    for r in responses:
+        if r.status_code == 503:
+            assert "queue" in r.json()["error"]
+        else:
+            assert len(r.json()["predictions"]) == 1
