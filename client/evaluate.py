@@ -1,0 +1,187 @@
+"""digits-eval: evaluate a served model on a labelled test set over gRPC or REST.
+
+Prints accuracy (95% Wilson interval), errors, per-class precision/recall/F1, the confusion matrix,
+request latency p50/p95/p99 and throughput; writes report.json, report.md, confusion_matrix.png and
+misclassified.png into --report. `--compare V1 V2` evaluates two versions on the same images and runs
+McNemar's exact test on their disagreements.
+
+Exit codes: 0 done, 2 bad arguments or data (also data that does not fit the model's input),
+3 model server unreachable, 4 model/version/label not served, 1 any other server error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from client import contract
+from client.datasets import (
+    SPLITS,
+    DataError,
+    LabelledImages,
+    default_data_dir,
+    load_image_folder,
+    load_named,
+    load_npz,
+)
+from client.errors import ClientError, DeadlineExceeded, ModelNotFound, ServerUnavailable
+from client.eval_report import console_text, write_comparison, write_report
+from client.evaluation import ProgressBar, predict_all, score
+from client.model_client import ClientConfig, ModelClient, connect
+from client.stats import mcnemar_exact
+
+EXIT_OK, EXIT_SERVER_ERROR, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of `digits-eval`."""
+    p = argparse.ArgumentParser(
+        prog="digits-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--target", default=f"localhost:{contract.GRPC_PORT}", help="host:port (default %(default)s)"
+    )
+    p.add_argument("--protocol", choices=("grpc", "rest"), default="grpc", help="default %(default)s")
+    p.add_argument("--model-name", default=contract.DEFAULT_MODEL_NAME, help="default %(default)s")
+    p.add_argument(
+        "--dataset",
+        choices=sorted(contract.CLASS_NAMES),
+        default="mnist",
+        help="which data (and class names): <data-dir>/<dataset>.npz unless --npz/--images",
+    )
+    p.add_argument("--split", choices=SPLITS, default="test", help="default %(default)s")
+    p.add_argument("--data-dir", type=Path, default=None, help="default $DIGITS_DATA_DIR or ./data")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--npz", type=Path, help="an .npz in the Keras mnist.npz layout (x_test, y_test, ...)"
+    )
+    source.add_argument("--images", type=Path, help="a folder of pictures (needs --labels)")
+    p.add_argument("--labels", type=Path, help="CSV of filename,label rows for --images")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--batch-size", type=int, default=256, help="images per request (default %(default)s)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default %(default)s)")
+    version = p.add_mutually_exclusive_group()
+    version.add_argument("--model-version", type=int, help="a specific version (default: the newest)")
+    version.add_argument("--version-label", help="a version label such as stable or canary")
+    version.add_argument(
+        "--compare",
+        type=int,
+        nargs=2,
+        metavar=("V1", "V2"),
+        help="evaluate two versions on the same images; McNemar's exact test",
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default %(default)s)")
+    p.add_argument(
+        "--report", type=Path, default=Path("reports/eval"), help="output folder (default %(default)s)"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.images is None) != (args.labels is None):
+        parser.error("--images and --labels go together")
+    for name in ("batch_size", "concurrency", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        data = _load_data(args)
+    except DataError as err:
+        return _fail(EXIT_BAD_INPUT, str(err))
+    config = ClientConfig(
+        target=args.target, protocol=args.protocol, model_name=args.model_name,
+        model_version=args.model_version, version_label=args.version_label,
+        timeout_s=args.timeout, batch_size=args.batch_size, pool_size=args.concurrency,
+    )  # fmt: skip
+    try:
+        with connect(config) as client:
+            versions = args.compare or [args.model_version]
+            for version in versions:
+                _check_model_input(client, version)
+            reports = [_evaluate(client, data, args, version, len(versions) > 1) for version in versions]
+    except DataError as err:
+        return _fail(EXIT_BAD_INPUT, str(err))
+    except ServerUnavailable as err:
+        return _fail(
+            EXIT_UNREACHABLE, f"cannot reach the model server at {args.target} ({args.protocol}): {err}"
+        )
+    except DeadlineExceeded as err:
+        return _fail(EXIT_UNREACHABLE, f"the model server at {args.target} did not answer in time: {err}")
+    except ModelNotFound as err:
+        return _fail(EXIT_NOT_FOUND, f"model {args.model_name!r} not served as asked: {err}")
+    except ClientError as err:
+        return _fail(EXIT_SERVER_ERROR, f"the model server refused the request: {err}")
+    if args.compare:
+        first, second = reports
+        test = mcnemar_exact(first[1], second[1])
+        comparison = write_comparison(args.report, first[0], second[0], test)
+        print(f"\n{comparison['verdict']}")
+    print(f"\nreport: {args.report}/report.md")
+    return EXIT_OK
+
+
+def _load_data(args: argparse.Namespace) -> LabelledImages:
+    names = contract.CLASS_NAMES[args.dataset]
+    if args.npz:
+        data = load_npz(args.npz, args.split, names)
+    elif args.images:
+        data = load_image_folder(args.images, args.labels, names)
+    else:
+        data = load_named(args.dataset, args.split, args.data_dir or default_data_dir())
+    return data.head(args.limit)
+
+
+def _check_model_input(client: ModelClient, version: int | None) -> None:
+    """Refuse early, with a clear message, when the served signature cannot take our images."""
+    meta = client.metadata(version=version) if version is not None else client.metadata()
+    spec = meta.inputs.get(contract.INPUT_NAME)
+    if spec is None or len(meta.inputs) != 1:
+        raise DataError(
+            f"the model's {meta.signature_name!r} signature takes inputs {sorted(meta.inputs)}, "
+            f"not one {contract.INPUT_NAME!r} tensor"
+        )
+    wanted = f"DT_{contract.INPUT_DTYPE.upper()}"
+    side = contract.IMAGE_SIZE
+    fits = spec.shape is None or (len(spec.shape) == 3 and all(d in (-1, side) for d in spec.shape[1:]))
+    if spec.dtype != wanted or not fits:
+        raise DataError(
+            f"the data does not match the model's input: model v{meta.model_version} wants "
+            f"{spec.dtype} {list(spec.shape or [])}, the data is {wanted} [N, {side}, {side}]"
+        )
+    missing = {contract.OUTPUT_PROBABILITIES, contract.OUTPUT_CLASSES} - set(meta.outputs)
+    if missing:
+        raise DataError(f"the model's signature lacks the outputs {sorted(missing)}")
+
+
+def _evaluate(client: ModelClient, data: LabelledImages, args: argparse.Namespace, version, nested: bool):
+    """Evaluate one version; print and write its report. Returns (report, per-image correctness)."""
+    label = f"v{version}" if version is not None else (args.version_label or "latest")
+    run = predict_all(
+        client, data.images, args.batch_size, args.concurrency,
+        version=version, progress=ProgressBar(f"{args.model_name} {label}"),
+    )  # fmt: skip
+    try:
+        scores = score(run, data)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    setup = {
+        "target": args.target, "protocol": args.protocol, "batch_size": args.batch_size,
+        "concurrency": args.concurrency, "dataset": args.dataset,
+    }  # fmt: skip
+    folder = args.report / f"v{run.model_version}" if nested else args.report
+    report = write_report(folder, scores, run, data, setup)
+    print(console_text(report, data.class_names))
+    return report, run.classes == data.labels
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"digits-eval: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
