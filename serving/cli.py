@@ -129,13 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s] %(message)s",
                         stream=sys.stderr)
     from serving.config_files import ConfigError
-    from serving.server import ModelServer, StartupError, install_signal_handlers
 
     try:
         config = build_config(args)
     except ConfigError as error:
         print(f"digits-serve: error: {error}", file=sys.stderr)
         return 2
+    from serving.server import ModelServer, StartupError, install_signal_handlers  # imports TensorFlow
+
     if args.tensorflow_intra_op_parallelism or args.tensorflow_inter_op_parallelism:
         import tensorflow as tf
 

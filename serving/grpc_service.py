@@ -57,6 +57,12 @@ def _rpc(api: str):
     return wrap
 
 
+def _deadline_seconds(context) -> float | None:
+    """Seconds left before the client's deadline; None without one (gRPC then reports ~forever)."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > 1e6 else max(remaining, 0.0)
+
+
 def _model_name(request) -> str:
     if hasattr(request, "tasks"):
         return request.tasks[0].model_spec.name if request.tasks else ""
@@ -91,7 +97,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         signature = servable.signature(request.model_spec.signature_name)
         inputs = {alias: to_ndarray(proto, alias) for alias, proto in request.inputs.items()}
         outputs = servable.predict(signature, inputs, list(request.output_filter),
-                                   timeout=context.time_remaining())
+                                   timeout=_deadline_seconds(context))
         response = predict_pb2.PredictResponse()
         for alias, value in outputs.items():
             response.outputs[alias].CopyFrom(to_tensor_proto(value, signature.outputs[alias].dtype))

@@ -166,3 +166,24 @@ def test_keep_alive_connection_is_reused(rest_url, images):
         assert response.status == 200 and "predictions" in json.loads(response.read())
     assert connection.sock is not None  # still the same open socket
     connection.close()
+
+
+def test_cors_flag_and_rest_timeout(tmp_path, built_models, server_factory):
+    import shutil
+
+    from serving.batching import BatchingConfig
+    from serving.settings import RestOptions
+
+    shutil.copytree(built_models.digits[1], tmp_path / "d" / "1")
+    # A batch timeout far beyond the REST timeout: the request must come back 504, not hang.
+    server = server_factory(f'model_config_list {{ config {{ name: "d" base_path: "{tmp_path / "d"}" }} }}',
+                            rest=RestOptions(enable_cors=True, timeout_ms=300),
+                            batching=BatchingConfig(max_batch_size=64, batch_timeout_micros=5_000_000))
+    url = f"http://127.0.0.1:{server.rest_port}/v1/models/d"
+    preflight = requests.options(f"{url}:predict", headers={"Origin": "https://example.org"}, timeout=5)
+    assert preflight.status_code == 200 and preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert requests.options(f"{url}:predict", timeout=5).json() == {"error": "Origin header is missing in CORS preflight"}
+    status = requests.get(url, timeout=5)
+    assert status.headers["Access-Control-Allow-Methods"] == "POST, GET"
+    r = requests.post(f"{url}:predict", json={"instances": np.zeros((1, 28, 28), np.uint8).tolist()}, timeout=10)
+    assert r.status_code == 504 and "Deadline exceeded" in r.json()["error"]
