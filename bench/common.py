@@ -1,0 +1,486 @@
+"""Shared by the serving benchmark and the soak test: servers as subprocesses, client processes, stats.
+
+Only the standard library is imported at module level: load-generator processes are spawned and import
+this module, and they must start fast (no TensorFlow) so that they measure the server, not themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+_GRPC_PORT_LINE = re.compile(r"Running gRPC ModelServer at [^:]+:(\d+)")
+_REST_PORT_LINE = re.compile(r"Exporting HTTP/REST API at:[^:]+:(\d+)")
+
+
+# ------------------------------------------------------------------------------------------ small utils
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, in MiB (0 when it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) / 1024 if match else 0.0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation, as numpy's default; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def http_json(
+    url: str, body: bytes | None = None, timeout: float = 5.0, headers: dict[str, str] | None = None
+) -> tuple[int, object]:
+    """GET (or POST `body`) and decode the JSON answer; returns (status, document or text)."""
+    request = urllib.request.Request(url, data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, raw = error.code, error.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode("utf-8", "replace")
+
+
+def console_scripts_env() -> dict[str, str]:
+    """The environment for child processes: quiet TensorFlow, the venv's bin first on PATH."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+# --------------------------------------------------------------------------------------- processes
+class Process:
+    """A server started as a child process (own session), its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None):
+        self.name, self.argv = name, argv
+        self.log_path = Path(log_dir) / f"{name}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self._log.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
+        self._log.flush()
+        self.popen = subprocess.Popen(
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env or console_scripts_env(),
+            cwd=REPO_ROOT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def wait_until(self, ready: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Poll `ready()` until true; a child that exits or a timeout is a RuntimeError with the log tail."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(
+                    f"{self.name} exited ({self.popen.returncode}) before {what}:\n{self.log_tail()}"
+                )
+            try:
+                if ready():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name}: no {what} within {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        if self.alive():
+            self.popen.send_signal(signum)
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL; returns the exit code."""
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(10)
+        self._log.close()
+        return self.popen.returncode
+
+
+class ModelServerProcess(Process):
+    """`digits-serve` on free ports (read back from its start-up log lines)."""
+
+    def __init__(
+        self,
+        name: str,
+        model_base: Path,
+        log_dir: Path,
+        *,
+        model_name: str = "mnist",
+        batching_file: Path | None = None,
+        poll_s: float = 1.0,
+        extra: Sequence[str] = (),
+        grpc_port: int = 0,
+        rest_port: int | None = None,
+    ):
+        rest_port = rest_port or free_port()  # --rest_api_port=0 means "REST off", as in TF Serving
+        argv = [
+            sys.executable,
+            "-m",
+            "serving.cli",
+            f"--port={grpc_port}",
+            f"--rest_api_port={rest_port}",
+            "--host=127.0.0.1",
+            f"--model_name={model_name}",
+            f"--model_base_path={model_base}",
+            f"--file_system_poll_wait_seconds={poll_s}",
+            *extra,
+        ]
+        if batching_file is not None:
+            argv += ["--enable_batching", f"--batching_parameters_file={batching_file}"]
+        super().__init__(name, argv, log_dir)
+        self.model_name = model_name
+        self.grpc_port: int | None = None
+        self.rest_port: int | None = None
+
+    def wait_ready(self, timeout_s: float = 120.0) -> ModelServerProcess:
+        """Block until both ports are open and the model is AVAILABLE."""
+
+        def ready() -> bool:
+            text = self.log_text()
+            grpc_match, rest_match = _GRPC_PORT_LINE.findall(text), _REST_PORT_LINE.findall(text)
+            if not grpc_match or not rest_match:
+                return False
+            self.grpc_port, self.rest_port = int(grpc_match[-1]), int(rest_match[-1])
+            status, _ = http_json(f"{self.rest_url}/v2/health/ready", timeout=2)
+            return status == 200
+
+        self.wait_until(ready, timeout_s, "ready model server")
+        return self
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def model_status(self) -> list[dict]:
+        """The REST model-status entries ([] when the model is unknown)."""
+        status, doc = http_json(f"{self.rest_url}/v1/models/{self.model_name}", timeout=5)
+        return doc.get("model_version_status", []) if status == 200 and isinstance(doc, dict) else []
+
+
+def wait_http_ok(url: str, proc: Process, timeout_s: float = 60.0) -> None:
+    """Block until GET `url` answers 200."""
+    proc.wait_until(lambda: http_json(url, timeout=2)[0] == 200, timeout_s, f"200 from {url}")
+
+
+def ensure_model(
+    model_base: Path | None, cache_dir: Path, *, model_name: str = "mnist", epochs: int = 2
+) -> Path:
+    """A model base path with at least one version: the given one, or one trained once into `cache_dir`."""
+    if model_base is not None:
+        base = Path(model_base)
+        if not base.is_dir() or not any(p.name.isdigit() for p in base.iterdir()):
+            raise SystemExit(f"{base} holds no numbered version directory")
+        return base
+    base = cache_dir / "models" / model_name
+    if base.is_dir() and any((p / "saved_model.pb").is_file() for p in base.iterdir() if p.name.isdigit()):
+        return base
+    print(f"training a model for the benchmark (seed-best, {epochs} epochs) into {base} ...", flush=True)
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "digits-train"),
+            "train",
+            "--preset",
+            "seed-best",
+            "--epochs",
+            str(epochs),
+            "--models-dir",
+            str(cache_dir / "models"),
+            "--model-name",
+            model_name,
+            "--reports-dir",
+            str(cache_dir / "train-reports"),
+        ],
+        check=True,
+        env=console_scripts_env(),
+        cwd=REPO_ROOT,
+    )
+    return base
+
+
+def latest_version_dir(model_base: Path) -> Path:
+    """The highest numbered version directory under a model base path."""
+    return max((p for p in Path(model_base).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+# -------------------------------------------------------------------------------------- load workers
+@dataclass(frozen=True)
+class LoadJob:
+    """What every client thread of one measurement sends.
+
+    kind "grpc": `payloads` are serialized PredictRequests sent to `target` (host:port) raw, so the client
+    processes need neither TensorFlow nor protobuf parsing. kind "http": `payloads` are POST bodies for
+    http://`target``path` with `content_type`. Each thread cycles through the payloads from its own offset.
+    """
+
+    kind: str
+    target: str
+    payloads: tuple[bytes, ...]
+    path: str = PREDICT_METHOD
+    content_type: str = "application/json"
+    duration_s: float = 3.0
+    requests_per_client: int = 10**9
+    timeout_s: float = 30.0
+
+
+@dataclass
+class LoadResult:
+    """Every client's latencies and failures for one measurement."""
+
+    clients: int
+    latencies_s: list[float] = field(default_factory=list)
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    started: float = float("inf")
+    ended: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies_s)
+
+    @property
+    def wall_s(self) -> float:
+        return max(self.ended - self.started, 1e-9)
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.wall_s
+
+    def p(self, q: float) -> float:
+        """Latency percentile in ms."""
+        return 1000 * percentile(self.latencies_s, q)
+
+    def merge(self, part: dict) -> None:
+        self.latencies_s.extend(part["latencies"])
+        self.errors += part["errors"]
+        self.error_samples.extend(part["samples"][: max(0, 5 - len(self.error_samples))])
+        if part["latencies"] or part["errors"]:
+            self.started, self.ended = min(self.started, part["started"]), max(self.ended, part["ended"])
+
+    def summary(self) -> dict:
+        return {
+            "clients": self.clients,
+            "requests": self.ok,
+            "errors": self.errors,
+            "wall_s": round(self.wall_s, 3),
+            "rps": round(self.rps, 1),
+            "p50_ms": round(self.p(50), 3),
+            "p99_ms": round(self.p(99), 3),
+            "error_samples": self.error_samples,
+        }
+
+
+def _grpc_caller(job: LoadJob) -> Callable[[bytes], None]:
+    import grpc
+
+    # A channel (and so a TCP connection) per client, as separate client programs would have.
+    channel = grpc.insecure_channel(
+        job.target,
+        options=[("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 2**31 - 1)],
+    )
+    method = channel.unary_unary(job.path)  # bytes in, bytes out: no serialization cost in the client
+    return lambda payload: method(payload, timeout=job.timeout_s)
+
+
+def _http_caller(job: LoadJob) -> Callable[[bytes], None]:
+    import http.client
+
+    host, port = job.target.rsplit(":", 1)
+    state = {"conn": None}
+
+    def call(payload: bytes) -> None:
+        if state["conn"] is None:
+            state["conn"] = http.client.HTTPConnection(host, int(port), timeout=job.timeout_s)
+        conn = state["conn"]
+        try:
+            conn.request("POST", job.path, body=payload, headers={"Content-Type": job.content_type})
+            response = conn.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            state["conn"] = None
+            raise
+        if response.will_close:
+            conn.close()
+            state["conn"] = None
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
+
+    return call
+
+
+def _client_thread(job: LoadJob, offset: int, barrier, out: dict, lock: threading.Lock) -> None:
+    caller = _grpc_caller(job) if job.kind == "grpc" else _http_caller(job)
+    payloads = job.payloads
+    try:
+        caller(payloads[offset % len(payloads)])  # connect and warm up before the clock starts
+    except Exception as error:  # noqa: BLE001 -- reported as a failed request, never a dead worker
+        with lock:
+            out["errors"] += 1
+            out["samples"].append(f"warmup: {error}"[:300])
+    barrier.wait()
+    latencies, errors, samples = [], 0, []
+    started = time.monotonic()
+    deadline = started + job.duration_s
+    i = offset
+    while time.monotonic() < deadline and len(latencies) + errors < job.requests_per_client:
+        began = time.perf_counter()
+        try:
+            caller(payloads[i % len(payloads)])
+            latencies.append(time.perf_counter() - began)
+        except Exception as error:  # noqa: BLE001 -- counted, and a few kept to show
+            errors += 1
+            if len(samples) < 3:
+                samples.append(str(error).replace("\n", " ")[:300])
+        i += 1
+    ended = time.monotonic()
+    with lock:
+        out["latencies"].extend(latencies)
+        out["errors"] += errors
+        out["samples"].extend(samples)
+        out["started"] = min(out["started"], started)
+        out["ended"] = max(out["ended"], ended)
+
+
+def _worker_main(index: int, jobs, results) -> None:
+    """One client process: run each job with its share of client threads, report the merged numbers."""
+    while True:
+        item = jobs.get()
+        if item is None:
+            return
+        job, threads, first_offset = item
+        out = {"latencies": [], "errors": 0, "samples": [], "started": float("inf"), "ended": 0.0}
+        lock = threading.Lock()
+        barrier = threading.Barrier(threads + 1)
+        workers = [
+            threading.Thread(target=_client_thread, args=(job, first_offset + t, barrier, out, lock))
+            for t in range(threads)
+        ]
+        for worker in workers:
+            worker.start()
+        barrier.wait()  # every client connected: go
+        for worker in workers:
+            worker.join()
+        results.put((index, out))
+
+
+class LoadPool:
+    """A fixed set of spawned client processes that run load jobs (clients spread over processes)."""
+
+    def __init__(self, processes: int = 8):
+        ctx = mp.get_context("spawn")
+        self._jobs = [ctx.Queue() for _ in range(processes)]
+        self._results = ctx.Queue()
+        self._procs = [
+            ctx.Process(target=_worker_main, args=(i, self._jobs[i], self._results), daemon=True)
+            for i in range(processes)
+        ]
+        for proc in self._procs:
+            proc.start()
+
+    def run(self, job: LoadJob, clients: int) -> LoadResult:
+        """`clients` concurrent clients (each its own connection), spread over the processes, until done."""
+        n = len(self._procs)
+        shares = [clients // n + (1 if i < clients % n else 0) for i in range(n)]
+        busy = [i for i, share in enumerate(shares) if share]
+        offset = 0
+        for i in busy:
+            self._jobs[i].put((job, shares[i], offset))
+            offset += shares[i] * 7919  # different images per client
+        result = LoadResult(clients)
+        deadline = time.monotonic() + job.duration_s + job.timeout_s + 120
+        for _ in busy:
+            remaining = deadline - time.monotonic()
+            _, part = self._results.get(timeout=max(remaining, 1))
+            result.merge(part)
+        return result
+
+    def close(self) -> None:
+        for queue in self._jobs:
+            queue.put(None)
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+
+    def __enter__(self) -> LoadPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------------ request bodies
+def predict_request_bytes(image, model_name: str) -> bytes:
+    """A serialized PredictRequest for one uint8 [28, 28] image (imports TensorFlow: parent only)."""
+    from tensorflow_serving.apis import predict_pb2
+
+    from client.contract import INPUT_NAME, SIGNATURE_NAME
+    from client.grpc_transport import ndarray_to_proto
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = SIGNATURE_NAME
+    request.inputs[INPUT_NAME].CopyFrom(ndarray_to_proto(image[None]))
+    return request.SerializeToString()
+
+
+def rest_predict_body(image) -> bytes:
+    """TF Serving REST row-format body for one uint8 [28, 28] image."""
+    return json.dumps({"instances": [image.tolist()]}, separators=(",", ":")).encode()
