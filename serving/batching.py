@@ -31,14 +31,17 @@ class BatchingConfig:
     @classmethod
     def from_proto(cls, params, default_threads: int) -> BatchingConfig:
         """Build from a parsed BatchingParameters message (unset wrapper fields keep the defaults)."""
+
         def value(field: str, default: int) -> int:
             return getattr(params, field).value if params.HasField(field) else default
 
-        return cls(max_batch_size=value("max_batch_size", cls.max_batch_size),
-                   batch_timeout_micros=value("batch_timeout_micros", cls.batch_timeout_micros),
-                   max_enqueued_batches=value("max_enqueued_batches", cls.max_enqueued_batches),
-                   num_batch_threads=value("num_batch_threads", default_threads),
-                   allowed_batch_sizes=tuple(params.allowed_batch_sizes))
+        return cls(
+            max_batch_size=value("max_batch_size", cls.max_batch_size),
+            batch_timeout_micros=value("batch_timeout_micros", cls.batch_timeout_micros),
+            max_enqueued_batches=value("max_enqueued_batches", cls.max_enqueued_batches),
+            num_batch_threads=value("num_batch_threads", default_threads),
+            allowed_batch_sizes=tuple(params.allowed_batch_sizes),
+        )
 
 
 class _Task:
@@ -59,18 +62,25 @@ class _Batch:
 
 
 class BatchQueue:
-    """One queue per (servable, signature); `num_batch_threads` workers each run one merged batch at a time."""
+    """One queue per (servable, signature); each of `num_batch_threads` workers runs one merged batch."""
 
-    def __init__(self, run_fn: RunFn, config: BatchingConfig, name: str = "batch",
-                 on_batch: Callable[[int, int], None] | None = None):
+    def __init__(
+        self,
+        run_fn: RunFn,
+        config: BatchingConfig,
+        name: str = "batch",
+        on_batch: Callable[[int, int], None] | None = None,
+    ):
         self._run_fn, self._config = run_fn, config
         self._timeout_s = config.batch_timeout_micros / 1e6
         self._on_batch = on_batch
         self._cond = threading.Condition()
         self._batches: deque[_Batch] = deque()
         self._stopping = False
-        self._workers = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
-                         for i in range(max(1, config.num_batch_threads))]
+        self._workers = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(max(1, config.num_batch_threads))
+        ]
         for worker in self._workers:
             worker.start()
 
@@ -78,8 +88,9 @@ class BatchQueue:
         """Enqueue one request (all inputs share dim 0) and wait for its own rows of every output."""
         size = next(iter(inputs.values())).shape[0]
         if size > self._config.max_batch_size:
-            raise InvalidArgument(f"Task size {size} is larger than maximum input batch size "
-                                  f"{self._config.max_batch_size}")
+            raise InvalidArgument(
+                f"Task size {size} is larger than maximum input batch size {self._config.max_batch_size}"
+            )
         # Requests merge only when every input agrees on dtype and the dims after the batch dim.
         key = tuple((alias, value.dtype.str, value.shape[1:]) for alias, value in sorted(inputs.items()))
         task = _Task(inputs, size)
@@ -96,7 +107,9 @@ class BatchQueue:
 
     def _enqueue(self, task: _Task, key: tuple) -> None:
         current = self._batches[-1] if self._batches and not self._batches[-1].closed else None
-        if current is not None and (current.key != key or current.size + task.size > self._config.max_batch_size):
+        if current is not None and (
+            current.key != key or current.size + task.size > self._config.max_batch_size
+        ):
             current.closed = True
             current = None
         if current is None:
@@ -154,7 +167,7 @@ class BatchQueue:
             return
         offset = 0
         for task in tasks:
-            task.outputs = {alias: value[offset:offset + task.size] for alias, value in outputs.items()}
+            task.outputs = {alias: value[offset : offset + task.size] for alias, value in outputs.items()}
             offset += task.size
             task.done.set()
 

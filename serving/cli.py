@@ -1,4 +1,4 @@
-"""digits-serve: serve SavedModels over TensorFlow Serving's gRPC and REST APIs (same flags as tensorflow_model_server)."""
+"""digits-serve: serve SavedModels over TF Serving's gRPC and REST APIs (tensorflow_model_server flags)."""
 
 from __future__ import annotations
 
@@ -43,19 +43,33 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--host", default="0.0.0.0", help="address to bind both ports to (ours)")
     flag("--model_name", default=DEFAULT_MODEL_NAME, help="model name (without --model_config_file)")
     flag("--model_base_path", help="directory of numbered version subdirectories")
-    flag("--model_config_file", help="text-proto ModelServerConfig (overrides --model_name/--model_base_path)")
-    flag("--model_config_file_poll_wait_seconds", type=float, default=0.0,
-         help="re-read --model_config_file this often (0: read once)")
-    flag("--file_system_poll_wait_seconds", type=float, default=1.0,
-         help="poll base paths for new versions this often (0: once; <0: never)")
+    flag(
+        "--model_config_file", help="text-proto ModelServerConfig (overrides --model_name/--model_base_path)"
+    )
+    flag(
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=0.0,
+        help="re-read --model_config_file this often (0: read once)",
+    )
+    flag(
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="poll base paths for new versions this often (0: once; <0: never)",
+    )
     boolean("--enable_batching", False, "merge concurrent requests into batches")
     flag("--batching_parameters_file", help="text-proto BatchingParameters")
     flag("--monitoring_config_file", help="text-proto MonitoringConfig (Prometheus metrics on the REST port)")
     flag("--rest_api_num_threads", type=int, default=4 * _CPUS, help="REST requests processed at once")
     flag("--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout (504 beyond)")
     boolean("--rest_api_enable_cors_support", False, "add CORS headers and answer preflight OPTIONS")
-    flag("--rest_api_max_body_bytes", type=int, default=64 * 1024 * 1024,
-         help="largest REST request body, also after gzip decompression (413 beyond; ours)")
+    flag(
+        "--rest_api_max_body_bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="largest REST request body, also after gzip decompression (413 beyond; ours)",
+    )
     flag("--grpc_max_threads", type=int, default=4 * _CPUS, help="gRPC worker threads")
     boolean("--enable_grpc_healthcheck_service", False, "the standard grpc.health.v1 service")
     boolean("--enable_model_warmup", True, "replay assets.extra/tf_serving_warmup_requests before serving")
@@ -63,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--saved_model_tags", default="serve", help="comma-separated MetaGraphDef tags to load")
     flag("--tensorflow_intra_op_parallelism", type=int, default=0, help="TF intra-op threads (0: auto)")
     flag("--tensorflow_inter_op_parallelism", type=int, default=0, help="TF inter-op threads (0: auto)")
-    flag("--shutdown_grace_seconds", type=float, default=30.0,
-         help="on SIGTERM, wait this long for in-flight requests (ours)")
+    flag(
+        "--shutdown_grace_seconds",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, wait this long for in-flight requests (ours)",
+    )
     return p
 
 
@@ -94,10 +112,14 @@ def build_config(args: argparse.Namespace):
         raise ConfigError("batching_parameters_file is set without setting enable_batching")
     batching = None
     if args.enable_batching:
-        params = (read_batching_parameters(args.batching_parameters_file) if args.batching_parameters_file
-                  else None)
-        batching = (BatchingConfig.from_proto(params, _CPUS) if params is not None
-                    else BatchingConfig(num_batch_threads=_CPUS))
+        params = (
+            read_batching_parameters(args.batching_parameters_file) if args.batching_parameters_file else None
+        )
+        batching = (
+            BatchingConfig.from_proto(params, _CPUS)
+            if params is not None
+            else BatchingConfig(num_batch_threads=_CPUS)
+        )
     metrics_path = None
     if args.monitoring_config_file:
         monitoring = read_monitoring_config(args.monitoring_config_file)
@@ -105,29 +127,46 @@ def build_config(args: argparse.Namespace):
             metrics_path = monitoring.prometheus_config.path or DEFAULT_PROMETHEUS_PATH
     if args.port < 0 or args.rest_api_port < 0:
         raise ConfigError("ports must be >= 0")
-    for name in ("rest_api_num_threads", "grpc_max_threads", "rest_api_timeout_in_ms", "rest_api_max_body_bytes"):
+    for name in (
+        "rest_api_num_threads",
+        "grpc_max_threads",
+        "rest_api_timeout_in_ms",
+        "rest_api_max_body_bytes",
+    ):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name} must be positive")
     return ServerConfig(
-        model_config=model_config, grpc_port=args.port, rest_port=args.rest_api_port or None, host=args.host,
+        model_config=model_config,
+        grpc_port=args.port,
+        rest_port=args.rest_api_port or None,
+        host=args.host,
         model_config_file=args.model_config_file,
         model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
-        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds, batching=batching,
-        rest=RestOptions(num_threads=args.rest_api_num_threads, timeout_ms=args.rest_api_timeout_in_ms,
-                         max_body_bytes=args.rest_api_max_body_bytes,
-                         enable_cors=args.rest_api_enable_cors_support, metrics_path=metrics_path),
-        grpc_max_threads=args.grpc_max_threads, enable_grpc_health=args.enable_grpc_healthcheck_service,
-        enable_warmup=args.enable_model_warmup, warmup_iterations=args.num_request_iterations_for_warmup,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        batching=batching,
+        rest=RestOptions(
+            num_threads=args.rest_api_num_threads,
+            timeout_ms=args.rest_api_timeout_in_ms,
+            max_body_bytes=args.rest_api_max_body_bytes,
+            enable_cors=args.rest_api_enable_cors_support,
+            metrics_path=metrics_path,
+        ),
+        grpc_max_threads=args.grpc_max_threads,
+        enable_grpc_health=args.enable_grpc_healthcheck_service,
+        enable_warmup=args.enable_model_warmup,
+        warmup_iterations=args.num_request_iterations_for_warmup,
         saved_model_tags=tuple(t.strip() for t in args.saved_model_tags.split(",") if t.strip()),
-        shutdown_grace_seconds=args.shutdown_grace_seconds)
+        shutdown_grace_seconds=args.shutdown_grace_seconds,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, load the models, serve until SIGTERM/Ctrl-C; exit 0 after a clean stop."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s] %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s] %(message)s", stream=sys.stderr
+    )
     from serving.config_files import ConfigError
 
     try:

@@ -21,27 +21,45 @@ def _build_missing_protos() -> tuple[type, type]:
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
     proto = descriptor_pb2.FileDescriptorProto(
-        name="digits_serving/config_protos.proto", package="tensorflow.serving",
-        syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
+        name="digits_serving/config_protos.proto",
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
     f = descriptor_pb2.FieldDescriptorProto
     batching = proto.message_type.add(name="BatchingParameters")
-    wrapped = [("max_batch_size", 1, "Int64Value"), ("batch_timeout_micros", 2, "Int64Value"),
-               ("max_enqueued_batches", 3, "Int64Value"), ("num_batch_threads", 4, "Int64Value"),
-               ("thread_pool_name", 5, "StringValue"), ("enable_large_batch_splitting", 8, "BoolValue"),
-               ("max_execution_batch_size", 9, "Int64Value")]
+    wrapped = [
+        ("max_batch_size", 1, "Int64Value"),
+        ("batch_timeout_micros", 2, "Int64Value"),
+        ("max_enqueued_batches", 3, "Int64Value"),
+        ("num_batch_threads", 4, "Int64Value"),
+        ("thread_pool_name", 5, "StringValue"),
+        ("enable_large_batch_splitting", 8, "BoolValue"),
+        ("max_execution_batch_size", 9, "Int64Value"),
+    ]
     for name, number, wrapper in wrapped:
-        batching.field.add(name=name, number=number, type=f.TYPE_MESSAGE, label=f.LABEL_OPTIONAL,
-                           type_name=f".google.protobuf.{wrapper}")
+        batching.field.add(
+            name=name,
+            number=number,
+            type=f.TYPE_MESSAGE,
+            label=f.LABEL_OPTIONAL,
+            type_name=f".google.protobuf.{wrapper}",
+        )
     batching.field.add(name="allowed_batch_sizes", number=6, type=f.TYPE_INT64, label=f.LABEL_REPEATED)
-    batching.field.add(name="pad_variable_length_inputs", number=7, type=f.TYPE_BOOL,
-                       label=f.LABEL_OPTIONAL)
+    batching.field.add(name="pad_variable_length_inputs", number=7, type=f.TYPE_BOOL, label=f.LABEL_OPTIONAL)
     prometheus = proto.message_type.add(name="PrometheusConfig")
     prometheus.field.add(name="enable", number=1, type=f.TYPE_BOOL, label=f.LABEL_OPTIONAL)
     prometheus.field.add(name="path", number=2, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL)
     monitoring = proto.message_type.add(name="MonitoringConfig")
-    monitoring.field.add(name="prometheus_config", number=1, type=f.TYPE_MESSAGE, label=f.LABEL_OPTIONAL,
-                         type_name=".tensorflow.serving.PrometheusConfig")
+    monitoring.field.add(
+        name="prometheus_config",
+        number=1,
+        type=f.TYPE_MESSAGE,
+        label=f.LABEL_OPTIONAL,
+        type_name=".tensorflow.serving.PrometheusConfig",
+    )
     pool.Add(proto)
+
     def message_class(name: str) -> type:
         return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
 
@@ -79,8 +97,10 @@ def parse_model_server_config(text: str, source: str = "<text>") -> model_server
 def validate_model_server_config(config, source: str = "<config>") -> None:
     """Reject configs TF Serving would reject: custom configs, duplicate or empty names, bad platforms."""
     if config.WhichOneof("config") != "model_config_list":
-        raise ConfigError(f"{source}: ModelServerConfig must have a model_config_list "
-                          "(custom_model_config is not supported)")
+        raise ConfigError(
+            f"{source}: ModelServerConfig must have a model_config_list "
+            "(custom_model_config is not supported)"
+        )
     seen: set[str] = set()
     for model in config.model_config_list.config:
         if not model.name:
@@ -91,8 +111,10 @@ def validate_model_server_config(config, source: str = "<config>") -> None:
         if not model.base_path:
             raise ConfigError(f"{source}: model {model.name} has no base_path")
         if model.model_platform and model.model_platform != "tensorflow":
-            raise ConfigError(f"{source}: model {model.name}: unsupported model_platform "
-                              f"{model.model_platform!r} (only 'tensorflow')")
+            raise ConfigError(
+                f"{source}: model {model.name}: unsupported model_platform "
+                f"{model.model_platform!r} (only 'tensorflow')"
+            )
         policy = model.model_version_policy
         if policy.WhichOneof("policy_choice") == "latest" and policy.latest.num_versions < 0:
             raise ConfigError(f"{source}: model {model.name}: latest.num_versions must be >= 0")

@@ -29,12 +29,17 @@ from serving.tensor_codec import to_ndarray, to_tensor_proto
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving: builder.SetMaxMessageSize(INT32_MAX)
-SERVICE_NAMES = ("tensorflow.serving.ModelService", "tensorflow.serving.PredictionService",
-                 "ModelService", "PredictionService")
+SERVICE_NAMES = (
+    "tensorflow.serving.ModelService",
+    "tensorflow.serving.PredictionService",
+    "ModelService",
+    "PredictionService",
+)
 
 
 def _rpc(api: str):
     """Turn ServingErrors into status codes, count the request, and never leak a traceback."""
+
     def wrap(method):
         @functools.wraps(method)
         def handler(self, request, context):
@@ -53,7 +58,9 @@ def _rpc(api: str):
                 name = _model_name(request)
                 if name:
                     self._metrics.record_request(name, api, "GRPC", ok, time.perf_counter() - started)
+
         return handler
+
     return wrap
 
 
@@ -96,8 +103,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         servable = _resolve(self._manager, request.model_spec)
         signature = servable.signature(request.model_spec.signature_name)
         inputs = {alias: to_ndarray(proto, alias) for alias, proto in request.inputs.items()}
-        outputs = servable.predict(signature, inputs, list(request.output_filter),
-                                   timeout=_deadline_seconds(context))
+        outputs = servable.predict(
+            signature, inputs, list(request.output_filter), timeout=_deadline_seconds(context)
+        )
         response = predict_pb2.PredictResponse()
         for alias, value in outputs.items():
             response.outputs[alias].CopyFrom(to_tensor_proto(value, signature.outputs[alias].dtype))
@@ -107,8 +115,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_rpc("classify")
     def Classify(self, request, context):  # noqa: N802
         servable = _resolve(self._manager, request.model_spec)
-        result = inference.classify(servable, request.model_spec.signature_name,
-                                    inference.examples_from_input(request.input))
+        result = inference.classify(
+            servable, request.model_spec.signature_name, inference.examples_from_input(request.input)
+        )
         response = classification_pb2.ClassificationResponse(result=result)
         _fill_spec(response.model_spec, servable, request.model_spec.signature_name)
         return response
@@ -116,8 +125,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_rpc("regress")
     def Regress(self, request, context):  # noqa: N802
         servable = _resolve(self._manager, request.model_spec)
-        result = inference.regress(servable, request.model_spec.signature_name,
-                                   inference.examples_from_input(request.input))
+        result = inference.regress(
+            servable, request.model_spec.signature_name, inference.examples_from_input(request.input)
+        )
         response = regression_pb2.RegressionResponse(result=result)
         _fill_spec(response.model_spec, servable, request.model_spec.signature_name)
         return response
@@ -173,15 +183,21 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def create_grpc_server(manager: ModelManager, metrics: Metrics, host: str, port: int, max_threads: int,
-                       enable_health: bool) -> tuple[grpc.Server, int, object | None]:
+def create_grpc_server(
+    manager: ModelManager, metrics: Metrics, host: str, port: int, max_threads: int, enable_health: bool
+) -> tuple[grpc.Server, int, object | None]:
     """A started gRPC server; returns it, the bound port and the health servicer (or None)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
-                         options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                  ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                  ("grpc.so_reuseport", 0)])
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, metrics),
-                                                                        server)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(manager, metrics), server
+    )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, metrics), server)
     health = None
     if enable_health:

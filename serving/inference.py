@@ -38,11 +38,14 @@ def _signature(servable: Servable, name: str, method: str, kind: str) -> Signatu
     if signature is None:
         raise InvalidArgument(f"No signature was found with the name: {name}")
     if signature.method_name != method:
-        raise InvalidArgument(f"Expected {kind} signature method_name to be {method}. "
-                              f"Was: {signature.method_name}")
+        raise InvalidArgument(
+            f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name}"
+        )
     if INPUTS_KEY not in signature.inputs:
-        raise InvalidArgument(f"No {kind} inputs found in SignatureDef: expected an input named "
-                              f"'{INPUTS_KEY}' (serialized tf.Example strings)")
+        raise InvalidArgument(
+            f"No {kind} inputs found in SignatureDef: expected an input named "
+            f"'{INPUTS_KEY}' (serialized tf.Example strings)"
+        )
     return signature
 
 
@@ -52,18 +55,23 @@ def _run(servable: Servable, signature: Signature, examples: list) -> dict[str, 
     return servable.run(signature, {INPUTS_KEY: serialized})
 
 
-def classify(servable: Servable, signature_name: str, examples: list) -> classification_pb2.ClassificationResult:
+def classify(
+    servable: Servable, signature_name: str, examples: list
+) -> classification_pb2.ClassificationResult:
     """Run a classify signature; each example gets its (label, score) pairs."""
     signature = _signature(servable, signature_name, CLASSIFY_METHOD, "classification")
     if CLASSES_KEY not in signature.outputs and SCORES_KEY not in signature.outputs:
-        raise InvalidArgument('Expected classification signature outputs to contain at least one of '
-                              f'"{CLASSES_KEY}" or "{SCORES_KEY}".')
+        raise InvalidArgument(
+            "Expected classification signature outputs to contain at least one of "
+            f'"{CLASSES_KEY}" or "{SCORES_KEY}".'
+        )
     outputs = _run(servable, signature, examples)
     classes, scores = outputs.get(CLASSES_KEY), outputs.get(SCORES_KEY)
     for name, tensor in ((CLASSES_KEY, classes), (SCORES_KEY, scores)):
         if tensor is not None and (tensor.ndim != 2 or tensor.shape[0] != len(examples)):
-            raise InvalidArgument(f"Expected {name} Tensor shape: [batch_size num_classes] "
-                                  f"but got {list(tensor.shape)}")
+            raise InvalidArgument(
+                f"Expected {name} Tensor shape: [batch_size num_classes] but got {list(tensor.shape)}"
+            )
     num_classes = (classes if classes is not None else scores).shape[1]
     result = classification_pb2.ClassificationResult()
     for i in range(len(examples)):
@@ -87,17 +95,21 @@ def regress(servable: Servable, signature_name: str, examples: list) -> regressi
     if values.ndim == 2 and values.shape[1] == 1:
         values = values[:, 0]
     if values.ndim != 1 or values.shape[0] != len(examples):
-        raise InvalidArgument(f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] "
-                              f"but got {list(values.shape)}")
+        raise InvalidArgument(
+            f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] "
+            f"but got {list(values.shape)}"
+        )
     result = regression_pb2.RegressionResult()
     for value in values.tolist():
         result.regressions.add(value=value)
     return result
 
 
-def multi_inference(servable: Servable, request: inference_pb2.MultiInferenceRequest,
-                    ) -> inference_pb2.MultiInferenceResponse:
-    """Run every task of a MultiInferenceRequest (one model, classify/regress signatures) on the same input."""
+def multi_inference(
+    servable: Servable,
+    request: inference_pb2.MultiInferenceRequest,
+) -> inference_pb2.MultiInferenceResponse:
+    """Run every task of a MultiInferenceRequest (one model; classify/regress signatures) on one input."""
     if not request.tasks:
         raise InvalidArgument("Found no tasks in the MultiInferenceRequest")
     examples = examples_from_input(request.input)
@@ -105,7 +117,9 @@ def multi_inference(servable: Servable, request: inference_pb2.MultiInferenceReq
     response = inference_pb2.MultiInferenceResponse()
     for task in request.tasks:
         if task.model_spec.name != request.tasks[0].model_spec.name:
-            raise InvalidArgument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+            raise InvalidArgument(
+                "All ModelSpecs in a MultiInferenceRequest must access the same model name."
+            )
         signature_name = task.model_spec.signature_name or DEFAULT_SIGNATURE
         if signature_name in seen:
             raise InvalidArgument(f"Duplicate evaluation of signature: {signature_name}")

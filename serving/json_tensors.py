@@ -23,7 +23,9 @@ def parse_json_body(body: bytes) -> dict:
     try:
         doc = json.loads(body)
     except UnicodeDecodeError as error:
-        raise InvalidArgument(f"JSON Parse error: Invalid encoding in string. at offset: {error.start}") from None
+        raise InvalidArgument(
+            f"JSON Parse error: Invalid encoding in string. at offset: {error.start}"
+        ) from None
     except json.JSONDecodeError as error:
         raise InvalidArgument(f"JSON Parse error: {error.msg}. at offset: {error.pos}") from None
     except RecursionError:
@@ -46,8 +48,9 @@ def predict_inputs(doc: dict, signature: Signature) -> tuple[dict[str, np.ndarra
     """The signature's input tensors from a predict request; True when it used the row format."""
     has_instances, has_inputs = "instances" in doc, "inputs" in doc
     if has_instances and has_inputs:
-        raise InvalidArgument("Not formatted correctly expecting only one of 'inputs' or 'instances' keys "
-                              "to exist")
+        raise InvalidArgument(
+            "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist"
+        )
     if not (has_instances or has_inputs):
         raise InvalidArgument("Missing 'inputs' or 'instances' key")
     if has_instances:
@@ -66,20 +69,26 @@ def _row_inputs(instances: Any, signature: Signature) -> dict[str, np.ndarray]:
         spec = signature.inputs[names[0]]
         return {spec.alias: _to_array(instances, spec, "instances", row=True)}
     if not all(objects):
-        raise InvalidArgument("instances is a plain list, but expecting list of objects as multiple input "
-                              "tensors required as per tensorinfo_map")
+        raise InvalidArgument(
+            "instances is a plain list, but expecting list of objects as multiple input "
+            "tensors required as per tensorinfo_map"
+        )
     columns: dict[str, list] = {name: [] for name in names}
     for index, element in enumerate(instances):
         if set(element) != set(names):
             missing = sorted(set(names) - set(element))
-            detail = (f"JSON object: does not have named input: {missing[0]}" if missing else
-                      f"JSON object keys must be equal to: {','.join(names)} (got: {','.join(sorted(element))})")
-            raise InvalidArgument(f"Failed to process element: {index} of 'instances' list. "
-                                  f"Error: INVALID_ARGUMENT: {detail}")
+            detail = (
+                f"JSON object: does not have named input: {missing[0]}"
+                if missing
+                else f"JSON object keys must be equal to: {','.join(names)} "
+                f"(got: {','.join(sorted(element))})"
+            )
+            raise InvalidArgument(
+                f"Failed to process element: {index} of 'instances' list. Error: INVALID_ARGUMENT: {detail}"
+            )
         for name in names:
             columns[name].append(element[name])
-    return {name: _to_array(columns[name], signature.inputs[name], "instances", row=True)
-            for name in names}
+    return {name: _to_array(columns[name], signature.inputs[name], "instances", row=True) for name in names}
 
 
 def _columnar_inputs(inputs: Any, signature: Signature) -> dict[str, np.ndarray]:
@@ -90,12 +99,15 @@ def _columnar_inputs(inputs: Any, signature: Signature) -> dict[str, np.ndarray]
                 raise InvalidArgument(f"Missing named input: {name} in 'inputs' object.")
         extra = sorted(set(inputs) - set(names))
         if extra:
-            raise InvalidArgument(f"'inputs' object keys must be equal to: {','.join(names)} "
-                                  f"(unexpected: {','.join(extra)})")
+            raise InvalidArgument(
+                f"'inputs' object keys must be equal to: {','.join(names)} (unexpected: {','.join(extra)})"
+            )
         return {name: _to_array(inputs[name], signature.inputs[name], "inputs") for name in names}
     if len(names) != 1:
-        raise InvalidArgument(f"'inputs' is a plain value, but the signature has several inputs "
-                              f"({','.join(names)}): send an object of name -> tensor")
+        raise InvalidArgument(
+            f"'inputs' is a plain value, but the signature has several inputs "
+            f"({','.join(names)}): send an object of name -> tensor"
+        )
     spec = signature.inputs[names[0]]
     return {spec.alias: _to_array(inputs, spec, "inputs")}
 
@@ -117,8 +129,9 @@ def _to_array(value: Any, spec: TensorSpec, key: str, row: bool = False) -> np.n
     elif target.kind == "f":
         ok = kind in "iuf"
     else:
-        ok = kind in _INT_KINDS and (array.size == 0 or (
-            array.min() >= np.iinfo(target).min and array.max() <= np.iinfo(target).max))
+        ok = kind in _INT_KINDS and (
+            array.size == 0 or (array.min() >= np.iinfo(target).min and array.max() <= np.iinfo(target).max)
+        )
     if not ok:
         _raise_first_bad(value, spec, key, row)
     return array.astype(target, copy=False)
@@ -142,8 +155,9 @@ def _flatten_strings(value: Any, out: list[bytes], key: str) -> None:
     elif _is_b64(value):
         out.append(_decode_b64(value["b64"]))
     else:
-        raise InvalidArgument(f"JSON Value: {_short(value)} Type: {_json_type(value)} is not of expected "
-                              "type: string")
+        raise InvalidArgument(
+            f"JSON Value: {_short(value)} Type: {_json_type(value)} is not of expected type: string"
+        )
 
 
 def _decode_b64(text: Any) -> bytes:
@@ -152,8 +166,9 @@ def _decode_b64(text: Any) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidArgument(f"Unable to base64 decode {_short(text)} (use standard base64 with +/ "
-                              "and padding, not URL-safe)") from None
+        raise InvalidArgument(
+            f"Unable to base64 decode {_short(text)} (use standard base64 with +/ and padding, not URL-safe)"
+        ) from None
 
 
 def _nested_shape(value: Any, key: str, row: bool) -> tuple[int, ...]:
@@ -163,9 +178,15 @@ def _nested_shape(value: Any, key: str, row: bool) -> tuple[int, ...]:
     shapes = [_nested_shape(item, key, False) for item in value]
     for index, shape in enumerate(shapes[1:], start=1):
         if shape != shapes[0]:
-            where = f"Failed to process element: {index} of '{key}' list. Error: INVALID_ARGUMENT: " if row else ""
-            raise InvalidArgument(f"{where}Expecting shape {_dims(shapes[0])} but got: {_dims(shape)} "
-                                  f"(ragged nested lists: every element needs the same shape)")
+            where = (
+                f"Failed to process element: {index} of '{key}' list. Error: INVALID_ARGUMENT: "
+                if row
+                else ""
+            )
+            raise InvalidArgument(
+                f"{where}Expecting shape {_dims(shapes[0])} but got: {_dims(shape)} "
+                f"(ragged nested lists: every element needs the same shape)"
+            )
     return (len(value),) + (shapes[0] if shapes else ())
 
 
@@ -176,14 +197,17 @@ def _raise_first_bad(value: Any, spec: TensorSpec, key: str, row: bool) -> None:
     for index, item in enumerate(items):
         bad = _first_bad_leaf(item, spec.numpy_dtype)
         if bad is not None:
-            detail = (f"JSON Value: {_short(bad)} Type: {_json_type(bad)} is not of expected type: "
-                      f"{dtype_name(spec.dtype)}")
+            detail = (
+                f"JSON Value: {_short(bad)} Type: {_json_type(bad)} is not of expected type: "
+                f"{dtype_name(spec.dtype)}"
+            )
             if _is_number(bad) and spec.numpy_dtype.kind in _INT_KINDS and float(bad).is_integer():
                 info = np.iinfo(spec.numpy_dtype)
                 detail += f" (out of range [{info.min}, {info.max}])"
             if row:
-                raise InvalidArgument(f"Failed to process element: {index} of '{key}' list. "
-                                      f"Error: INVALID_ARGUMENT: {detail}")
+                raise InvalidArgument(
+                    f"Failed to process element: {index} of '{key}' list. Error: INVALID_ARGUMENT: {detail}"
+                )
             raise InvalidArgument(detail)
     raise InvalidArgument(f"'{key}' could not be converted to a {dtype_name(spec.dtype)} tensor")
 
@@ -247,14 +271,18 @@ def predict_response(outputs: dict[str, np.ndarray], row: bool) -> dict:
         if batch is None:
             batch = value.shape[0]
         elif value.shape[0] != batch:
-            raise InvalidArgument(f"Tensor name: {alias} has inconsistent batch size: {value.shape[0]} "
-                                  f"expecting: {batch}")
+            raise InvalidArgument(
+                f"Tensor name: {alias} has inconsistent batch size: {value.shape[0]} expecting: {batch}"
+            )
     if len(outputs) == 1:
         ((alias, value),) = outputs.items()
         return {"predictions": _to_json_value(alias, value)}
     columns = {alias: _to_json_value(alias, value) for alias, value in outputs.items()}
-    return {"predictions": [dict(zip(columns, row_values, strict=True))
-                            for row_values in zip(*columns.values(), strict=True)]}
+    return {
+        "predictions": [
+            dict(zip(columns, row_values, strict=True)) for row_values in zip(*columns.values(), strict=True)
+        ]
+    }
 
 
 def _to_json_value(alias: str, value: np.ndarray) -> Any:
@@ -300,11 +328,15 @@ def examples_from_json(doc: dict):
     result = []
     for index, example in enumerate(examples):
         if not isinstance(example, dict):
-            raise InvalidArgument(f"Failed to process element: {index} of 'examples' list. Error: "
-                                  f"INVALID_ARGUMENT: JSON Value: {_short(example)} Is not object")
+            raise InvalidArgument(
+                f"Failed to process element: {index} of 'examples' list. Error: "
+                f"INVALID_ARGUMENT: JSON Value: {_short(example)} Is not object"
+            )
         shared = set(example) & set(context)
         if shared:
-            raise InvalidArgument(f"Feature '{sorted(shared)[0]}' appears in both 'context' and example {index}")
+            raise InvalidArgument(
+                f"Feature '{sorted(shared)[0]}' appears in both 'context' and example {index}"
+            )
         merged = example_pb2.Example()
         merged.CopyFrom(context_example)
         merged.MergeFrom(_example_from_json(example, f"examples[{index}]"))
@@ -325,10 +357,13 @@ def _example_from_json(features: dict, where: str):
             feature.float_list.value.extend(values)
         elif values and all(isinstance(v, str) or _is_b64(v) for v in values):
             feature.bytes_list.value.extend(
-                v.encode("utf-8") if isinstance(v, str) else _decode_b64(v["b64"]) for v in values)
+                v.encode("utf-8") if isinstance(v, str) else _decode_b64(v["b64"]) for v in values
+            )
         elif not values:
             raise InvalidArgument(f"{where}: feature '{name}' has an empty list of values")
         else:
-            raise InvalidArgument(f"{where}: feature '{name}' must be a number, a string, "
-                                  f"{{\"b64\": ...}} or a list of one of these, got {_short(value)}")
+            raise InvalidArgument(
+                f"{where}: feature '{name}' must be a number, a string, "
+                f'{{"b64": ...}} or a list of one of these, got {_short(value)}'
+            )
     return example

@@ -26,8 +26,10 @@ class _Histogram:
 
 
 def _labels(**labels: str) -> str:
-    escaped = (f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-               for k, v in labels.items())
+    escaped = (
+        f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for k, v in labels.items()
+    )
     return "{" + ",".join(escaped) + "}"
 
 
@@ -65,22 +67,30 @@ class Metrics:
         lines = ["# TYPE :tensorflow:serving:request_count counter"]
         with self._lock:
             for (model, status), value in sorted(self._requests.items()):
-                lines.append(f":tensorflow:serving:request_count{_labels(model_name=model, status=status)} {value}")
+                lines.append(
+                    f":tensorflow:serving:request_count{_labels(model_name=model, status=status)} {value}"
+                )
             lines.append("# TYPE :tensorflow:serving:request_latency histogram")
             for (model, api, entry), hist in sorted(self._latency.items()):
                 base = {"model_name": model, "API": api, "entrypoint": entry}
                 cumulative = 0
                 for bound, count in zip(LATENCY_BUCKETS_US, hist.counts, strict=True):
                     cumulative += count
-                    lines.append(f":tensorflow:serving:request_latency_bucket{_labels(**base, le=f'{bound:.6g}')} "
-                                 f"{cumulative}")
-                lines.append(f":tensorflow:serving:request_latency_bucket{_labels(**base, le='+Inf')} {hist.count}")
+                    lines.append(
+                        f":tensorflow:serving:request_latency_bucket{_labels(**base, le=f'{bound:.6g}')} "
+                        f"{cumulative}"
+                    )
+                lines.append(
+                    f":tensorflow:serving:request_latency_bucket{_labels(**base, le='+Inf')} {hist.count}"
+                )
                 lines.append(f":tensorflow:serving:request_latency_sum{_labels(**base)} {hist.total:.3f}")
                 lines.append(f":tensorflow:serving:request_latency_count{_labels(**base)} {hist.count}")
             lines.append("# TYPE :tensorflow:cc:saved_model:load_attempt_count counter")
             for (path, status), value in sorted(self._loads.items()):
-                lines.append(f":tensorflow:cc:saved_model:load_attempt_count"
-                             f"{_labels(model_path=path, status=status)} {value}")
+                lines.append(
+                    f":tensorflow:cc:saved_model:load_attempt_count"
+                    f"{_labels(model_path=path, status=status)} {value}"
+                )
             lines.append("# TYPE :tensorflow:serving:batching_session:batch_count counter")
             for name, value in sorted(self._batches.items()):
                 lines.append(f":tensorflow:serving:batching_session:{name}_total {value}")

@@ -81,9 +81,13 @@ def aspired_versions(policy, available_dirs: list[int]) -> set[int]:
 class ModelManager:
     """Owns every loaded Servable; the polling thread changes them, request threads only read."""
 
-    def __init__(self, config: model_server_config_pb2.ModelServerConfig,
-                 load_servable: Callable[[str, int, Path], Servable], poll_wait_seconds: float = 1.0,
-                 on_event: Callable[[str, str, str], None] | None = None):
+    def __init__(
+        self,
+        config: model_server_config_pb2.ModelServerConfig,
+        load_servable: Callable[[str, int, Path], Servable],
+        poll_wait_seconds: float = 1.0,
+        on_event: Callable[[str, str, str], None] | None = None,
+    ):
         self._load_servable = load_servable
         self._poll_wait_seconds = poll_wait_seconds
         self._on_event = on_event or (lambda model, path, status: None)
@@ -122,8 +126,10 @@ class ModelManager:
                 for version in model.version_labels.values():
                     entry = self._models[model.name].versions.get(version)
                     if entry is None or entry.state != State.AVAILABLE:
-                        problems.append(f"Request to assign label to version {version} of model "
-                                        f"{model.name}, which is not currently available for inference")
+                        problems.append(
+                            f"Request to assign label to version {version} of model "
+                            f"{model.name}, which is not currently available for inference"
+                        )
         if problems:
             raise InvalidArgument("; ".join(problems))
 
@@ -170,8 +176,12 @@ class ModelManager:
         dirs = list_version_dirs(base) if base else {}
         complete = {v: p for v, p in dirs.items() if (p / "saved_model.pb").is_file()}
         if base and not complete and not model.warned_empty:
-            log.warning("No versions of servable %s found under base path %s. Did you forget to name your "
-                        "leaf directory as a number (eg. '/1/')?", name, base)
+            log.warning(
+                "No versions of servable %s found under base path %s. Did you forget to name your "
+                "leaf directory as a number (eg. '/1/')?",
+                name,
+                base,
+            )
             model.warned_empty = True
         aspired = aspired_versions(model.config.model_version_policy, list(complete))
         for version in sorted(aspired, reverse=True):
@@ -179,8 +189,12 @@ class ModelManager:
             if entry is not None and entry.state == State.AVAILABLE:
                 continue
             fingerprint = version_fingerprint(complete[version])
-            if (entry is not None and entry.state == State.END and entry.error_code != error_codes_pb2.OK
-                    and entry.fingerprint == fingerprint):
+            if (
+                entry is not None
+                and entry.state == State.END
+                and entry.error_code != error_codes_pb2.OK
+                and entry.fingerprint == fingerprint
+            ):
                 continue  # failed (or unloaded) before and unchanged since: do not retry in a loop
             self._load(name, model, version, complete[version], fingerprint)
         self._unload_unaspired(name, model, aspired)
@@ -199,15 +213,23 @@ class ModelManager:
             with self._lock:
                 entry.state, entry.error_code = State.END, code
                 entry.error_message = message[0] if message else type(error).__name__
-            log.error("Failed to load servable version {name: %s version: %d}: %s (the previous version, "
-                      "if any, keeps serving; the directory is retried when its content changes)",
-                      name, version, entry.error_message)
+            log.error(
+                "Failed to load servable version {name: %s version: %d}: %s (the previous version, "
+                "if any, keeps serving; the directory is retried when its content changes)",
+                name,
+                version,
+                entry.error_message,
+            )
             self._on_event(name, str(path), "error")
             return
         with self._lock:
             entry.servable, entry.state = servable, State.AVAILABLE
-        log.info("Successfully loaded servable version {name: %s version: %d} in %.2f s",
-                 name, version, time.monotonic() - started)
+        log.info(
+            "Successfully loaded servable version {name: %s version: %d} in %.2f s",
+            name,
+            version,
+            time.monotonic() - started,
+        )
         self._on_event(name, str(path), "success")
 
     def _unload_unaspired(self, name: str, model: ManagedModel, aspired: set[int]) -> None:
@@ -271,8 +293,11 @@ class ModelManager:
     def available_versions(self) -> dict[str, list[int]]:
         """Every configured model with its AVAILABLE versions (newest last)."""
         with self._lock:
-            return {name: sorted(v for v, e in m.versions.items() if e.state == State.AVAILABLE)
-                    for name, m in self._models.items() if m.config.base_path}
+            return {
+                name: sorted(v for v, e in m.versions.items() if e.state == State.AVAILABLE)
+                for name, m in self._models.items()
+                if m.config.base_path
+            }
 
     def is_ready(self) -> bool:
         """True when every configured model has an AVAILABLE version."""

@@ -28,11 +28,18 @@ log = logging.getLogger(__name__)
 
 # The exact grammar of TF Serving's http_rest_api_util.cc.
 _DISPATCH = re.compile(r"(?i)/v1/.*")
-_POST = re.compile(r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)")
-_GET = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:\/(metadata))?")
+_POST = re.compile(
+    r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)"
+)
+_GET = re.compile(
+    r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:\/(metadata))?"
+)
 _CORS_ORIGIN = re.compile(r"https?://.*")
-_CORS_HEADERS = (("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Methods", "POST, GET"),
-                 ("Access-Control-Allow-Headers", "Content-Type"))
+_CORS_HEADERS = (
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Methods", "POST, GET"),
+    ("Access-Control-Allow-Headers", "Content-Type"),
+)
 _JSON = "application/json"
 _DRAIN_LIMIT = 16 * 1024 * 1024  # oversized bodies up to this much over the limit are read and dropped
 
@@ -84,8 +91,9 @@ class RestApi:
         ok = False
         try:
             if not self._slots.acquire(timeout=self._options.timeout_ms / 1000):
-                raise DeadlineExceeded(f"Request timed out after {self._options.timeout_ms} ms waiting "
-                                       "for a REST worker")
+                raise DeadlineExceeded(
+                    f"Request timed out after {self._options.timeout_ms} ms waiting for a REST worker"
+                )
             try:
                 response = self._dispatch(api, name, match, body, started)
             finally:
@@ -121,36 +129,55 @@ class RestApi:
             examples = json_tensors.examples_from_json(doc)
             if api == "classify":
                 classified = inference.classify(servable, signature_name, examples)
-                result = {"results": [[[c.label, c.score] for c in row.classes]
-                                      for row in classified.classifications]}
+                result = {
+                    "results": [
+                        [[c.label, c.score] for c in row.classes] for row in classified.classifications
+                    ]
+                }
             else:
                 regressed = inference.regress(servable, signature_name, examples)
                 result = {"results": [r.value for r in regressed.regressions]}
         if time.perf_counter() - started > self._options.timeout_ms / 1000:
-            raise DeadlineExceeded(f"Request took longer than --rest_api_timeout_in_ms="
-                                   f"{self._options.timeout_ms}")
+            raise DeadlineExceeded(
+                f"Request took longer than --rest_api_timeout_in_ms={self._options.timeout_ms}"
+            )
         return Response(200, json_tensors.dumps(result))
 
     def _metadata(self, servable) -> bytes:
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         for key, sig_def in servable.meta_graph.signature_def.items():
             sig_map.signature_def[key].CopyFrom(sig_def)
-        doc = {"model_spec": {"name": servable.model_name, "signature_name": "",
-                              "version": str(servable.version)},
-               "metadata": {"signature_def": json_format.MessageToDict(
-                   sig_map, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)}}
+        doc = {
+            "model_spec": {
+                "name": servable.model_name,
+                "signature_name": "",
+                "version": str(servable.version),
+            },
+            "metadata": {
+                "signature_def": json_format.MessageToDict(
+                    sig_map, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                )
+            },
+        }
         return json.dumps(doc, indent=1).encode()
 
     def _list_models(self) -> Response:
         versions = self._manager.available_versions()
-        doc = {"models": sorted(versions),
-               "versions": {name: [str(v) for v in found] for name, found in sorted(versions.items())},
-               "ready": {name: bool(found) for name, found in sorted(versions.items())}}
+        doc = {
+            "models": sorted(versions),
+            "versions": {name: [str(v) for v in found] for name, found in sorted(versions.items())},
+            "ready": {name: bool(found) for name, found in sorted(versions.items())},
+        }
         return Response(200, json.dumps(doc).encode())
 
 
-_API_NAMES = {"predict": "predict", "classify": "classify", "regress": "regress",
-              "metadata": "GetModelMetadata", "status": "GetModelStatus"}
+_API_NAMES = {
+    "predict": "predict",
+    "classify": "classify",
+    "regress": "regress",
+    "metadata": "GetModelMetadata",
+    "status": "GetModelStatus",
+}
 
 
 def _version(text: str | None) -> int | None:
@@ -163,8 +190,9 @@ def _version(text: str | None) -> int | None:
 
 
 def _proto_json(message) -> bytes:
-    return json_format.MessageToJson(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True).encode()
+    return json_format.MessageToJson(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    ).encode()
 
 
 # ---------------------------------------------------------------------------------------- transport
@@ -249,8 +277,11 @@ class _Handler(BaseHTTPRequestHandler):
             if length > limit:
                 if length - limit <= _DRAIN_LIMIT:
                     self._drain(length)  # read it away so the client sees the 413 instead of a reset
-                raise _BodyError(413, f"Request body of {length} bytes is over the limit of {limit} bytes "
-                                      "(--rest_api_max_body_bytes)")
+                raise _BodyError(
+                    413,
+                    f"Request body of {length} bytes is over the limit of {limit} bytes "
+                    "(--rest_api_max_body_bytes)",
+                )
             body = self.rfile.read(length) if length else b""
             if len(body) < length:
                 raise _BodyError(400, "Request body ended before Content-Length bytes arrived")
@@ -279,15 +310,19 @@ class _Handler(BaseHTTPRequestHandler):
                 return b"".join(parts)
             total += size
             if total > limit:
-                raise _BodyError(413, f"Request body is over the limit of {limit} bytes "
-                                      "(--rest_api_max_body_bytes)")
+                raise _BodyError(
+                    413, f"Request body is over the limit of {limit} bytes (--rest_api_max_body_bytes)"
+                )
             parts.append(self.rfile.read(size))
             self.rfile.readline()
 
     def _send(self, response: Response) -> None:
         closing = self.close_connection or self.server.stopping
-        head = [f"HTTP/1.1 {response.status} {_reason(response.status)}",
-                f"Content-Type: {response.content_type}", f"Content-Length: {len(response.body)}"]
+        head = [
+            f"HTTP/1.1 {response.status} {_reason(response.status)}",
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {len(response.body)}",
+        ]
         if self.server.options.enable_cors:
             head.extend(f"{k}: {v}" for k, v in _CORS_HEADERS)
         if closing:
@@ -314,8 +349,9 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     except zlib.error as error:
         raise _BodyError(400, f"Failed to decompress gzip request body: {error}") from None
     if len(data) > limit or decompressor.unconsumed_tail:
-        raise _BodyError(413, f"Decompressed request body is over the limit of {limit} bytes "
-                              "(--rest_api_max_body_bytes)")
+        raise _BodyError(
+            413, f"Decompressed request body is over the limit of {limit} bytes (--rest_api_max_body_bytes)"
+        )
     return data
 
 
@@ -370,8 +406,9 @@ class RestServer(ThreadingHTTPServer):
 
     def start(self) -> None:
         """Serve in a background thread."""
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="rest-accept", daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="rest-accept", daemon=True
+        )
         self._thread.start()
 
     def stop(self, grace_s: float = 30.0) -> None:

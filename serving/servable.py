@@ -104,10 +104,12 @@ class Servable:
             if name not in functions:
                 continue  # e.g. TF1 "__saved_model_init_op"; not callable as a signature
             self.signatures[name] = Signature(
-                name=name, method_name=sig_def.method_name,
+                name=name,
+                method_name=sig_def.method_name,
                 inputs={a: _tensor_spec(a, i) for a, i in sig_def.inputs.items()},
                 outputs={a: _tensor_spec(a, i) for a, i in sig_def.outputs.items()},
-                function=functions[name])
+                function=functions[name],
+            )
         if not self.signatures:
             raise ValueError(f"{self.path} has no serving signatures")
 
@@ -124,18 +126,24 @@ class Servable:
 
     # ----------------------------------------------------------------------------------------- run
     def signature(self, name: str, *, rest: bool = False) -> Signature:
-        """Find a signature; '' means serving_default. REST and gRPC word the miss differently, as TF Serving."""
+        """Find a signature ('' = serving_default); REST and gRPC word a miss differently, as TF Serving."""
         name = name or DEFAULT_SIGNATURE
         try:
             return self.signatures[name]
         except KeyError:
             if rest:
-                raise InvalidArgument(f'Serving signature name: "{name}" not found in signature def') from None
+                raise InvalidArgument(
+                    f'Serving signature name: "{name}" not found in signature def'
+                ) from None
             raise FailedPrecondition(f'Serving signature key "{name}" not found.') from None
 
-    def predict(self, signature: Signature, inputs: dict[str, np.ndarray],
-                output_filter: list[str] | tuple[str, ...] = (), timeout: float | None = None,
-                ) -> dict[str, np.ndarray]:
+    def predict(
+        self,
+        signature: Signature,
+        inputs: dict[str, np.ndarray],
+        output_filter: list[str] | tuple[str, ...] = (),
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray]:
         """Validate inputs against the signature, run it (batched if enabled), return the wanted outputs."""
         check_inputs(signature, inputs)
         wanted = check_output_filter(signature, output_filter)
@@ -189,21 +197,25 @@ def check_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> None
             f"input size does not match signature: {len(sent)}!={len(expected)} "
             f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
             f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
-            f"Missing but required: {{{','.join(sorted(expected - sent))}}}.")
+            f"Missing but required: {{{','.join(sorted(expected - sent))}}}."
+        )
     for alias, value in inputs.items():
         spec = signature.inputs[alias]
         if value.dtype != spec.numpy_dtype:
             got = array_dtype_name(value)
             raise InvalidArgument(
                 f"Expects arg[{sorted(signature.inputs).index(alias)}] ('{alias}') to be "
-                f"{dtype_name(spec.dtype)} but {got} is provided")
+                f"{dtype_name(spec.dtype)} but {got} is provided"
+            )
         if spec.shape is None:
             continue
         if value.ndim != len(spec.shape) or any(
-                want not in (-1, got) for want, got in zip(spec.shape, value.shape, strict=True)):
+            want not in (-1, got) for want, got in zip(spec.shape, value.shape, strict=True)
+        ):
             raise InvalidArgument(
                 f"input '{alias}' has shape [{','.join(map(str, value.shape))}] but the signature "
-                f"expects {spec.shape_text()} (-1 = any size)")
+                f"expects {spec.shape_text()} (-1 = any size)"
+            )
 
 
 def check_output_filter(signature: Signature, output_filter) -> list[str]:
@@ -215,7 +227,8 @@ def check_output_filter(signature: Signature, output_filter) -> list[str]:
         if alias not in signature.outputs:
             raise InvalidArgument(
                 f"output tensor alias not found in signature: {alias} Outputs expected to be in the "
-                f"set {{{','.join(sorted(signature.outputs))}}}.")
+                f"set {{{','.join(sorted(signature.outputs))}}}."
+            )
         if alias in seen:
             raise InvalidArgument(f"duplicate output tensor alias: {alias}")
         seen.add(alias)

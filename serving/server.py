@@ -31,9 +31,12 @@ class ModelServer:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.metrics = Metrics()
-        self.manager = ModelManager(config.model_config, self._load_servable,
-                                    config.file_system_poll_wait_seconds,
-                                    on_event=lambda model, path, status: self.metrics.record_load(path, status))
+        self.manager = ModelManager(
+            config.model_config,
+            self._load_servable,
+            config.file_system_poll_wait_seconds,
+            on_event=lambda model, path, status: self.metrics.record_load(path, status),
+        )
         self._stop = threading.Event()
         self._grpc = None
         self._health = None
@@ -47,8 +50,11 @@ class ModelServer:
         servable.load()
         if self.config.batching is not None:
             batching = self.config.batching
-            servable.enable_batching(lambda run_fn: BatchQueue(
-                run_fn, batching, name=f"batch-{name}-{version}", on_batch=self.metrics.record_batch))
+            servable.enable_batching(
+                lambda run_fn: BatchQueue(
+                    run_fn, batching, name=f"batch-{name}-{version}", on_batch=self.metrics.record_batch
+                )
+            )
         if self.config.enable_warmup:
             try:
                 run_warmup(servable, self.config.warmup_iterations)
@@ -80,23 +86,33 @@ class ModelServer:
             self.stop()
             raise StartupError(f"cannot open server ports: {error}") from None
         if self.config.model_config_file and self.config.model_config_file_poll_wait_seconds > 0:
-            self._config_thread = threading.Thread(target=self._poll_config_file, name="config-poller",
-                                                   daemon=True)
+            self._config_thread = threading.Thread(
+                target=self._poll_config_file, name="config-poller", daemon=True
+            )
             self._config_thread.start()
 
     def _open_ports(self) -> None:
         cfg = self.config
         if cfg.grpc_port is not None:
             self._grpc, self.grpc_port, self._health = create_grpc_server(
-                self.manager, self.metrics, cfg.host, cfg.grpc_port, cfg.grpc_max_threads, cfg.enable_grpc_health)
+                self.manager,
+                self.metrics,
+                cfg.host,
+                cfg.grpc_port,
+                cfg.grpc_max_threads,
+                cfg.enable_grpc_health,
+            )
             log.info("Running gRPC ModelServer at %s:%d ...", cfg.host, self.grpc_port)
         if cfg.rest_port is not None:
             if cfg.rest_port == cfg.grpc_port and cfg.rest_port != 0:
-                log.error("--rest_api_port cannot be the same as --port. Please use a different port for "
-                          "HTTP/REST API. Skipped exporting HTTP/REST API.")
+                log.error(
+                    "--rest_api_port cannot be the same as --port. Please use a different port for "
+                    "HTTP/REST API. Skipped exporting HTTP/REST API."
+                )
                 return
-            self._rest = RestServer((cfg.host, cfg.rest_port), RestApi(self.manager, self.metrics, cfg.rest),
-                                    cfg.rest)
+            self._rest = RestServer(
+                (cfg.host, cfg.rest_port), RestApi(self.manager, self.metrics, cfg.rest), cfg.rest
+            )
             self.rest_port = self._rest.port
             self._rest.start()
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.rest_port)
@@ -146,6 +162,7 @@ class ModelServer:
 
 def install_signal_handlers(server: ModelServer) -> None:
     """SIGTERM and SIGINT (Ctrl-C) ask the server to stop gracefully."""
+
     def handler(signum, frame):
         server.request_stop()
 

@@ -27,8 +27,8 @@ class ServerConfig:
     """Everything the server needs; the CLI builds it from TF Serving's flags."""
 
     model_config: model_server_config_pb2.ModelServerConfig = field(compare=False)
-    grpc_port: int | None = 8500           # None: no gRPC; 0: any free port
-    rest_port: int | None = 8501           # None: no REST; 0: any free port
+    grpc_port: int | None = 8500  # None: no gRPC; 0: any free port
+    rest_port: int | None = 8501  # None: no REST; 0: any free port
     host: str = "0.0.0.0"
     model_config_file: str | None = None
     model_config_file_poll_wait_seconds: float = 0.0

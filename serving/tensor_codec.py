@@ -9,12 +9,17 @@ from serving.errors import InvalidArgument
 
 # DataType enum -> numpy dtype, for the dtypes whose TensorProto can carry raw tensor_content.
 _NUMPY_BY_DTYPE: dict[int, np.dtype] = {
-    types_pb2.DT_FLOAT: np.dtype(np.float32), types_pb2.DT_DOUBLE: np.dtype(np.float64),
+    types_pb2.DT_FLOAT: np.dtype(np.float32),
+    types_pb2.DT_DOUBLE: np.dtype(np.float64),
     types_pb2.DT_HALF: np.dtype(np.float16),
-    types_pb2.DT_INT8: np.dtype(np.int8), types_pb2.DT_INT16: np.dtype(np.int16),
-    types_pb2.DT_INT32: np.dtype(np.int32), types_pb2.DT_INT64: np.dtype(np.int64),
-    types_pb2.DT_UINT8: np.dtype(np.uint8), types_pb2.DT_UINT16: np.dtype(np.uint16),
-    types_pb2.DT_UINT32: np.dtype(np.uint32), types_pb2.DT_UINT64: np.dtype(np.uint64),
+    types_pb2.DT_INT8: np.dtype(np.int8),
+    types_pb2.DT_INT16: np.dtype(np.int16),
+    types_pb2.DT_INT32: np.dtype(np.int32),
+    types_pb2.DT_INT64: np.dtype(np.int64),
+    types_pb2.DT_UINT8: np.dtype(np.uint8),
+    types_pb2.DT_UINT16: np.dtype(np.uint16),
+    types_pb2.DT_UINT32: np.dtype(np.uint32),
+    types_pb2.DT_UINT64: np.dtype(np.uint64),
     types_pb2.DT_BOOL: np.dtype(np.bool_),
 }
 _DTYPE_BY_NUMPY = {v: k for k, v in _NUMPY_BY_DTYPE.items()}
@@ -59,7 +64,8 @@ def to_ndarray(proto: tensor_pb2.TensorProto, name: str = "") -> np.ndarray:
         if len(proto.tensor_content) != expected:
             raise InvalidArgument(
                 f"input tensor {name!r}: tensor_content has {len(proto.tensor_content)} bytes but shape "
-                f"{list(shape)} of {dtype_name(proto.dtype)} needs {expected}")
+                f"{list(shape)} of {dtype_name(proto.dtype)} needs {expected}"
+            )
         return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape)
     if proto.dtype != types_pb2.DT_STRING and dtype is None:
         raise InvalidArgument(f"input tensor {name!r} has unsupported dtype {dtype_name(proto.dtype)}")
@@ -75,12 +81,14 @@ def to_tensor_proto(array: np.ndarray, dtype: int | None = None) -> tensor_pb2.T
     """Encode a numpy array (bytes objects for strings) as a TensorProto."""
     array = np.asarray(array)
     shape = tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in array.shape])
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in array.shape]
+    )
     if array.dtype.kind in "OSU" or dtype == types_pb2.DT_STRING:
         values = [v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1).tolist()]
         return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=values)
     enum = _DTYPE_BY_NUMPY.get(array.dtype)
     if enum is None:
         raise InvalidArgument(f"cannot encode an output of numpy dtype {array.dtype}")
-    return tensor_pb2.TensorProto(dtype=enum, tensor_shape=shape,
-                                  tensor_content=np.ascontiguousarray(array).tobytes())
+    return tensor_pb2.TensorProto(
+        dtype=enum, tensor_shape=shape, tensor_content=np.ascontiguousarray(array).tobytes()
+    )

@@ -34,8 +34,11 @@ def run_warmup(servable: Servable, iterations: int = 1) -> int:
         entry = prediction_log_pb2.PredictionLog.FromString(raw)
         for _ in range(max(1, iterations)):
             _replay(servable, entry)
-    log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d.",
-             servable.path, len(records))
+    log.info(
+        "Finished reading warmup data for model at %s. Number of warmup records read: %d.",
+        servable.path,
+        len(records),
+    )
     return len(records)
 
 
@@ -48,12 +51,14 @@ def _replay(servable: Servable, entry: prediction_log_pb2.PredictionLog) -> None
         servable.predict(signature, inputs, list(request.output_filter))
     elif kind == "classify_log":
         request = entry.classify_log.request
-        inference.classify(servable, request.model_spec.signature_name,
-                           inference.examples_from_input(request.input))
+        inference.classify(
+            servable, request.model_spec.signature_name, inference.examples_from_input(request.input)
+        )
     elif kind == "regress_log":
         request = entry.regress_log.request
-        inference.regress(servable, request.model_spec.signature_name,
-                          inference.examples_from_input(request.input))
+        inference.regress(
+            servable, request.model_spec.signature_name, inference.examples_from_input(request.input)
+        )
     elif kind == "multi_inference_log":
         inference.multi_inference(servable, entry.multi_inference_log.request)
     else:

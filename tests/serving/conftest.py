@@ -48,11 +48,18 @@ class Odd(tf.Module):
         super().__init__()
         self.offset = tf.Variable(0.5)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"),
-                                  tf.TensorSpec([None, 3], tf.float32, name="values")])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="text"),
+            tf.TensorSpec([None, 3], tf.float32, name="values"),
+        ]
+    )
     def serve(self, text, values):
-        return {"length": tf.strings.length(text), "doubled": values * 2 + self.offset,
-                "echo_bytes": tf.strings.join([text, "!"])}
+        return {
+            "length": tf.strings.length(text),
+            "doubled": values * 2 + self.offset,
+            "echo_bytes": tf.strings.join([text, "!"]),
+        }
 
     @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.int64, name="pair")])
     def total(self, pair):
@@ -67,7 +74,9 @@ def save_digits_model(path: Path, seed: int) -> DigitsLike:
 
 def save_odd_model(path: Path) -> None:
     module = Odd()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve, "total": module.total})
+    tf.saved_model.save(
+        module, str(path), signatures={"serving_default": module.serve, "total": module.total}
+    )
 
 
 def save_estimator_style_model(path: Path) -> None:
@@ -87,8 +96,9 @@ def save_estimator_style_model(path: Path) -> None:
             "serving_default": sig_util.classification_signature_def(serialized, classes, scores),
             "classify_x": sig_util.classification_signature_def(serialized, classes, scores),
             "regress_x": sig_util.regression_signature_def(serialized, y),
-            "predict_y": sig_util.build_signature_def({"x": build(x)}, {"y": build(y)},
-                                                      "tensorflow/serving/predict"),
+            "predict_y": sig_util.build_signature_def(
+                {"x": build(x)}, {"y": build(y)}, "tensorflow/serving/predict"
+            ),
         }
         with tf.compat.v1.Session(graph=graph) as session:
             session.run(tf.compat.v1.global_variables_initializer())
@@ -111,8 +121,12 @@ def built_models(tmp_path_factory) -> SimpleNamespace:
     save_digits_model(root / "digits2", seed=2)
     save_odd_model(root / "odd")
     save_estimator_style_model(root / "estimator")
-    return SimpleNamespace(root=root, digits={1: root / "digits1", 2: root / "digits2"},
-                           odd=root / "odd", estimator=root / "estimator")
+    return SimpleNamespace(
+        root=root,
+        digits={1: root / "digits1", 2: root / "digits2"},
+        odd=root / "odd",
+        estimator=root / "estimator",
+    )
 
 
 def reference_predict(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -124,11 +138,18 @@ def reference_predict(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
 
 def start_server(config_text: str | None, **overrides) -> ModelServer:
     """An in-process ModelServer on free ports (127.0.0.1), started and ready."""
-    options = dict(model_config=parse_model_server_config(config_text) if config_text else None, grpc_port=0, rest_port=0,
-                   host="127.0.0.1", file_system_poll_wait_seconds=0.2, grpc_max_threads=16,
-                   rest=RestOptions(num_threads=16, max_body_bytes=2_000_000,
-                                    metrics_path="/monitoring/prometheus/metrics"),
-                   shutdown_grace_seconds=10)
+    options = dict(
+        model_config=parse_model_server_config(config_text) if config_text else None,
+        grpc_port=0,
+        rest_port=0,
+        host="127.0.0.1",
+        file_system_poll_wait_seconds=0.2,
+        grpc_max_threads=16,
+        rest=RestOptions(
+            num_threads=16, max_body_bytes=2_000_000, metrics_path="/monitoring/prometheus/metrics"
+        ),
+        shutdown_grace_seconds=10,
+    )
     options.update(overrides)
     server = ModelServer(ServerConfig(**options))
     server.start(ready_timeout_s=60)
@@ -150,11 +171,11 @@ def model_root(tmp_path_factory, built_models) -> Path:
 def server(model_root) -> ModelServer:
     """One server for the read-only API tests."""
     config = f"""model_config_list {{
-      config {{ name: "digits" base_path: "{model_root / 'digits'}" model_platform: "tensorflow"
+      config {{ name: "digits" base_path: "{model_root / "digits"}" model_platform: "tensorflow"
                model_version_policy {{ all {{}} }}
                version_labels {{ key: "stable" value: 1 }} version_labels {{ key: "canary" value: 2 }} }}
-      config {{ name: "odd" base_path: "{model_root / 'odd'}" }}
-      config {{ name: "estimator" base_path: "{model_root / 'estimator'}" }}
+      config {{ name: "odd" base_path: "{model_root / "odd"}" }}
+      config {{ name: "estimator" base_path: "{model_root / "estimator"}" }}
     }}"""
     server = start_server(config, batching=None)
     yield server
@@ -178,13 +199,16 @@ def grpc_channel(server):
 @pytest.fixture(scope="session")
 def images() -> np.ndarray:
     """Eight different uint8 images [8,28,28]."""
-    return np.random.default_rng(0).integers(0, PIXEL_MAX + 1, size=(8, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    return np.random.default_rng(0).integers(
+        0, PIXEL_MAX + 1, size=(8, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8
+    )
 
 
 @pytest.fixture(scope="session")
 def batching_config() -> BatchingConfig:
-    return BatchingConfig(max_batch_size=16, batch_timeout_micros=2000, max_enqueued_batches=100,
-                          num_batch_threads=2)
+    return BatchingConfig(
+        max_batch_size=16, batch_timeout_micros=2000, max_enqueued_batches=100, num_batch_threads=2
+    )
 
 
 @pytest.fixture
@@ -205,5 +229,10 @@ def server_factory():
 @pytest.fixture(scope="session")
 def model_builders() -> SimpleNamespace:
     """The model-building helpers, for tests that write versions while a server runs."""
-    return SimpleNamespace(digits=save_digits_model, odd=save_odd_model, estimator=save_estimator_style_model,
-                           reference=reference_predict, free_port=free_port)
+    return SimpleNamespace(
+        digits=save_digits_model,
+        odd=save_odd_model,
+        estimator=save_estimator_style_model,
+        reference=reference_predict,
+        free_port=free_port,
+    )

@@ -36,74 +36,305 @@ REST_CASES = [
     ("not JSON", "POST", PREDICT, b"instances=1", {}, 400, "JSON Parse error"),
     ("top level is a list", "POST", PREDICT, b"[1, 2]", {}, 400, "Is not object"),
     ("invalid UTF-8", "POST", PREDICT, b'{"instances": ["\xff\xfe"]}', {}, 400, "JSON Parse error"),
-    ("deeply nested", "POST", PREDICT, b'{"instances": ' + b"[" * 100000 + b"]" * 100000 + b"}", {}, 400,
-     "JSON Parse error"),
+    (
+        "deeply nested",
+        "POST",
+        PREDICT,
+        b'{"instances": ' + b"[" * 100000 + b"]" * 100000 + b"}",
+        {},
+        400,
+        "JSON Parse error",
+    ),
     ("no inputs key", "POST", PREDICT, {"instanses": IMG}, {}, 400, "Missing 'inputs' or 'instances' key"),
-    ("both keys", "POST", PREDICT, {"instances": IMG, "inputs": IMG}, {}, 400, "only one of 'inputs' or 'instances'"),
-    ("instances not a list", "POST", PREDICT, {"instances": 5}, {}, 400, "Expecting 'instances' to be an list"),
+    (
+        "both keys",
+        "POST",
+        PREDICT,
+        {"instances": IMG, "inputs": IMG},
+        {},
+        400,
+        "only one of 'inputs' or 'instances'",
+    ),
+    (
+        "instances not a list",
+        "POST",
+        PREDICT,
+        {"instances": 5},
+        {},
+        400,
+        "Expecting 'instances' to be an list",
+    ),
     ("empty batch", "POST", PREDICT, {"instances": []}, {}, 400, "No values in 'instances' array"),
-    ("ragged rows", "POST", PREDICT, {"instances": [ROW, ROW[:-1]]}, {}, 400, "Expecting shape [28,28] but got: [27,28]"),
-    ("wrong image size", "POST", PREDICT, {"instances": [[r[:-1] for r in ROW]]}, {}, 400,
-     "expects [-1,28,28]"),
+    (
+        "ragged rows",
+        "POST",
+        PREDICT,
+        {"instances": [ROW, ROW[:-1]]},
+        {},
+        400,
+        "Expecting shape [28,28] but got: [27,28]",
+    ),
+    (
+        "wrong image size",
+        "POST",
+        PREDICT,
+        {"instances": [[r[:-1] for r in ROW]]},
+        {},
+        400,
+        "expects [-1,28,28]",
+    ),
     ("flat pixels", "POST", PREDICT, {"instances": [[0] * 784]}, {}, 400, "has shape [1,784]"),
-    ("string pixel", "POST", PREDICT, {"instances": [[["a"] * 28] * 28]}, {}, 400,
-     'JSON Value: "a" Type: String is not of expected type: uint8'),
-    ("fractional pixel", "POST", PREDICT, {"instances": [[[1.5] * 28] * 28]}, {}, 400,
-     "JSON Value: 1.5 Type: Number is not of expected type: uint8"),
+    (
+        "string pixel",
+        "POST",
+        PREDICT,
+        {"instances": [[["a"] * 28] * 28]},
+        {},
+        400,
+        'JSON Value: "a" Type: String is not of expected type: uint8',
+    ),
+    (
+        "fractional pixel",
+        "POST",
+        PREDICT,
+        {"instances": [[[1.5] * 28] * 28]},
+        {},
+        400,
+        "JSON Value: 1.5 Type: Number is not of expected type: uint8",
+    ),
     ("pixel over 255", "POST", PREDICT, {"instances": [[[300] * 28] * 28]}, {}, 400, "out of range [0, 255]"),
     ("negative pixel", "POST", PREDICT, {"inputs": [[[-1] * 28] * 28]}, {}, 400, "out of range [0, 255]"),
-    ("NaN pixel", "POST", PREDICT, b'{"instances": [[' + b",".join([b"[" + b",".join([b"NaN"] * 28) + b"]"] * 28)
-     + b"]]}", {}, 400, "JSON Value: nan Type: Number is not of expected type: uint8"),
-    ("Infinity pixel", "POST", PREDICT, b'{"inputs": [' + b",".join([b"[" + b",".join([b"Infinity"] * 28) + b"]"] * 28)
-     + b"]}", {}, 400, "is not of expected type: uint8"),
-    ("bool pixel", "POST", PREDICT, {"instances": [[[True] * 28] * 28]}, {}, 400, "Type: Bool is not of expected"),
-    ("huge integer", "POST", PREDICT, {"instances": [[[2**70] * 28] * 28]}, {}, 400, "not of expected type: uint8"),
-    ("signature_name not a string", "POST", PREDICT, {"signature_name": 3, "instances": IMG}, {}, 400,
-     "'signature_name' key must be a string value."),
-    ("unknown signature", "POST", PREDICT, {"signature_name": "nope", "instances": IMG}, {}, 400,
-     'Serving signature name: "nope" not found in signature def'),
-    ("unknown model", "POST", "/v1/models/nope:predict", {"instances": IMG}, {}, 404,
-     "Servable not found for request: Latest(nope)"),
-    ("unknown version", "POST", "/v1/models/digits/versions/99:predict", {"instances": IMG}, {}, 404,
-     "Servable not found for request: Specific(digits, 99)"),
-    ("unknown label", "POST", "/v1/models/digits/labels/beta:predict", {"instances": IMG}, {}, 400,
-     "Unrecognized servable version label: beta"),
-    ("version over int64", "POST", "/v1/models/digits/versions/99999999999999999999:predict", {"instances": IMG},
-     {}, 400, "Failed to convert version: 99999999999999999999 to numeric."),
-    ("unknown model status", "GET", "/v1/models/nope", None, {}, 404, "Could not find any versions of model nope"),
-    ("unknown version status", "GET", "/v1/models/digits/versions/42", None, {}, 404,
-     "Could not find version 42 of model digits"),
+    (
+        "NaN pixel",
+        "POST",
+        PREDICT,
+        b'{"instances": [[' + b",".join([b"[" + b",".join([b"NaN"] * 28) + b"]"] * 28) + b"]]}",
+        {},
+        400,
+        "JSON Value: nan Type: Number is not of expected type: uint8",
+    ),
+    (
+        "Infinity pixel",
+        "POST",
+        PREDICT,
+        b'{"inputs": [' + b",".join([b"[" + b",".join([b"Infinity"] * 28) + b"]"] * 28) + b"]}",
+        {},
+        400,
+        "is not of expected type: uint8",
+    ),
+    (
+        "bool pixel",
+        "POST",
+        PREDICT,
+        {"instances": [[[True] * 28] * 28]},
+        {},
+        400,
+        "Type: Bool is not of expected",
+    ),
+    (
+        "huge integer",
+        "POST",
+        PREDICT,
+        {"instances": [[[2**70] * 28] * 28]},
+        {},
+        400,
+        "not of expected type: uint8",
+    ),
+    (
+        "signature_name not a string",
+        "POST",
+        PREDICT,
+        {"signature_name": 3, "instances": IMG},
+        {},
+        400,
+        "'signature_name' key must be a string value.",
+    ),
+    (
+        "unknown signature",
+        "POST",
+        PREDICT,
+        {"signature_name": "nope", "instances": IMG},
+        {},
+        400,
+        'Serving signature name: "nope" not found in signature def',
+    ),
+    (
+        "unknown model",
+        "POST",
+        "/v1/models/nope:predict",
+        {"instances": IMG},
+        {},
+        404,
+        "Servable not found for request: Latest(nope)",
+    ),
+    (
+        "unknown version",
+        "POST",
+        "/v1/models/digits/versions/99:predict",
+        {"instances": IMG},
+        {},
+        404,
+        "Servable not found for request: Specific(digits, 99)",
+    ),
+    (
+        "unknown label",
+        "POST",
+        "/v1/models/digits/labels/beta:predict",
+        {"instances": IMG},
+        {},
+        400,
+        "Unrecognized servable version label: beta",
+    ),
+    (
+        "version over int64",
+        "POST",
+        "/v1/models/digits/versions/99999999999999999999:predict",
+        {"instances": IMG},
+        {},
+        400,
+        "Failed to convert version: 99999999999999999999 to numeric.",
+    ),
+    (
+        "unknown model status",
+        "GET",
+        "/v1/models/nope",
+        None,
+        {},
+        404,
+        "Could not find any versions of model nope",
+    ),
+    (
+        "unknown version status",
+        "GET",
+        "/v1/models/digits/versions/42",
+        None,
+        {},
+        404,
+        "Could not find version 42 of model digits",
+    ),
     ("unknown model metadata", "GET", "/v1/models/nope/metadata", None, {}, 404, "Servable not found"),
-    ("singular version in path", "POST", "/v1/models/digits/version/1:predict", {"instances": IMG}, {}, 400,
-     "Malformed request: POST /v1/models/digits/version/1:predict"),
+    (
+        "singular version in path",
+        "POST",
+        "/v1/models/digits/version/1:predict",
+        {"instances": IMG},
+        {},
+        400,
+        "Malformed request: POST /v1/models/digits/version/1:predict",
+    ),
     ("GET on predict", "GET", PREDICT, None, {}, 400, "Malformed request: GET /v1/models/digits:predict"),
     ("POST without a model", "POST", "/v1/models", {}, {}, 400, "Malformed request: POST /v1/models"),
     ("unknown verb", "POST", "/v1/models/digits:explain", {}, {}, 400, "Malformed request"),
     ("path outside /v1", "GET", "/v3/anything", None, {}, 404, "Not found: /v3/anything"),
     ("body over the limit", "POST", PREDICT, b"[" * 2_500_000, {}, 413, "over the limit of 2000000 bytes"),
-    ("gzip bomb", "POST", PREDICT, gzip.compress(b" " * 50_000_000), {"Content-Encoding": "gzip"}, 413,
-     "Decompressed request body is over the limit"),
-    ("broken gzip", "POST", PREDICT, b"\x1f\x8bnot really gzip", {"Content-Encoding": "gzip"}, 400,
-     "Failed to decompress gzip"),
-    ("unicode garbage key", "POST", PREDICT, {"ïnstäncés ☃": IMG}, {}, 400, "Missing 'inputs' or 'instances'"),
-    ("plain list for two inputs", "POST", ODD, {"instances": ["a", "b"]}, {}, 400,
-     "expecting list of objects as multiple input tensors"),
-    ("missing named input in row", "POST", ODD, {"instances": [{"text": "a"}]}, {}, 400,
-     "does not have named input: values"),
-    ("missing named input in columns", "POST", ODD, {"inputs": {"text": ["a"]}}, {}, 400,
-     "Missing named input: values in 'inputs' object."),
-    ("URL-safe base64", "POST", ODD, {"instances": [{"text": {"b64": "-_-_"}, "values": [1, 2, 3]}]}, {}, 400,
-     "Unable to base64 decode"),
-    ("b64 for a float input", "POST", ODD, {"instances": [{"text": "a", "values": {"b64": "AAAA"}}]}, {}, 400,
-     "is not of expected type: float"),
-    ("number for a string input", "POST", ODD, {"instances": [{"text": 5, "values": [1, 2, 3]}]}, {}, 400,
-     "is not of expected type: string"),
-    ("classify without examples", "POST", "/v1/models/estimator:classify", {"instances": [1]}, {}, 400,
-     "Missing 'examples' key"),
-    ("regress on a classify signature", "POST", "/v1/models/estimator:regress", {"examples": [{"x": 1.0}]}, {},
-     400, "Expected regression signature method_name to be tensorflow/serving/regress"),
-    ("bad example feature", "POST", "/v1/models/estimator:classify", {"examples": [{"x": [1, "a"]}]}, {}, 400,
-     "feature 'x' must be a number, a string"),
+    (
+        "gzip bomb",
+        "POST",
+        PREDICT,
+        gzip.compress(b" " * 50_000_000),
+        {"Content-Encoding": "gzip"},
+        413,
+        "Decompressed request body is over the limit",
+    ),
+    (
+        "broken gzip",
+        "POST",
+        PREDICT,
+        b"\x1f\x8bnot really gzip",
+        {"Content-Encoding": "gzip"},
+        400,
+        "Failed to decompress gzip",
+    ),
+    (
+        "unicode garbage key",
+        "POST",
+        PREDICT,
+        {"ïnstäncés ☃": IMG},
+        {},
+        400,
+        "Missing 'inputs' or 'instances'",
+    ),
+    (
+        "plain list for two inputs",
+        "POST",
+        ODD,
+        {"instances": ["a", "b"]},
+        {},
+        400,
+        "expecting list of objects as multiple input tensors",
+    ),
+    (
+        "missing named input in row",
+        "POST",
+        ODD,
+        {"instances": [{"text": "a"}]},
+        {},
+        400,
+        "does not have named input: values",
+    ),
+    (
+        "missing named input in columns",
+        "POST",
+        ODD,
+        {"inputs": {"text": ["a"]}},
+        {},
+        400,
+        "Missing named input: values in 'inputs' object.",
+    ),
+    (
+        "URL-safe base64",
+        "POST",
+        ODD,
+        {"instances": [{"text": {"b64": "-_-_"}, "values": [1, 2, 3]}]},
+        {},
+        400,
+        "Unable to base64 decode",
+    ),
+    (
+        "b64 for a float input",
+        "POST",
+        ODD,
+        {"instances": [{"text": "a", "values": {"b64": "AAAA"}}]},
+        {},
+        400,
+        "is not of expected type: float",
+    ),
+    (
+        "number for a string input",
+        "POST",
+        ODD,
+        {"instances": [{"text": 5, "values": [1, 2, 3]}]},
+        {},
+        400,
+        "is not of expected type: string",
+    ),
+    (
+        "classify without examples",
+        "POST",
+        "/v1/models/estimator:classify",
+        {"instances": [1]},
+        {},
+        400,
+        "Missing 'examples' key",
+    ),
+    (
+        "regress on a classify signature",
+        "POST",
+        "/v1/models/estimator:regress",
+        {"examples": [{"x": 1.0}]},
+        {},
+        400,
+        "Expected regression signature method_name to be tensorflow/serving/regress",
+    ),
+    (
+        "bad example feature",
+        "POST",
+        "/v1/models/estimator:classify",
+        {"examples": [{"x": [1, "a"]}]},
+        {},
+        400,
+        "feature 'x' must be a number, a string",
+    ),
 ]
 
 
@@ -125,8 +356,9 @@ def _assert_still_serving(http, rest_url, built_models):
     assert r.status_code == 200 and [p[OUTPUT_CLASSES] for p in r.json()["predictions"]] == want.tolist()
 
 
-@pytest.mark.parametrize("name, method, path, body, headers, status, message", REST_CASES,
-                         ids=[case[0] for case in REST_CASES])
+@pytest.mark.parametrize(
+    "name, method, path, body, headers, status, message", REST_CASES, ids=[case[0] for case in REST_CASES]
+)
 def test_rest_bad_request(http, rest_url, name, method, path, body, headers, status, message):
     started = time.monotonic()
     kwargs = {"data": body} if isinstance(body, bytes) else ({"json": body} if body is not None else {})
@@ -168,47 +400,99 @@ def _with_input(request, alias, proto):
 
 
 GOOD = np.zeros((1, 28, 28), np.uint8)
-SHORT_CONTENT = tensor_pb2.TensorProto(dtype=tf.uint8.as_datatype_enum, tensor_content=b"\x00" * 10,
-                                       tensor_shape={"dim": [{"size": 1}, {"size": 28}, {"size": 28}]})
+SHORT_CONTENT = tensor_pb2.TensorProto(
+    dtype=tf.uint8.as_datatype_enum,
+    tensor_content=b"\x00" * 10,
+    tensor_shape={"dim": [{"size": 1}, {"size": 28}, {"size": 28}]},
+)
 GRPC_PREDICT_CASES = [
     ("unknown model", _request(GOOD, name="nope"), grpc.StatusCode.NOT_FOUND, "Latest(nope)"),
     ("unknown version", _request(GOOD, version=99), grpc.StatusCode.NOT_FOUND, "Specific(digits, 99)"),
-    ("unknown label", _request(GOOD, version_label="beta"), grpc.StatusCode.INVALID_ARGUMENT,
-     "Unrecognized servable version label: beta"),
-    ("unknown signature", _request(GOOD, signature_name="nope"), grpc.StatusCode.FAILED_PRECONDITION,
-     'Serving signature key "nope" not found.'),
+    (
+        "unknown label",
+        _request(GOOD, version_label="beta"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Unrecognized servable version label: beta",
+    ),
+    (
+        "unknown signature",
+        _request(GOOD, signature_name="nope"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        'Serving signature key "nope" not found.',
+    ),
     ("no model name", _request(GOOD, name=""), grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec name"),
-    ("missing input", _request(None), grpc.StatusCode.INVALID_ARGUMENT,
-     "input size does not match signature: 0!=1"),
-    ("extra input", _with_input(_request(GOOD), "bogus", tf.make_tensor_proto([1])),
-     grpc.StatusCode.INVALID_ARGUMENT, "Sent extra: {bogus}"),
-    ("wrong dtype", _request(GOOD.astype(np.float32)), grpc.StatusCode.INVALID_ARGUMENT,
-     "to be uint8 but float is provided"),
-    ("wrong shape", _request(np.zeros((1, 28, 27), np.uint8)), grpc.StatusCode.INVALID_ARGUMENT,
-     "has shape [1,28,27] but the signature expects [-1,28,28]"),
-    ("no batch dimension", _request(np.zeros((28, 28), np.uint8)), grpc.StatusCode.INVALID_ARGUMENT,
-     "has shape [28,28]"),
-    ("unknown output alias", _with_filter(_request(GOOD), "logits"), grpc.StatusCode.INVALID_ARGUMENT,
-     "output tensor alias not found in signature: logits"),
-    ("duplicate output alias", _with_filter(_request(GOOD), OUTPUT_CLASSES, OUTPUT_CLASSES),
-     grpc.StatusCode.INVALID_ARGUMENT, "duplicate output tensor alias: classes"),
-    ("truncated tensor_content", _with_input(_request(None), INPUT_NAME, SHORT_CONTENT),
-     grpc.StatusCode.INVALID_ARGUMENT, "tensor_content has 10 bytes"),
-    ("string into a float input", _with_input(_with_input(_request(None, name="odd"), "text",
-                                                          tf.make_tensor_proto([b"a"])),
-                                              "values", tf.make_tensor_proto([b"x"])),
-     grpc.StatusCode.INVALID_ARGUMENT, "to be float but string is provided"),
+    (
+        "missing input",
+        _request(None),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input size does not match signature: 0!=1",
+    ),
+    (
+        "extra input",
+        _with_input(_request(GOOD), "bogus", tf.make_tensor_proto([1])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Sent extra: {bogus}",
+    ),
+    (
+        "wrong dtype",
+        _request(GOOD.astype(np.float32)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "to be uint8 but float is provided",
+    ),
+    (
+        "wrong shape",
+        _request(np.zeros((1, 28, 27), np.uint8)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "has shape [1,28,27] but the signature expects [-1,28,28]",
+    ),
+    (
+        "no batch dimension",
+        _request(np.zeros((28, 28), np.uint8)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "has shape [28,28]",
+    ),
+    (
+        "unknown output alias",
+        _with_filter(_request(GOOD), "logits"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "output tensor alias not found in signature: logits",
+    ),
+    (
+        "duplicate output alias",
+        _with_filter(_request(GOOD), OUTPUT_CLASSES, OUTPUT_CLASSES),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "duplicate output tensor alias: classes",
+    ),
+    (
+        "truncated tensor_content",
+        _with_input(_request(None), INPUT_NAME, SHORT_CONTENT),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "tensor_content has 10 bytes",
+    ),
+    (
+        "string into a float input",
+        _with_input(
+            _with_input(_request(None, name="odd"), "text", tf.make_tensor_proto([b"a"])),
+            "values",
+            tf.make_tensor_proto([b"x"]),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "to be float but string is provided",
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def stubs(grpc_channel):
-    return (prediction_service_pb2_grpc.PredictionServiceStub(grpc_channel),
-            model_service_pb2_grpc.ModelServiceStub(grpc_channel))
+    return (
+        prediction_service_pb2_grpc.PredictionServiceStub(grpc_channel),
+        model_service_pb2_grpc.ModelServiceStub(grpc_channel),
+    )
 
 
-@pytest.mark.parametrize("name, request_, code, message", GRPC_PREDICT_CASES,
-                         ids=[case[0] for case in GRPC_PREDICT_CASES])
+@pytest.mark.parametrize(
+    "name, request_, code, message", GRPC_PREDICT_CASES, ids=[case[0] for case in GRPC_PREDICT_CASES]
+)
 def test_grpc_bad_predict(stubs, name, request_, code, message):
     with pytest.raises(grpc.RpcError) as error:
         stubs[0].Predict(request_, timeout=5)
@@ -219,13 +503,28 @@ def test_grpc_bad_predict(stubs, name, request_, code, message):
 def test_grpc_bad_metadata_regress_and_reload(stubs):
     predict, models = stubs
     cases = [
-        (predict.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest(model_spec={"name": "digits"}),
-         "must specify at least one metadata_field"),
-        (predict.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest(
-            model_spec={"name": "digits"}, metadata_field=["graph"]), "Metadata field graph is not supported"),
-        (predict.Regress, regression_pb2.RegressionRequest(model_spec={"name": "estimator"}), "Input is empty"),
-        (models.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest(),
-         "must have a model_config_list"),
+        (
+            predict.GetModelMetadata,
+            get_model_metadata_pb2.GetModelMetadataRequest(model_spec={"name": "digits"}),
+            "must specify at least one metadata_field",
+        ),
+        (
+            predict.GetModelMetadata,
+            get_model_metadata_pb2.GetModelMetadataRequest(
+                model_spec={"name": "digits"}, metadata_field=["graph"]
+            ),
+            "Metadata field graph is not supported",
+        ),
+        (
+            predict.Regress,
+            regression_pb2.RegressionRequest(model_spec={"name": "estimator"}),
+            "Input is empty",
+        ),
+        (
+            models.HandleReloadConfigRequest,
+            model_management_pb2.ReloadConfigRequest(),
+            "must have a model_config_list",
+        ),
     ]
     for method, request, message in cases:
         with pytest.raises(grpc.RpcError) as error:
@@ -243,13 +542,21 @@ def test_grpc_still_serving_after_bad_requests(stubs, http, rest_url, built_mode
     _assert_still_serving(http, rest_url, built_models)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("model_config_list { config { name: 'a' } }", "has no base_path"),
-    ("model_config_list { config { name: 'a' base_path: '/x' } config { name: 'a' base_path: '/y' } }",
-     "multiple times"),
-    ("model_config_list { config { nmae: 'a' } }", "invalid model config file"),
-    ("model_config_list { config { name: 'a' base_path: '/x' model_platform: 'pytorch' } }", "model_platform"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("model_config_list { config { name: 'a' } }", "has no base_path"),
+        (
+            "model_config_list { config { name: 'a' base_path: '/x' } config { name: 'a' base_path: '/y' } }",
+            "multiple times",
+        ),
+        ("model_config_list { config { nmae: 'a' } }", "invalid model config file"),
+        (
+            "model_config_list { config { name: 'a' base_path: '/x' model_platform: 'pytorch' } }",
+            "model_platform",
+        ),
+    ],
+)
 def test_bad_model_config_text_is_a_config_error(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_model_server_config(text)

@@ -21,18 +21,27 @@ from serving.errors import InvalidArgument, Unavailable
 @pytest.fixture
 def batched_server(tmp_path, built_models, server_factory):
     shutil.copytree(built_models.digits[1], tmp_path / "digits" / "1")
-    config = BatchingConfig(max_batch_size=16, batch_timeout_micros=5000, max_enqueued_batches=1000,
-                            num_batch_threads=2, allowed_batch_sizes=(4, 8, 16))
-    return server_factory(f'model_config_list {{ config {{ name: "digits" base_path: "{tmp_path / "digits"}" }} }}',
-                          batching=config)
+    config = BatchingConfig(
+        max_batch_size=16,
+        batch_timeout_micros=5000,
+        max_enqueued_batches=1000,
+        num_batch_threads=2,
+        allowed_batch_sizes=(4, 8, 16),
+    )
+    return server_factory(
+        f'model_config_list {{ config {{ name: "digits" base_path: "{tmp_path / "digits"}" }} }}',
+        batching=config,
+    )
 
 
 def test_concurrent_callers_get_exactly_their_own_rows(batched_server, built_models):
     rng = np.random.default_rng(7)
     requests_images = [rng.integers(0, 256, size=(1 + i % 3, 28, 28), dtype=np.uint8) for i in range(96)]
     loaded = tf.saved_model.load(str(built_models.digits[1]))
-    expected = [loaded.signatures["serving_default"](**{INPUT_NAME: tf.constant(x)})[OUTPUT_PROBABILITIES].numpy()
-                for x in requests_images]
+    expected = [
+        loaded.signatures["serving_default"](**{INPUT_NAME: tf.constant(x)})[OUTPUT_PROBABILITIES].numpy()
+        for x in requests_images
+    ]
     channel = grpc.insecure_channel(f"127.0.0.1:{batched_server.grpc_port}")
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     rest = f"http://127.0.0.1:{batched_server.rest_port}"
@@ -43,7 +52,9 @@ def test_concurrent_callers_get_exactly_their_own_rows(batched_server, built_mod
             start.wait()  # the first wave arrives together, so batches must form
         images = requests_images[index]
         if index % 2:
-            r = requests.post(f"{rest}/v1/models/digits:predict", json={"inputs": images.tolist()}, timeout=30)
+            r = requests.post(
+                f"{rest}/v1/models/digits:predict", json={"inputs": images.tolist()}, timeout=30
+            )
             assert r.status_code == 200, r.text
             return np.array(r.json()["outputs"][OUTPUT_PROBABILITIES])
         request = predict_pb2.PredictRequest()
@@ -73,8 +84,16 @@ def test_padding_to_allowed_batch_sizes_and_row_split():
         seen_sizes.append(len(inputs["x"]))
         return {"y": inputs["x"] * 10, "n": np.arange(len(inputs["x"]))}
 
-    queue = BatchQueue(run, BatchingConfig(max_batch_size=8, batch_timeout_micros=20000, max_enqueued_batches=10,
-                                           num_batch_threads=1, allowed_batch_sizes=(2, 8)))
+    queue = BatchQueue(
+        run,
+        BatchingConfig(
+            max_batch_size=8,
+            batch_timeout_micros=20000,
+            max_enqueued_batches=10,
+            num_batch_threads=1,
+            allowed_batch_sizes=(2, 8),
+        ),
+    )
     inputs = [np.full((1 + i % 2, 3), i, np.float32) for i in range(5)]
     with ThreadPoolExecutor(5) as pool:
         results = list(pool.map(lambda x: queue.run({"x": x}, timeout=10), inputs))
@@ -94,8 +113,10 @@ def test_full_queue_is_unavailable_and_oversized_task_is_invalid():
         release.wait(10)
         return {"y": inputs["x"]}
 
-    queue = BatchQueue(slow, BatchingConfig(max_batch_size=2, batch_timeout_micros=0, max_enqueued_batches=1,
-                                            num_batch_threads=1))
+    queue = BatchQueue(
+        slow,
+        BatchingConfig(max_batch_size=2, batch_timeout_micros=0, max_enqueued_batches=1, num_batch_threads=1),
+    )
     pool = ThreadPoolExecutor(2)
     first = pool.submit(queue.run, {"x": np.ones((2, 1))}, 10)  # occupies the only worker
     running.wait(5)
@@ -117,14 +138,21 @@ def test_full_queue_is_unavailable_and_oversized_task_is_invalid():
 
 def test_rest_returns_503_when_the_batch_queue_is_full(tmp_path, built_models, server_factory):
     shutil.copytree(built_models.digits[1], tmp_path / "digits" / "1")
-    config = BatchingConfig(max_batch_size=1, batch_timeout_micros=0, max_enqueued_batches=1, num_batch_threads=1)
-    server = server_factory(f'model_config_list {{ config {{ name: "digits" base_path: "{tmp_path / "digits"}" }} }}',
-                            batching=config)
+    config = BatchingConfig(
+        max_batch_size=1, batch_timeout_micros=0, max_enqueued_batches=1, num_batch_threads=1
+    )
+    server = server_factory(
+        f'model_config_list {{ config {{ name: "digits" base_path: "{tmp_path / "digits"}" }} }}',
+        batching=config,
+    )
     rest = f"http://127.0.0.1:{server.rest_port}"
     body = {"instances": np.zeros((1, 28, 28), np.uint8).tolist()}
     with ThreadPoolExecutor(16) as pool:
-        responses = list(pool.map(lambda _: requests.post(f"{rest}/v1/models/digits:predict", json=body, timeout=30),
-                                  range(64)))
+        responses = list(
+            pool.map(
+                lambda _: requests.post(f"{rest}/v1/models/digits:predict", json=body, timeout=30), range(64)
+            )
+        )
     codes = {r.status_code for r in responses}
     assert codes <= {200, 503} and 200 in codes
     for r in responses:

@@ -23,11 +23,14 @@ def _run(args, timeout=60):
     return subprocess.run(SERVE + args, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--no_such_flag=1"], "unrecognized arguments: --no_such_flag=1"),
-    (["--port=http"], "argument --port: invalid int value: 'http'"),
-    (["--enable_batching=maybe"], "expected true or false, got 'maybe'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--no_such_flag=1"], "unrecognized arguments: --no_such_flag=1"),
+        (["--port=http"], "argument --port: invalid int value: 'http'"),
+        (["--enable_batching=maybe"], "expected true or false, got 'maybe'"),
+    ],
+)
 def test_bad_flags_are_one_line_errors(args, message):
     result = _run(args)
     assert result.returncode == 2
@@ -44,10 +47,20 @@ def test_bad_config_files_are_one_line_errors(tmp_path, built_models):
     cases = [
         (["--model_config_file", str(bad_models)], "invalid model config file"),
         (["--model_base_path", str(tmp_path / "missing")], "is not a directory"),
-        (["--model_base_path", str(tmp_path / "m"), "--batching_parameters_file", str(bad_batching)],
-         "batching_parameters_file is set without setting enable_batching"),
-        (["--model_base_path", str(tmp_path / "m"), "--enable_batching", "--batching_parameters_file",
-          str(bad_batching)], "Last entry in allowed_batch_sizes must match max_batch_size"),
+        (
+            ["--model_base_path", str(tmp_path / "m"), "--batching_parameters_file", str(bad_batching)],
+            "batching_parameters_file is set without setting enable_batching",
+        ),
+        (
+            [
+                "--model_base_path",
+                str(tmp_path / "m"),
+                "--enable_batching",
+                "--batching_parameters_file",
+                str(bad_batching),
+            ],
+            "Last entry in allowed_batch_sizes must match max_batch_size",
+        ),
         ([], "either --model_base_path or --model_config_file must be given"),
     ]
     for args, message in cases:
@@ -73,16 +86,29 @@ def test_serves_then_stops_gracefully_on_sigterm(tmp_path, built_models, model_b
     grpc_port, rest_port = model_builders.free_port(), model_builders.free_port()
     batching = tmp_path / "batching.config"
     # A long batch timeout keeps a request in flight while SIGTERM arrives.
-    batching.write_text("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 1500000 }\n"
-                        "num_batch_threads { value: 1 }\n")
+    batching.write_text(
+        "max_batch_size { value: 64 }\nbatch_timeout_micros { value: 1500000 }\n"
+        "num_batch_threads { value: 1 }\n"
+    )
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n')
     process = subprocess.Popen(
-        SERVE + [f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--model_name=mnist",
-                 f"--model_base_path={tmp_path / 'mnist'}", "--enable_batching",
-                 f"--batching_parameters_file={batching}", f"--monitoring_config_file={monitoring}",
-                 "--host=127.0.0.1", "--enable_grpc_healthcheck_service=true"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        SERVE
+        + [
+            f"--port={grpc_port}",
+            f"--rest_api_port={rest_port}",
+            "--model_name=mnist",
+            f"--model_base_path={tmp_path / 'mnist'}",
+            "--enable_batching",
+            f"--batching_parameters_file={batching}",
+            f"--monitoring_config_file={monitoring}",
+            "--host=127.0.0.1",
+            "--enable_grpc_healthcheck_service=true",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     lines: list[str] = []
     try:
         _read_until(process, f"Running gRPC ModelServer at 127.0.0.1:{grpc_port} ...", lines)

@@ -1,4 +1,4 @@
-"""TF Serving's gRPC API with the official stubs: Predict, metadata, status, classify/regress, reload, health."""
+"""gRPC API via the official stubs: Predict, metadata, status, classify/regress, reload, health."""
 
 from __future__ import annotations
 
@@ -36,8 +36,13 @@ def model_stub(grpc_channel):
 @pytest.fixture(scope="module")
 def answers(built_models, images):
     loaded = {v: tf.saved_model.load(str(built_models.digits[v])) for v in (1, 2)}
-    return {v: {k: t.numpy() for k, t in m.signatures["serving_default"](**{INPUT_NAME: tf.constant(images)}).items()}
-            for v, m in loaded.items()}
+    return {
+        v: {
+            k: t.numpy()
+            for k, t in m.signatures["serving_default"](**{INPUT_NAME: tf.constant(images)}).items()
+        }
+        for v, m in loaded.items()
+    }
 
 
 def _predict_request(images, name="digits", version=None, label=None, output_filter=()):
@@ -52,13 +57,19 @@ def _predict_request(images, name="digits", version=None, label=None, output_fil
     return request
 
 
-@pytest.mark.parametrize("version, label, expect", [(None, None, 2), (1, None, 1), (None, "canary", 2),
-                                                    (None, "stable", 1)])
+@pytest.mark.parametrize(
+    "version, label, expect", [(None, None, 2), (1, None, 1), (None, "canary", 2), (None, "stable", 1)]
+)
 def test_predict_routes_versions_and_labels(predict_stub, images, answers, version, label, expect):
     response = predict_stub.Predict(_predict_request(images, version=version, label=label), timeout=10)
-    np.testing.assert_allclose(tf.make_ndarray(response.outputs[OUTPUT_PROBABILITIES]),
-                               answers[expect][OUTPUT_PROBABILITIES], rtol=1e-5)
-    assert tf.make_ndarray(response.outputs[OUTPUT_CLASSES]).tolist() == answers[expect][OUTPUT_CLASSES].tolist()
+    np.testing.assert_allclose(
+        tf.make_ndarray(response.outputs[OUTPUT_PROBABILITIES]),
+        answers[expect][OUTPUT_PROBABILITIES],
+        rtol=1e-5,
+    )
+    assert (
+        tf.make_ndarray(response.outputs[OUTPUT_CLASSES]).tolist() == answers[expect][OUTPUT_CLASSES].tolist()
+    )
     assert response.model_spec.name == "digits" and response.model_spec.version.value == expect
     assert response.model_spec.signature_name == "serving_default"
 
@@ -91,7 +102,10 @@ def test_metadata_packs_a_signature_def_map(predict_stub):
     response.metadata["signature_def"].Unpack(sig_map)
     assert {"serving_default", "total"} <= set(sig_map.signature_def)
     inputs = sig_map.signature_def["serving_default"].inputs
-    assert inputs["text"].dtype == tf.string.as_datatype_enum and inputs["values"].dtype == tf.float32.as_datatype_enum
+    assert (
+        inputs["text"].dtype == tf.string.as_datatype_enum
+        and inputs["values"].dtype == tf.float32.as_datatype_enum
+    )
     assert response.model_spec.version.value == 1
 
 
@@ -123,8 +137,10 @@ def test_classify_regress_and_multi_inference(predict_stub):
     regress.input.example_list.examples.extend(_examples(1.0, 2.0))
     assert [r.value for r in predict_stub.Regress(regress, timeout=10).result.regressions] == [3.0, 5.0]
     multi = inference_pb2.MultiInferenceRequest()
-    for signature, method in (("classify_x", "tensorflow/serving/classify"),
-                              ("regress_x", "tensorflow/serving/regress")):
+    for signature, method in (
+        ("classify_x", "tensorflow/serving/classify"),
+        ("regress_x", "tensorflow/serving/regress"),
+    ):
         task = multi.tasks.add(method_name=method)
         task.model_spec.name, task.model_spec.signature_name = "estimator", signature
     multi.input.example_list.examples.extend(_examples(1.0))
@@ -148,19 +164,26 @@ def test_reload_config_adds_and_removes_models(tmp_path, built_models, server_fa
 
     shutil.copytree(built_models.digits[1], tmp_path / "a" / "1")
     shutil.copytree(built_models.odd, tmp_path / "b" / "3")
-    server = server_factory(f'model_config_list {{ config {{ name: "a" base_path: "{tmp_path / "a"}" }} }}',
-                            enable_grpc_health=True)
+    server = server_factory(
+        f'model_config_list {{ config {{ name: "a" base_path: "{tmp_path / "a"}" }} }}',
+        enable_grpc_health=True,
+    )
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     models = model_service_pb2_grpc.ModelServiceStub(channel)
-    new_config = parse_model_server_config(f'model_config_list {{ config {{ name: "b" base_path: "{tmp_path / "b"}" }} }}')
-    response = models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=new_config), timeout=30)
+    new_config = parse_model_server_config(
+        f'model_config_list {{ config {{ name: "b" base_path: "{tmp_path / "b"}" }} }}'
+    )
+    response = models.HandleReloadConfigRequest(
+        model_management_pb2.ReloadConfigRequest(config=new_config), timeout=30
+    )
     assert response.status.error_code == 0
     status = get_model_status_pb2.GetModelStatusRequest()
     status.model_spec.name = "b"
     assert models.GetModelStatus(status, timeout=10).model_version_status[0].version == 3
     with pytest.raises(grpc.RpcError) as error:  # "a" is gone: a reload realises only the new config
         prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
-            _predict_request(np.zeros((1, 28, 28), np.uint8), name="a"), timeout=10)
+            _predict_request(np.zeros((1, 28, 28), np.uint8), name="a"), timeout=10
+        )
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
     assert "Servable not found for request: Latest(a)" in error.value.details()
 
@@ -168,6 +191,8 @@ def test_reload_config_adds_and_removes_models(tmp_path, built_models, server_fa
 
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "tensorflow.serving.PredictionService"):
-        assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status == \
-            health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
     channel.close()

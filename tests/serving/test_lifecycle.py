@@ -1,4 +1,4 @@
-"""Model lifecycle over real sockets: hot-swap under load, corrupt versions, warmup, policies, config reloads."""
+"""Model lifecycle over real sockets: hot-swap under load, corrupt versions, warmup, policies, reloads."""
 
 from __future__ import annotations
 
@@ -54,8 +54,9 @@ def answers(built_models, images):
     return out
 
 
-def test_hot_swap_under_load_drops_no_request_and_answers_stay_right(tmp_path, built_models, images, answers,
-                                                                     server_factory):
+def test_hot_swap_under_load_drops_no_request_and_answers_stay_right(
+    tmp_path, built_models, images, answers, server_factory
+):
     base = tmp_path / "digits"
     base.mkdir()
     _publish(built_models.digits[1], base / "1")
@@ -67,7 +68,9 @@ def test_hot_swap_under_load_drops_no_request_and_answers_stay_right(tmp_path, b
     counts = [0]
 
     def grpc_client():
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        )
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "digits"
         request.inputs[INPUT_NAME].CopyFrom(tf.make_tensor_proto(images))
@@ -115,8 +118,9 @@ def test_hot_swap_under_load_drops_no_request_and_answers_stay_right(tmp_path, b
     assert states[2]["state"] == "AVAILABLE" and states[1]["status"]["error_code"] == "OK"
 
 
-def test_corrupt_versions_are_reported_and_never_replace_a_good_one(tmp_path, built_models, images, answers,
-                                                                    server_factory, caplog):
+def test_corrupt_versions_are_reported_and_never_replace_a_good_one(
+    tmp_path, built_models, images, answers, server_factory, caplog
+):
     base = tmp_path / "digits"
     base.mkdir()
     _publish(built_models.digits[1], base / "1")
@@ -129,7 +133,9 @@ def test_corrupt_versions_are_reported_and_never_replace_a_good_one(tmp_path, bu
     with caplog.at_level(logging.ERROR):
         _wait_for(lambda: _states(rest, "digits").get(2, {}).get("state") == "END", what="version 2 to fail")
     status = _states(rest, "digits")
-    assert status[2]["status"]["error_code"] != "OK" and "saved_model.pb" in status[2]["status"]["error_message"]
+    assert (
+        status[2]["status"]["error_code"] != "OK" and "saved_model.pb" in status[2]["status"]["error_message"]
+    )
     assert status[1]["state"] == "AVAILABLE"
     assert "Failed to load servable version {name: digits version: 2}" in caplog.text
     # Version 3: the graph without its variables/.
@@ -141,7 +147,9 @@ def test_corrupt_versions_are_reported_and_never_replace_a_good_one(tmp_path, bu
     assert [p[OUTPUT_CLASSES] for p in r.json()["predictions"]] == answers[1][OUTPUT_CLASSES].tolist()
     # The copy finishes: version 3 gets its variables and is retried, then replaces version 1.
     shutil.copytree(built_models.digits[2] / "variables", base / "3" / "variables")
-    _wait_for(lambda: _states(rest, "digits")[3]["state"] == "AVAILABLE", what="version 3 to load after repair")
+    _wait_for(
+        lambda: _states(rest, "digits")[3]["state"] == "AVAILABLE", what="version 3 to load after repair"
+    )
     _wait_for(lambda: _states(rest, "digits")[1]["state"] == "END", what="version 1 to unload")
     r = requests.post(f"{rest}/v1/models/digits:predict", json={"instances": images.tolist()}, timeout=10)
     assert [p[OUTPUT_CLASSES] for p in r.json()["predictions"]] == answers[2][OUTPUT_CLASSES].tolist()
@@ -166,7 +174,9 @@ def _write_warmup(version_dir, images_list):
             writer.write(log.SerializeToString())
 
 
-def test_warmup_records_are_replayed_and_a_bad_one_fails_the_load(tmp_path, built_models, server_factory, caplog):
+def test_warmup_records_are_replayed_and_a_bad_one_fails_the_load(
+    tmp_path, built_models, server_factory, caplog
+):
     base = tmp_path / "digits"
     shutil.copytree(built_models.digits[1], base / "1")
     _write_warmup(base / "1", [np.zeros((n, 28, 28), np.uint8) for n in (1, 2, 3)])
@@ -177,7 +187,9 @@ def test_warmup_records_are_replayed_and_a_bad_one_fails_the_load(tmp_path, buil
     shutil.copytree(built_models.digits[2], tmp_path / "staging")
     _write_warmup(tmp_path / "staging", [np.zeros((1, 28, 5), np.uint8)])  # does not fit the signature
     os.rename(tmp_path / "staging", base / "2")
-    _wait_for(lambda: _states(rest, "digits").get(2, {}).get("state") == "END", what="version 2 warmup failure")
+    _wait_for(
+        lambda: _states(rest, "digits").get(2, {}).get("state") == "END", what="version 2 warmup failure"
+    )
     assert "has shape [1,28,5]" in _states(rest, "digits")[2]["status"]["error_message"]
     assert _states(rest, "digits")[1]["state"] == "AVAILABLE"
 
@@ -188,14 +200,18 @@ def test_version_policies(tmp_path, built_models, server_factory):
         shutil.copytree(built_models.digits[1 + version % 2], base / str(version))
     server = server_factory(
         f'model_config_list {{ config {{ name: "latest2" base_path: "{base}" '
-        f'model_version_policy {{ latest {{ num_versions: 2 }} }} }} '
+        f"model_version_policy {{ latest {{ num_versions: 2 }} }} }} "
         f'config {{ name: "pinned" base_path: "{base}" model_version_policy {{ specific {{ versions: 1 }} }} '
-        f'version_labels {{ key: "stable" value: 1 }} }} }}')
+        f'version_labels {{ key: "stable" value: 1 }} }} }}'
+    )
     rest = f"http://127.0.0.1:{server.rest_port}"
     assert sorted(_states(rest, "latest2")) == [2, 3]
     assert sorted(_states(rest, "pinned")) == [1]
     image = {"instances": np.zeros((1, 28, 28), np.uint8).tolist()}
-    assert requests.post(f"{rest}/v1/models/pinned/labels/stable:predict", json=image, timeout=5).status_code == 200
+    assert (
+        requests.post(f"{rest}/v1/models/pinned/labels/stable:predict", json=image, timeout=5).status_code
+        == 200
+    )
     r = requests.post(f"{rest}/v1/models/latest2/versions/1:predict", json=image, timeout=5)
     assert r.status_code == 404 and "Specific(latest2, 1)" in r.json()["error"]
 
@@ -207,14 +223,25 @@ def test_model_config_file_is_polled(tmp_path, built_models, server_factory):
     config_file.write_text(_config("a", tmp_path / "a"))
     from serving.config_files import read_model_server_config
 
-    server = server_factory(config_file.read_text(), model_config=read_model_server_config(config_file),
-                            model_config_file=str(config_file), model_config_file_poll_wait_seconds=0.2)
+    server = server_factory(
+        config_file.read_text(),
+        model_config=read_model_server_config(config_file),
+        model_config_file=str(config_file),
+        model_config_file_poll_wait_seconds=0.2,
+    )
     rest = f"http://127.0.0.1:{server.rest_port}"
     config_file.write_text("model_config_list { this is not a config")  # ignored, the old config stays
     time.sleep(0.5)
     assert requests.get(f"{rest}/v1/models/a", timeout=5).status_code == 200
     config_file.write_text(_config("b", tmp_path / "b"))
     _wait_for(lambda: requests.get(f"{rest}/v1/models/b", timeout=5).status_code == 200, what="model b")
-    _wait_for(lambda: requests.post(f"{rest}/v1/models/a:predict", json={"instances": [[[0] * 28] * 28]},
-                                    timeout=5).status_code == 404, what="model a removed")
+    _wait_for(
+        lambda: (
+            requests.post(
+                f"{rest}/v1/models/a:predict", json={"instances": [[[0] * 28] * 28]}, timeout=5
+            ).status_code
+            == 404
+        ),
+        what="model a removed",
+    )
     assert requests.get(f"{rest}/v1/models", timeout=5).json()["models"] == ["b"]

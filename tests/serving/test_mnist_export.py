@@ -21,14 +21,20 @@ from client.contract import (
 )
 
 
-def test_trainer_export_serves_the_same_answers_as_in_process(mnist_model_dir, mnist_data, server_factory, caplog):
+def test_trainer_export_serves_the_same_answers_as_in_process(
+    mnist_model_dir, mnist_data, server_factory, caplog
+):
     with caplog.at_level(logging.INFO):
-        server = server_factory(f'model_config_list {{ config {{ name: "{DEFAULT_MODEL_NAME}" '
-                                f'base_path: "{mnist_model_dir}" model_version_policy {{ all {{}} }} }} }}')
+        server = server_factory(
+            f'model_config_list {{ config {{ name: "{DEFAULT_MODEL_NAME}" '
+            f'base_path: "{mnist_model_dir}" model_version_policy {{ all {{}} }} }} }}'
+        )
     assert "Number of warmup records read" in caplog.text  # the export's warmup file was replayed
     images = mnist_data.x_test[:200]
     rest = f"http://127.0.0.1:{server.rest_port}/v1/models/{DEFAULT_MODEL_NAME}"
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    )
     versions = sorted(int(s["version"]) for s in requests.get(rest, timeout=5).json()["model_version_status"])
     assert versions == [1, 2]
     for version in versions:
@@ -49,7 +55,9 @@ def test_trainer_export_serves_the_same_answers_as_in_process(mnist_model_dir, m
         np.testing.assert_allclose(probabilities, want[OUTPUT_PROBABILITIES].numpy(), atol=1e-6)
         accuracy = np.mean(tf.make_ndarray(response.outputs[OUTPUT_CLASSES]) == mnist_data.y_test[:200])
         assert accuracy > 0.85
-    metadata = requests.get(f"{rest}/metadata", timeout=5).json()["metadata"]["signature_def"]["signature_def"]
+    metadata = requests.get(f"{rest}/metadata", timeout=5).json()["metadata"]["signature_def"][
+        "signature_def"
+    ]
     spec = metadata[SIGNATURE_NAME]["inputs"][INPUT_NAME]
     assert spec["dtype"] == "DT_UINT8"
     assert [d["size"] for d in spec["tensor_shape"]["dim"]] == ["-1", str(IMAGE_SIZE), str(IMAGE_SIZE)]
