@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from client.contract import IMAGE_SIZE, NUM_CLASSES, PIXEL_MAX
 from trainer.presets import ModelConfig, TrainConfig
+from trainer.schedules import learning_rate
 
 MODEL_INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
 
@@ -21,31 +22,63 @@ def build_model(cfg: ModelConfig, name: str = "digits_cnn") -> keras.Model:
     """The Sequential CNN of `cfg` (uncompiled): input float [N,28,28,1], output softmax [N,10]."""
     layers: list[keras.layers.Layer] = [keras.Input(shape=MODEL_INPUT_SHAPE, name="pixels")]
     for conv in cfg.conv_layers:
-        layers.append(keras.layers.Conv2D(conv.filters, conv.kernel_size, activation=cfg.activation))
+        layers.append(
+            keras.layers.Conv2D(
+                conv.filters, conv.kernel_size, strides=conv.strides, padding=conv.padding,
+                activation=cfg.activation,
+            )
+        )
         if conv.pool_size:
             layers.append(keras.layers.MaxPooling2D(conv.pool_size))
+        if conv.batch_norm:
+            layers.append(keras.layers.BatchNormalization())
+        if conv.dropout:
+            layers.append(keras.layers.Dropout(conv.dropout))
     layers.append(keras.layers.Flatten())
     if cfg.dropout:
         layers.append(keras.layers.Dropout(cfg.dropout))
     for units in cfg.dense_units:
         layers.append(keras.layers.Dense(units, activation=cfg.activation))
+        if cfg.dense_batch_norm:
+            layers.append(keras.layers.BatchNormalization())
     layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities"))
     return keras.Sequential(layers, name=name)
 
 
-def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
-    """The optimiser named in `cfg` with its learning rate."""
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int | None = None) -> keras.optimizers.Optimizer:
+    """The optimiser named in `cfg` with its learning rate or schedule (trainer/schedules.py)."""
     optimizers = {
         "rmsprop": keras.optimizers.RMSprop,
         "adam": keras.optimizers.Adam,
+        "adamw": keras.optimizers.AdamW,
         "sgd": keras.optimizers.SGD,
     }
     if cfg.optimizer not in optimizers:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; known: {', '.join(optimizers)}")
-    return optimizers[cfg.optimizer](learning_rate=cfg.learning_rate)
+    rate = learning_rate(cfg, steps_per_epoch)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=rate, weight_decay=cfg.weight_decay)
+    return optimizers[cfg.optimizer](learning_rate=rate)
 
 
-def compile_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
+def sparse_crossentropy(label_smoothing: float = 0.0):
+    """Cross-entropy on integer labels; with smoothing, against (1-s)*one_hot + s/10."""
+    if not label_smoothing:
+        return "sparse_categorical_crossentropy"
+    smoothed = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+
+    def loss(y_true, y_pred):
+        labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)  # [N] or [N,1] integer labels -> [N]
+        return smoothed(tf.one_hot(labels, NUM_CLASSES), y_pred)
+
+    return loss
+
+
+def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int | None = None) -> keras.Model:
     """Compile with sparse categorical cross-entropy (integer labels; the tutorial's loss on one-hot)."""
-    model.compile(optimizer=make_optimizer(cfg), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=make_optimizer(cfg, steps_per_epoch),
+        loss=sparse_crossentropy(cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
     return model

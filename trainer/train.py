@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from client.stats import Interval, wilson_interval
+from trainer.augment import with_augmentation
 from trainer.data import Dataset
 from trainer.model import build_model, compile_model, to_model_input
 from trainer.presets import Preset
@@ -149,14 +151,18 @@ def train_model(
     y_val = dataset.y_train[split.val]
 
     with distribution_strategy().scope():
-        model = compile_model(build_model(preset.model), cfg)
+        model = build_model(preset.model)
+        # Augmentation wraps the network for fit only; `model` (what gets exported) never contains it.
+        fit_model = with_augmentation(model, cfg.augment, seed=cfg.seed)
+        compile_model(fit_model, cfg, steps_per_epoch=math.ceil(len(train_idx) / cfg.batch_size))
     log(
         f"{preset.name}: {model.count_params():,} params, {len(train_idx):,} train / {len(split.val):,} val "
         f"images of {dataset.name}, batch {cfg.batch_size}, {cfg.epochs} epochs"
+        + (f", augmentation {cfg.augment:g}" if cfg.augment else "")
     )
     best, progress = KeepBestEpoch(), EpochProgress(cfg.epochs, log)
     start = time.perf_counter()
-    history = model.fit(
+    history = fit_model.fit(
         x_train,
         y_train,
         validation_data=(x_val, y_val),

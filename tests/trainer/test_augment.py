@@ -1,0 +1,96 @@
+"""Augmentation moves pixels while training only, and never reaches the exported serving graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from client.contract import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_PROBABILITIES, SIGNATURE_NAME
+from trainer.augment import AugmentConfig, build_augmenter, with_augmentation
+from trainer.cli import main
+from trainer.export import read_model_card
+from trainer.model import build_model, to_model_input
+from trainer.presets import get_preset
+
+# Ops a RandomRotation/Zoom/Translation leaves in a graph that applies it.
+AUGMENT_OPS = ("ImageProjectiveTransform", "RandomUniform", "StatelessRandom")
+
+
+def graph_ops(saved_model_dir: Path) -> set[str]:
+    """Every op type in a SavedModel: its graphs and all the functions in their libraries."""
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((saved_model_dir / "saved_model.pb").read_bytes())
+    ops = set()
+    for meta_graph in proto.meta_graphs:
+        ops.update(node.op for node in meta_graph.graph_def.node)
+        for function in meta_graph.graph_def.library.function:
+            ops.update(node.op for node in function.node_def)
+    return ops
+
+
+def augmentation_ops(saved_model_dir: Path) -> set[str]:
+    return {op for op in graph_ops(saved_model_dir) if op.startswith(AUGMENT_OPS)}
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_data):
+    return to_model_input(mnist_data.x_test[:16])
+
+
+def test_augmenter_moves_pixels_when_training_and_is_identity_otherwise(digits):
+    augmenter = build_augmenter(AugmentConfig(strength=1.0), seed=3)
+    first = augmenter(digits, training=True).numpy()
+    second = augmenter(digits, training=True).numpy()
+    assert not np.allclose(first, digits.numpy(), atol=0.05)
+    assert not np.allclose(first, second, atol=0.05)  # a fresh draw every batch
+    assert first.min() >= 0.0 and first.max() <= 1.0 + 1e-6  # filled with background, not reflections
+    np.testing.assert_array_equal(augmenter(digits, training=False).numpy(), digits.numpy())
+
+
+def test_strength_scales_the_ranges_and_is_checked():
+    assert build_augmenter(AugmentConfig(strength=0.5)).layers[0].factor == pytest.approx((-5 / 360, 5 / 360))
+    with pytest.raises(ValueError, match="strength"):
+        AugmentConfig(strength=3.0)
+
+
+def test_wrapper_shares_weights_and_strength_zero_adds_nothing():
+    model = build_model(get_preset("seed-best").model)
+    assert with_augmentation(model, 0.0) is model
+    wrapped = with_augmentation(model, 0.5)
+    assert {id(v) for v in model.weights} <= {id(v) for v in wrapped.weights}
+
+
+def test_op_check_sees_augmentation_in_a_graph_that_has_it(tmp_path, digits):
+    """Control for the next test: the op scan does find augmentation when a graph applies it."""
+    import keras
+
+    augmenter = build_augmenter(AugmentConfig(), seed=1)
+    archive = keras.export.ExportArchive()
+    archive.track(augmenter)
+    archive.add_endpoint(
+        "augment", lambda x: augmenter(x, training=True), input_signature=[tf.TensorSpec([None, 28, 28, 1])]
+    )
+    archive.write_out(str(tmp_path), verbose=False)
+    assert augmentation_ops(tmp_path)
+
+
+def test_trained_with_augmentation_exported_without_it(tmp_path, mnist_data):
+    models_dir = tmp_path / "models"
+    argv = [
+        "train", "--preset", "fast", "--epochs", "1", "--limit-train", "1000", "--val-size", "500",
+        "--augment", "1", "--models-dir", str(models_dir), "--reports-dir", str(tmp_path / "reports"),
+    ]
+    assert main(argv) == 0
+    version_dir = models_dir / DEFAULT_MODEL_NAME / "1"
+    assert read_model_card(version_dir)["config"]["train"]["augment"] == 1.0
+    assert augmentation_ops(version_dir) == set()
+
+    loaded = tf.saved_model.load(str(version_dir))
+    images = tf.constant(mnist_data.x_test[:32])
+    first = loaded.signatures[SIGNATURE_NAME](**{INPUT_NAME: images})[OUTPUT_PROBABILITIES].numpy()
+    second = loaded.signatures[SIGNATURE_NAME](**{INPUT_NAME: images})[OUTPUT_PROBABILITIES].numpy()
+    np.testing.assert_array_equal(first, second)  # deterministic: nothing random at serving time
