@@ -14,6 +14,9 @@ from trainer.presets import PRESETS, SEED_PRESETS
 
 DEFAULT_REPORTS_DIR = "reports"
 QUICK = {"epochs": 1, "limit_train": 5_000, "val_size": 1_000}  # reproduce-seed --quick: a smoke run
+TUNE_QUICK = {  # tune --quick: a smoke run of the whole pipeline in seconds
+    "max_trials": 3, "max_epochs": 2, "limit_train": 1_000, "val_size": 500, "initial_random_trials": 2,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_positive_int, help="override the preset's epochs")
     train.add_argument("--batch-size", type=_positive_int, help="override the preset's batch size")
     train.add_argument("--seed", type=int, help="override the preset's random seed")
+    train.add_argument(
+        "--augment", type=_strength, help="training-only augmentation strength: 0 (off) to 2, 1 = Deotte's"
+    )
     train.add_argument("--dataset", choices=DATASETS, default="mnist")
     _add_data_dir(train)
     train.add_argument(
@@ -53,6 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--reports-dir", default=DEFAULT_REPORTS_DIR, help="run outputs go to REPORTS_DIR/<run-id>/"
     )
     train.set_defaults(handler=_cmd_train)
+
+    tune = commands.add_parser("tune", help="KerasTuner search over the tutorial's and modern knobs")
+    tune.add_argument("--budget", type=_positive_float, default=30.0, help="minutes of search (default 30)")
+    tune.add_argument("--max-trials", type=_positive_int, help="stop after this many trials in the project")
+    tune.add_argument("--max-epochs", type=_positive_int, help="largest epochs value a trial may pick")
+    tune.add_argument("--seeds", type=_positive_int, help="re-train the best trial with this many seeds")
+    tune.add_argument(
+        "--directory", default="reports/tuning", help="KerasTuner project dir; an existing one is resumed"
+    )
+    tune.add_argument("--dataset", choices=DATASETS, default="mnist")
+    tune.add_argument("--limit-train", type=_positive_int, help="search on a random subset of N images")
+    tune.add_argument(
+        "--quick", action="store_true", help="smoke run: tiny subset, 2 epochs, 3 trials, 3 seeds"
+    )
+    tune.add_argument("--reports-dir", default=DEFAULT_REPORTS_DIR)
+    _add_data_dir(tune)
+    tune.set_defaults(handler=_cmd_tune)
 
     reproduce = commands.add_parser("reproduce-seed", help="train the tutorial's six presets, write a table")
     _add_data_dir(reproduce)
@@ -100,9 +123,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from trainer.train import train_model
 
     preset = PRESETS[args.preset].with_overrides(
-        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size
+        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size,
+        augment=args.augment,
     )
-    result = train_model(preset, dataset, limit_train=args.limit_train, log=_log)
+    if preset.train.members > 1:
+        from trainer.ensemble import train_ensemble
+
+        result = train_ensemble(preset, dataset, limit_train=args.limit_train, log=_log).combined
+    else:
+        result = train_model(preset, dataset, limit_train=args.limit_train, log=_log)
     run_dir = new_run_dir(args.reports_dir, f"{preset.name}-{dataset.name}")
     write_run_report(result, dataset, run_dir)
     card = {**model_card(result, dataset), "report_dir": str(run_dir)}
@@ -112,6 +141,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _log(f"report: {run_dir}")
     _log(f"exported: {version_dir}")
     _log(f"test accuracy: {result.test_accuracy} ({result.test_errors} errors)")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from trainer.data import load_dataset
+
+    dataset = load_dataset(args.dataset, args.data_dir)
+    from trainer.report import new_run_dir
+    from trainer.tune import TuneConfig, retrain_best, retrain_summary, run_search, write_tune_report
+
+    quick = TUNE_QUICK if args.quick else {}
+    overrides = {
+        "budget_minutes": args.budget,
+        "max_trials": args.max_trials,
+        "max_epochs": args.max_epochs,
+        "seeds": args.seeds,
+        "limit_train": args.limit_train,
+    }
+    cfg = TuneConfig(**{**quick, **{k: v for k, v in overrides.items() if v is not None}})
+    rows = run_search(dataset, cfg, args.directory, log=_log)
+    if not rows or rows[0].val_accuracy is None:
+        print("digits-train: tune: no trial finished; raise --budget or --max-trials", file=sys.stderr)
+        return 1
+    best = rows[0]
+    _log(f"best trial {best.trial_id} (val_acc {best.val_accuracy:.4f}); re-training with {cfg.seeds} seeds")
+    summary = retrain_summary(retrain_best(best, dataset, cfg, log=_log))
+    run_dir = new_run_dir(args.reports_dir, f"tune-{dataset.name}")
+    paths = write_tune_report(rows, summary, cfg, run_dir, dataset.name)
+    _log(paths["markdown"].read_text())
+    _log("written: " + ", ".join(str(path) for path in paths.values()))
     return 0
 
 
@@ -185,6 +244,26 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _strength(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 2.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2, got {value}")
     return value
 
 

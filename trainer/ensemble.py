@@ -1,0 +1,84 @@
+"""Ensembles: several members trained with different seeds, averaged inside one Keras graph.
+
+The averaged model is an ordinary Keras model with the same input and output as one member, so the
+usual export (trainer/export.py) gives one SavedModel with the standard signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import keras
+import numpy as np
+
+from client.stats import wilson_interval
+from trainer.data import Dataset
+from trainer.model import MODEL_INPUT_SHAPE, to_model_input
+from trainer.presets import Preset
+from trainer.train import PREDICT_BATCH, TrainResult, train_model
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """The averaged model's result (what gets exported) and each member's own result."""
+
+    combined: TrainResult
+    members: tuple[TrainResult, ...]
+
+
+def average_models(members: Sequence[keras.Model], name: str = "ensemble") -> keras.Model:
+    """One model whose output is the mean of the members' softmax outputs: float [N,28,28,1] -> [N,10]."""
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    inputs = keras.Input(shape=MODEL_INPUT_SHAPE, name="pixels")
+    # Wrap each member so the top-level layer names are unique even when the members share one name.
+    wrapped = [
+        keras.Sequential([keras.Input(MODEL_INPUT_SHAPE), member], name=f"member_{index}")
+        for index, member in enumerate(members)
+    ]
+    outputs = [member(inputs) for member in wrapped]
+    averaged = keras.layers.Average(name="probabilities")(outputs) if len(outputs) > 1 else outputs[0]
+    return keras.Model(inputs, averaged, name=name)
+
+
+def member_preset(preset: Preset, index: int) -> Preset:
+    """Member `index` of an ensemble preset: its own seed, hence its own weights, shuffles and val split."""
+    return replace(preset, train=replace(preset.train, seed=preset.train.seed + index, members=1))
+
+
+def train_ensemble(
+    preset: Preset,
+    dataset: Dataset,
+    limit_train: int | None = None,
+    log: Callable[[str], None] = print,
+) -> EnsembleResult:
+    """Train `preset.train.members` members (each keeps its best validation epoch), then average them."""
+    count = preset.train.members
+    members = []
+    for index in range(count):
+        log(f"ensemble member {index + 1}/{count}")
+        members.append(train_model(member_preset(preset, index), dataset, limit_train=limit_train, log=log))
+    model = average_models([member.model for member in members], name=f"{preset.name.replace('-', '_')}")
+
+    # Scored on test once, after every member made its own choices on its own validation split.
+    probabilities = model.predict(to_model_input(dataset.x_test), batch_size=PREDICT_BATCH, verbose=0)
+    predictions = probabilities.argmax(axis=1)
+    correct = int(np.sum(predictions == dataset.y_test))
+    accuracy = wilson_interval(correct, len(dataset.y_test))
+    singles = ", ".join(f"{m.test_accuracy.value:.2%}" for m in members)
+    errors = len(dataset.y_test) - correct
+    log(f"ensemble of {count}: test accuracy {accuracy} ({errors} errors); members alone {singles}")
+    first = members[0]
+    combined = replace(
+        first,
+        model=model,
+        preset=preset,
+        val_accuracy=float(np.mean([m.val_accuracy for m in members])),  # each on its own split
+        test_accuracy=accuracy,
+        test_errors=errors,
+        test_predictions=predictions,
+        seconds=sum(m.seconds for m in members),
+        epoch_seconds=[s for m in members for s in m.epoch_seconds],
+    )
+    return EnsembleResult(combined=combined, members=tuple(members))

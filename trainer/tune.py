@@ -1,0 +1,324 @@
+"""`digits-train tune`: Bayesian hyperparameter search with KerasTuner, selected on validation only.
+
+Each trial is a two-block CNN (the tutorial's layout) built from a Preset, so the winner is an
+ordinary preset that `train_model` re-trains with several seeds; only then is the test set scored.
+The search lives in a KerasTuner project directory and resumes from it (`overwrite=False`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner
+import matplotlib
+import numpy as np
+
+from trainer.augment import with_augmentation
+from trainer.data import Dataset
+from trainer.model import build_model, compile_model, to_model_input
+from trainer.presets import ConvLayer, ModelConfig, Preset, TrainConfig
+from trainer.train import TrainResult, limit_indices, stratified_split, train_model
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+OBJECTIVE = "val_accuracy"
+PROJECT_NAME = "digits"
+SEARCH_SEED = 42
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """What to search and for how long."""
+
+    budget_minutes: float = 30.0  # checked before each trial; a started trial runs to its end
+    max_trials: int = 200
+    max_epochs: int = 8
+    seeds: int = 3  # re-training runs of the best trial, scored on test
+    val_size: int = 5_000
+    limit_train: int | None = None  # train on a random subset (smoke runs)
+    initial_random_trials: int = 8  # random trials before the Gaussian process takes over
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One finished trial: its hyperparameters and what it scored on validation."""
+
+    trial_id: str
+    status: str
+    val_accuracy: float | None
+    best_epoch: int | None
+    seconds: float | None
+    values: dict[str, Any]
+
+
+def search_space(max_epochs: int) -> keras_tuner.HyperParameters:
+    """The tutorial's knobs (filters, kernels, dense units, dropout, batch, rate, epochs) plus modern ones."""
+    hp = keras_tuner.HyperParameters()
+    hp.Int("conv1_filters", 8, 48, step=8, default=16)
+    hp.Int("conv2_filters", 16, 96, step=16, default=32)
+    hp.Choice("kernel_size", [3, 4, 5], default=4)
+    hp.Choice("dense_units", [50, 100, 200], default=100)
+    hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.4)
+    hp.Choice("batch_size", [50, 100, 200, 400], default=200)
+    hp.Choice("optimizer", ["rmsprop", "adam", "adamw"], default="rmsprop")
+    hp.Float("learning_rate", 1e-4, 3e-2, sampling="log", default=1e-3)
+    hp.Int("epochs", 1, max_epochs, default=max_epochs)
+    # Beyond the tutorial.
+    hp.Boolean("batch_norm", default=False)
+    hp.Choice("schedule", ["constant", "onecycle", "exponential"], default="constant")
+    hp.Choice("label_smoothing", [0.0, 0.05, 0.1], default=0.0)
+    hp.Float("augment", 0.0, 1.0, step=0.25, default=0.0)
+    return hp
+
+
+def preset_from_values(values: dict[str, Any], name: str = "tuned") -> Preset:
+    """The preset a trial's hyperparameter values describe."""
+    bn = bool(values["batch_norm"])
+    model = ModelConfig(
+        conv_layers=(
+            ConvLayer(int(values["conv1_filters"]), int(values["kernel_size"]), pool_size=2, batch_norm=bn),
+            ConvLayer(int(values["conv2_filters"]), int(values["kernel_size"]), pool_size=2, batch_norm=bn),
+        ),
+        dense_units=(int(values["dense_units"]),),
+        dropout=float(values["dropout"]),
+        dense_batch_norm=bn,
+    )
+    train = TrainConfig(
+        epochs=int(values["epochs"]),
+        batch_size=int(values["batch_size"]),
+        optimizer=str(values["optimizer"]),
+        learning_rate=float(values["learning_rate"]),
+        schedule=str(values["schedule"]),
+        label_smoothing=float(values["label_smoothing"]),
+        augment=float(values["augment"]),
+        weight_decay=1e-4 if values["optimizer"] == "adamw" else 0.0,
+    )
+    return Preset(name=name, description="best trial of digits-train tune", model=model, train=train)
+
+
+class DigitsTuner(keras_tuner.BayesianOptimization):
+    """Bayesian optimisation over `search_space`; each trial fits a preset and reports its best val epoch."""
+
+    def __init__(self, cfg: TuneConfig, directory: Path, log: Callable[[str], None] = print) -> None:
+        super().__init__(
+            hypermodel=None,
+            objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
+            max_trials=cfg.max_trials,
+            num_initial_points=cfg.initial_random_trials,
+            hyperparameters=search_space(cfg.max_epochs),
+            tune_new_entries=False,
+            seed=SEARCH_SEED,
+            directory=str(directory),
+            project_name=PROJECT_NAME,
+            overwrite=False,  # resume: finished trials are reloaded, not re-run
+        )
+        self.cfg, self.log = cfg, log
+        self.deadline = time.monotonic() + 60.0 * cfg.budget_minutes
+
+    def pre_create_trial(self) -> None:
+        # Out of time: cap max_trials at the trials done, so the oracle answers STOPPED.
+        out_of_time = time.monotonic() >= self.deadline
+        self.oracle.max_trials = len(self.oracle.trials) if out_of_time else self.cfg.max_trials
+
+    def run_trial(self, trial, x_train, y_train, x_val, y_val, **_) -> dict[str, float]:
+        """Fit the trial's preset; the objective is its best validation accuracy over the epochs."""
+        preset = preset_from_values(trial.hyperparameters.values)
+        cfg = preset.train
+        keras.utils.set_random_seed(SEARCH_SEED)
+        model = build_model(preset.model)
+        fit_model = with_augmentation(model, cfg.augment, seed=SEARCH_SEED)
+        compile_model(fit_model, cfg, steps_per_epoch=math.ceil(len(x_train) / cfg.batch_size))
+        start = time.perf_counter()
+        history = fit_model.fit(
+            x_train, y_train, validation_data=(x_val, y_val), batch_size=cfg.batch_size,
+            epochs=cfg.epochs, verbose=0,
+        ).history
+        seconds = time.perf_counter() - start
+        val = [float(v) if math.isfinite(v) else 0.0 for v in history[OBJECTIVE]]
+        best = int(np.argmax(val))
+        knobs = " ".join(f"{name}={_short(v)}" for name, v in trial.hyperparameters.values.items())
+        self.log(f"trial {trial.trial_id}: val_acc {val[best]:.4f} (epoch {best + 1}) {seconds:.0f}s {knobs}")
+        return {OBJECTIVE: val[best], "best_epoch": float(best + 1), "seconds": seconds}
+
+
+def run_search(
+    dataset: Dataset, cfg: TuneConfig, directory: str | Path, log: Callable[[str], None] = print
+) -> list[TrialRow]:
+    """Search until the budget or max_trials runs out (resuming `directory`); all trials, best first."""
+    split = stratified_split(dataset.y_train, cfg.val_size, SEARCH_SEED)
+    train_idx = limit_indices(split.train, cfg.limit_train, SEARCH_SEED)
+    x_train = to_model_input(dataset.x_train[train_idx]).numpy()
+    x_val = to_model_input(dataset.x_train[split.val]).numpy()
+    tuner = DigitsTuner(cfg, Path(directory), log)
+    done = len(tuner.oracle.trials)
+    if done:
+        log(f"resuming {directory}: {done} trials already finished")
+    log(
+        f"searching for up to {cfg.budget_minutes:g} min / {cfg.max_trials} trials on {len(train_idx):,} "
+        f"train / {len(split.val):,} val images of {dataset.name}"
+    )
+    # verbose=0: our one line per trial replaces KerasTuner's tables.
+    tuner.search(x_train, dataset.y_train[train_idx], x_val, dataset.y_train[split.val], verbose=0)
+    return trial_rows(tuner)
+
+
+def trial_rows(tuner: keras_tuner.Tuner) -> list[TrialRow]:
+    """Every trial of the tuner's oracle, best validation accuracy first (failed ones last)."""
+    rows = []
+    for trial in tuner.oracle.trials.values():
+        metrics = trial.metrics
+
+        def best(name: str, metrics=metrics) -> float | None:
+            return float(metrics.get_last_value(name)) if metrics.exists(name) else None
+
+        epoch = best("best_epoch")
+        rows.append(
+            TrialRow(
+                trial_id=trial.trial_id,
+                status=str(trial.status),
+                val_accuracy=best(OBJECTIVE),
+                best_epoch=int(epoch) if epoch is not None else None,
+                seconds=best("seconds"),
+                values=dict(trial.hyperparameters.values),
+            )
+        )
+    return sorted(rows, key=lambda r: (r.val_accuracy is None, -(r.val_accuracy or 0.0), r.trial_id))
+
+
+def write_trials_csv(rows: list[TrialRow], path: Path) -> Path:
+    """One line per trial: id, status, val accuracy, best epoch, seconds, then every hyperparameter."""
+    names = sorted({name for row in rows for name in row.values})
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["trial", "status", OBJECTIVE, "best_epoch", "seconds", *names])
+        for row in rows:
+            writer.writerow(
+                [row.trial_id, row.status, row.val_accuracy, row.best_epoch, row.seconds]
+                + [row.values.get(name) for name in names]
+            )
+    return path
+
+
+def trials_markdown(rows: list[TrialRow], limit: int = 20) -> str:
+    """The best `limit` trials as a markdown table."""
+    names = sorted({name for row in rows for name in row.values})
+    lines = [
+        "| trial | val acc | best epoch | s | " + " | ".join(names) + " |",
+        "|---|---:|---:|---:|" + "---|" * len(names),
+    ]
+    for row in rows[:limit]:
+        val = f"{100 * row.val_accuracy:.2f}%" if row.val_accuracy is not None else row.status
+        seconds = f"{row.seconds:.0f}" if row.seconds is not None else "-"
+        lines.append(
+            f"| {row.trial_id} | {val} | {row.best_epoch or '-'} | {seconds} | "
+            + " | ".join(_short(row.values.get(name)) for name in names)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_trials(rows: list[TrialRow], path: Path) -> Path:
+    """Validation accuracy of each trial in run order, with the best so far."""
+    ordered = sorted((r for r in rows if r.val_accuracy is not None), key=lambda r: int(r.trial_id))
+    ids = [int(r.trial_id) for r in ordered]
+    accuracy = [100 * r.val_accuracy for r in ordered]
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    ax.scatter(ids, accuracy, s=18, label="trial")
+    if accuracy:
+        ax.step(ids, np.maximum.accumulate(accuracy), where="post", color="tab:red", label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("digits-train tune: validation accuracy per trial")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def retrain_best(
+    row: TrialRow, dataset: Dataset, cfg: TuneConfig, log: Callable[[str], None] = print
+) -> list[TrainResult]:
+    """The best trial re-trained with `cfg.seeds` seeds (each its own val split), each scored on test."""
+    preset = preset_from_values(row.values)
+    results = []
+    for index in range(cfg.seeds):
+        seeded = preset.with_overrides(seed=SEARCH_SEED + index, val_size=cfg.val_size)
+        results.append(train_model(seeded, dataset, limit_train=cfg.limit_train, log=log))
+    return results
+
+
+def retrain_summary(results: list[TrainResult]) -> dict[str, Any]:
+    """Mean and standard deviation of the test accuracy over seeds, plus each run's Wilson interval."""
+    values = [r.test_accuracy.value for r in results]
+    return {
+        "seeds": [r.preset.train.seed for r in results],
+        "test_accuracy": values,
+        "test_interval_95": [[r.test_accuracy.low, r.test_accuracy.high] for r in results],
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "val_accuracy": [r.val_accuracy for r in results],
+        "train_seconds": [r.seconds for r in results],
+    }
+
+
+def write_tune_report(
+    rows: list[TrialRow], summary: dict[str, Any], cfg: TuneConfig, run_dir: Path, dataset: str
+) -> dict[str, Path]:
+    """tune_trials.csv, tune_trials.md, tune_trials.png and best_trial.json in run_dir."""
+    best = rows[0]
+    preset = preset_from_values(best.values)
+    paths = {
+        "csv": write_trials_csv(rows, run_dir / "tune_trials.csv"),
+        "plot": plot_trials(rows, run_dir / "tune_trials.png"),
+        "best": run_dir / "best_trial.json",
+        "markdown": run_dir / "tune_trials.md",
+    }
+    paths["best"].write_text(
+        json.dumps({"trial": best.trial_id, "values": best.values, "preset": preset.to_dict(),
+                    "retrain": summary}, indent=2) + "\n"
+    )
+    mean, std = 100 * summary["mean"], 100 * summary["std"]
+    runs = ", ".join(
+        f"seed {seed}: {100 * value:.2f}% [{100 * low:.2f}, {100 * high:.2f}]"
+        for seed, value, (low, high) in zip(
+            summary["seeds"], summary["test_accuracy"], summary["test_interval_95"], strict=True
+        )
+    )
+    finished = sum(row.val_accuracy is not None for row in rows)
+    text = [
+        f"# digits-train tune on {dataset}",
+        "",
+        f"- {finished} trials finished ({len(rows)} in the project); budget {cfg.budget_minutes:g} min, "
+        f"up to {cfg.max_epochs} epochs per trial"
+        + (f", {cfg.limit_train:,} training images" if cfg.limit_train else "")
+        + f"; selection on a {cfg.val_size:,}-image validation split only.",
+        f"- Best trial {best.trial_id}: validation accuracy {100 * (best.val_accuracy or 0):.2f}%.",
+        f"- Best trial re-trained with {len(summary['seeds'])} seed(s), test accuracy **{mean:.2f}%"
+        + (f" ± {std:.2f}%** (mean ± std)" if len(summary["seeds"]) > 1 else "**")
+        + f"; {runs}.",
+        "",
+        trials_markdown(rows),
+    ]
+    paths["markdown"].write_text("\n".join(text))
+    return paths
+
+
+def _short(value: Any) -> str:
+    """Compact table cell for a hyperparameter value."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
