@@ -12,6 +12,7 @@ Exit codes: 0 done, 2 bad arguments or data (also data that does not fit the mod
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -100,9 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with connect(config) as client:
             versions = args.compare or [args.model_version]
-            for version in versions:
-                _check_model_input(client, version)
-            reports = [_evaluate(client, data, args, version, len(versions) > 1) for version in versions]
+            served = [_check_model_input(client, version) for version in versions]
+            reports = [
+                _evaluate(client, data, args, version, served_version, len(versions) > 1)
+                for version, served_version in zip(versions, served, strict=True)
+            ]
     except DataError as err:
         return _fail(EXIT_BAD_INPUT, str(err))
     except ServerUnavailable as err:
@@ -135,8 +138,11 @@ def _load_data(args: argparse.Namespace) -> LabelledImages:
     return data.head(args.limit)
 
 
-def _check_model_input(client: ModelClient, version: int | None) -> None:
-    """Refuse early, with a clear message, when the served signature cannot take our images."""
+def _check_model_input(client: ModelClient, version: int | None) -> int | None:
+    """Refuse early, with a clear message, when the served signature cannot take our images.
+
+    Returns the version the server resolved (REST predict answers do not say which one answered).
+    """
     meta = client.metadata(version=version) if version is not None else client.metadata()
     spec = meta.inputs.get(contract.INPUT_NAME)
     if spec is None or len(meta.inputs) != 1:
@@ -155,15 +161,21 @@ def _check_model_input(client: ModelClient, version: int | None) -> None:
     missing = {contract.OUTPUT_PROBABILITIES, contract.OUTPUT_CLASSES} - set(meta.outputs)
     if missing:
         raise DataError(f"the model's signature lacks the outputs {sorted(missing)}")
+    return meta.model_version
 
 
-def _evaluate(client: ModelClient, data: LabelledImages, args: argparse.Namespace, version, nested: bool):
+def _evaluate(client: ModelClient, data: LabelledImages, args: argparse.Namespace, version, served, nested):
     """Evaluate one version; print and write its report. Returns (report, per-image correctness)."""
     label = f"v{version}" if version is not None else (args.version_label or "latest")
+    # One untimed request first: connection set-up and the server's first run at this batch size
+    # are not what the latency percentiles should measure.
+    client.predict(data.images[: args.batch_size], version=version)
     run = predict_all(
         client, data.images, args.batch_size, args.concurrency,
         version=version, progress=ProgressBar(f"{args.model_name} {label}"),
     )  # fmt: skip
+    if run.model_version is None:
+        run = dataclasses.replace(run, model_version=served)
     try:
         scores = score(run, data)
     except ValueError as err:

@@ -71,8 +71,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config["DEBUG"] = False  # never: Werkzeug's debugger runs code sent by the browser
     settings = GatewaySettings.from_config(app.config)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
-    # Pillow's own bomb guard, on top of our header check (it raises at twice this, warns at once).
-    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    # Pillow's own bomb guard stays as a backstop behind our header check (preprocess.decode_image);
+    # raised only when our limit is above its default, so it never refuses what we allow.
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, settings.max_image_pixels)
     app.extensions["digits"] = ModelService(settings)
     app.register_blueprint(api)
     app.register_error_handler(HTTPException, _http_error)

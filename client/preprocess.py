@@ -57,8 +57,9 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray
         raise
     except UnidentifiedImageError:
         raise BadImage("not an image: send a PNG, JPEG, BMP or GIF file") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLarge(f"image has too many pixels (limit {limits.max_pixels})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        # Pillow's guard fired while reading the header: its message gives the pixel count.
+        raise ImageTooLarge(f"image has too many pixels: {_first_line(err)}") from None
     except (OSError, SyntaxError, ValueError, EOFError, StopIteration) as err:
         raise BadImage(f"image data is truncated or corrupt ({_first_line(err)})") from None
 

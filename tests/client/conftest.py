@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import subprocess
@@ -120,6 +121,7 @@ class RunningGateway:
     app: object
 
 
+@contextlib.contextmanager
 def run_gateway(config: dict) -> Iterator[RunningGateway]:
     """Serve `create_app(config)` with Werkzeug's threaded server on a free port."""
     from client.gateway import create_app
@@ -137,9 +139,21 @@ def run_gateway(config: dict) -> Iterator[RunningGateway]:
 
 
 @pytest.fixture(scope="session")
+def gateway_factory():
+    """`with gateway_factory(config) as running:` a gateway with this config on a free port."""
+    return run_gateway
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A local port nothing listens on."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
 def gateway(served_model) -> Iterator[RunningGateway]:
     """The gateway in front of `digits-serve` over gRPC, with small limits to test them cheaply."""
-    yield from run_gateway(
+    with run_gateway(
         {
             "MODEL_SERVER": served_model.grpc_target,
             "PROTOCOL": "grpc",
@@ -148,4 +162,5 @@ def gateway(served_model) -> Iterator[RunningGateway]:
             "MAX_IMAGE_SIDE": 4_096,
             "MAX_BATCH_IMAGES": 64,
         }
-    )
+    ) as running:
+        yield running
