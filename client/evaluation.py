@@ -142,8 +142,9 @@ def score(run: EvalRun, data: LabelledImages) -> Scores:
 class ProgressBar:
     """A one-line progress bar on stderr, redrawn at most ten times a second."""
 
-    def __init__(self, label: str, width: int = 30, stream=sys.stderr) -> None:
-        self.label, self.width, self.stream = label, width, stream
+    def __init__(self, label: str, width: int = 30, stream=None) -> None:
+        self.label, self.width = label, width
+        self.stream = stream or sys.stderr
         self.started = time.perf_counter()
         self.last_drawn = 0.0
 

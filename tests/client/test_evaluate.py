@@ -1,0 +1,157 @@
+"""`digits-eval` end to end against `digits-serve`: numbers, report files, --compare, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from client.evaluate import main
+from client.model_client import ClientConfig, connect
+from client.stats import mcnemar_exact, wilson_interval
+
+REPORT_FILES = {"report.json", "report.md", "confusion_matrix.png", "misclassified.png"}
+
+
+@pytest.fixture(scope="module")
+def small_split(tmp_path_factory, test_digits):
+    """500 test images as an npz in the Keras mnist.npz layout."""
+    path = tmp_path_factory.mktemp("data") / "small.npz"
+    np.savez(path, x_test=test_digits[0], y_test=test_digits[1].astype(np.uint8))
+    return path
+
+
+@pytest.fixture(scope="module")
+def served_classes(served_model, test_digits):
+    """What versions 1 and 2 answer for the 500 images, asked directly."""
+    with connect(ClientConfig(served_model.grpc_target)) as model:
+        return {v: model.predict(test_digits[0], version=v).classes for v in (1, 2)}
+
+
+def evaluate(served_model, protocol: str, *args: str) -> int:
+    return main(["--target", served_model.target(protocol), "--protocol", protocol, *args])
+
+
+@pytest.mark.parametrize(
+    "protocol, version_args, version", [("grpc", [], 2), ("rest", ["--model-version", "1"], 1)]
+)
+def test_report_numbers_match_the_servers_answers(
+    served_model, small_split, served_classes, test_digits, tmp_path, capsys, protocol, version_args, version
+):
+    report_dir = tmp_path / "report"
+    code = evaluate(served_model, protocol, "--npz", str(small_split), "--batch-size", "64",
+                    "--concurrency", "4", "--report", str(report_dir), *version_args)  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert REPORT_FILES <= {p.name for p in report_dir.iterdir()}
+    report = json.loads((report_dir / "report.json").read_text())
+    labels = test_digits[1]
+    correct = int(np.sum(served_classes[version] == labels))
+    interval = wilson_interval(correct, len(labels))
+    assert report["model"] == {"name": "mnist", "version": version}
+    assert report["images"] == 500 and report["errors"] == 500 - correct
+    assert report["accuracy"]["value"] == pytest.approx(correct / 500)
+    assert report["accuracy"]["ci95_low"] == pytest.approx(interval.low)
+    assert report["accuracy"]["ci95_high"] == pytest.approx(interval.high)
+    cm = np.array(report["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 500 and np.trace(cm) == correct
+    assert [c["support"] for c in report["per_class"]] == np.bincount(labels, minlength=10).tolist()
+    assert all(0 <= c["f1"] <= 1 for c in report["per_class"])
+    lat = report["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
+    assert report["requests"] == 8 and report["throughput_images_per_s"] > 0  # ceil(500 / 64) requests
+    for picture in ("confusion_matrix.png", "misclassified.png"):
+        with Image.open(report_dir / picture) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+    assert f"accuracy {100 * correct / 500:.2f}%" in out and "confusion matrix" in out
+    assert "500/500 images" in err  # the progress bar
+    assert "| class | precision | recall | F1 | support |" in (report_dir / "report.md").read_text()
+
+
+def test_compare_runs_mcnemar_on_the_same_images(
+    served_model, small_split, served_classes, test_digits, tmp_path
+):
+    report_dir = tmp_path / "compare"
+    code = evaluate(served_model, "grpc", "--npz", str(small_split), "--compare", "1", "2",
+                    "--batch-size", "100", "--report", str(report_dir))  # fmt: skip
+    assert code == 0
+    report = json.loads((report_dir / "report.json").read_text())
+    labels = test_digits[1]
+    expected = mcnemar_exact(served_classes[1] == labels, served_classes[2] == labels)
+    assert report["mcnemar"]["only_first_correct"] == expected.only_a_correct
+    assert report["mcnemar"]["only_second_correct"] == expected.only_b_correct
+    assert report["mcnemar"]["p_value"] == pytest.approx(expected.p_value)
+    assert ("significantly better" in report["verdict"]) == expected.significant()
+    for version in (1, 2):
+        assert REPORT_FILES <= {p.name for p in (report_dir / f"v{version}").iterdir()}
+    assert "McNemar" in (report_dir / "report.md").read_text()
+
+
+def test_a_folder_of_pictures_with_a_labels_csv(served_model, test_digits, tmp_path, capsys):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    with (tmp_path / "labels.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filename", "label"])
+        for i in range(20):  # dark ink on white paper, 3x larger: the gateway's preprocessing applies
+            picture = 255 - np.kron(test_digits[0][i], np.ones((3, 3), np.uint8))
+            Image.fromarray(picture).save(folder / f"digit_{i}.png")
+            writer.writerow([f"digit_{i}.png", int(test_digits[1][i])])
+    code = evaluate(served_model, "grpc", "--images", str(folder), "--labels", str(tmp_path / "labels.csv"),
+                    "--version-label", "stable", "--report", str(tmp_path / "report"))  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["images"] == 20 and report["model"]["version"] == 1
+    assert report["accuracy"]["value"] >= 0.8
+
+
+def bad_npz(tmp_path, name: str, **arrays) -> str:
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "case, args, code, words",
+    [
+        ("unknown model", ["--model-name", "letters"], 4, "letters"),
+        ("unknown version", ["--model-version", "7"], 4, "7"),
+        ("unknown label", ["--version-label", "gold"], 4, "gold"),
+        ("images of the wrong size", ["NPZ32"], 2, "[N, 28, 28]"),
+        ("npz without the split", ["NPZ_TRAIN_ONLY"], 2, "x_test"),
+        ("labels out of range", ["NPZ_BAD_LABELS"], 2, "labels"),
+        ("missing data file", ["--npz", "/nonexistent/mnist.npz"], 2, "cannot read"),
+    ],
+)  # fmt: skip
+def test_clear_errors_and_exit_codes(served_model, tmp_path, capsys, case, args, code, words):
+    substitutes = {
+        "NPZ32": ["--npz", bad_npz(tmp_path, "big.npz", x_test=np.zeros((4, 32, 32), np.uint8),
+                                   y_test=np.zeros(4, np.uint8))],
+        "NPZ_TRAIN_ONLY": ["--npz", bad_npz(tmp_path, "train.npz", x_train=np.zeros((4, 28, 28), np.uint8),
+                                            y_train=np.zeros(4, np.uint8))],
+        "NPZ_BAD_LABELS": ["--npz", bad_npz(tmp_path, "labels.npz", x_test=np.zeros((4, 28, 28), np.uint8),
+                                            y_test=np.full(4, 12, np.uint8))],
+    }  # fmt: skip
+    args = [a for arg in args for a in substitutes.get(arg, [arg])]
+    if "--npz" not in args:
+        args += ["--npz", bad_npz(tmp_path, "ok.npz", x_test=np.zeros((4, 28, 28), np.uint8),
+                                  y_test=np.zeros(4, np.uint8))]  # fmt: skip
+    assert evaluate(served_model, "grpc", *args, "--report", str(tmp_path / "r")) == code
+    err = capsys.readouterr().err
+    assert err.startswith("digits-eval: error:") and words in err, err
+    assert "Traceback" not in err
+
+
+def test_unreachable_server_exits_3_with_a_message(unused_port, tmp_path, test_digits):
+    np.savez(tmp_path / "d.npz", x_test=test_digits[0][:5], y_test=test_digits[1][:5])
+    target = f"127.0.0.1:{unused_port}"
+    command = [sys.executable, "-m", "client.evaluate", "--protocol", "rest", "--target", target,
+               "--npz", str(tmp_path / "d.npz"), "--report", str(tmp_path / "r")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3
+    assert "cannot reach the model server" in done.stderr and "Traceback" not in done.stderr
