@@ -198,6 +198,7 @@ def _proto_json(message) -> bytes:
 # ---------------------------------------------------------------------------------------- transport
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = 300  # seconds a connection may sit idle (or stall mid-request) before it is closed
     server: RestServer
 
     def setup(self) -> None:

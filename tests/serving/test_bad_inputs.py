@@ -560,3 +560,24 @@ def test_grpc_still_serving_after_bad_requests(stubs, http, rest_url, built_mode
 def test_bad_model_config_text_is_a_config_error(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_model_server_config(text)
+
+
+def test_clients_that_disconnect_mid_request_do_not_hurt_the_server(server, rest_url, http, built_models):
+    import socket
+
+    port = server.rest_port
+    partial_requests = [
+        b"POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{\"instances\": [",
+        b"POST /v1/models/digits:pre",
+        b"GET /v1/models/digits HTTP/1.1\r\nHost: x\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello to the plain-HTTP port
+    ]
+    for data in partial_requests * 5:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(data)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+    for _ in range(5):  # gRPC callers that give up before the answer
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Predict(_request(np.zeros((64, 28, 28), np.uint8)), timeout=0.0001)
+        assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    _assert_still_serving(http, rest_url, built_models)
