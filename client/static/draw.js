@@ -25,6 +25,7 @@
     meta.textContent = "";
     errorBox.hidden = true;
     inked = false;
+    delete chart.dataset.ready;
     buildChart();
   }
 

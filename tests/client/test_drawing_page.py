@@ -1,0 +1,91 @@
+"""The drawing page in headless Chromium: draw a digit with the mouse, see the prediction and the chart."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+SCREENSHOT = Path(__file__).resolve().parents[2] / "reports" / "drawing_page.png"
+
+# Strokes in canvas pixels (the pad is 280x280): a seven, then a one.
+SEVEN = [[(70, 60), (210, 60), (180, 120), (130, 230)]]
+ONE = [[(140, 40), (140, 240)]]
+
+
+@pytest.fixture(scope="module")
+def page():
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.fail("Chromium is missing: run `make browsers` (apt-get install chromium)", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 900, "height": 640})
+        yield context.new_page()
+        browser.close()
+
+
+def draw(page, strokes) -> None:
+    box = page.locator("#pad").bounding_box()
+    for stroke in strokes:
+        (x, y), rest = stroke[0], stroke[1:]
+        page.mouse.move(box["x"] + x, box["y"] + y)
+        page.mouse.down()
+        for x, y in rest:
+            page.mouse.move(box["x"] + x, box["y"] + y, steps=12)
+        page.mouse.up()
+
+
+def wait_for_answer(page) -> str:
+    page.wait_for_selector('#chart[data-ready="true"]', timeout=15_000)
+    return page.locator("#digit").inner_text()
+
+
+def test_drawing_a_digit_shows_the_prediction_the_chart_and_the_model_input(page, gateway):
+    page.goto(gateway.url + "/")
+    assert page.locator("#digit").inner_text() == "?"
+    draw(page, SEVEN)
+    assert wait_for_answer(page) == "7"
+    bars = page.locator("#chart .row")
+    assert bars.count() == 10
+    widths = [
+        float(bars.nth(k).locator(".bar").evaluate("e => parseFloat(e.style.width)")) for k in range(10)
+    ]
+    assert abs(sum(widths) - 100) < 1.0  # the probabilities, as percentages
+    assert widths.index(max(widths)) == 7
+    assert "top" in (bars.nth(7).get_attribute("class") or "")
+    assert "% sure" in page.locator("#confidence").inner_text()
+    assert "model mnist v2" in page.locator("#meta").inner_text()
+    seen_ink = page.evaluate(
+        "() => Array.from(document.getElementById('seen').getContext('2d')"
+        ".getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 === 0 && v > 128).length"
+    )
+    assert seen_ink > 20  # the preprocessed 28x28 digit is drawn
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_clear_then_redraw_gives_a_new_answer(page, gateway):
+    page.goto(gateway.url + "/")
+    draw(page, SEVEN)
+    wait_for_answer(page)
+    page.click("#clear")
+    assert page.locator("#digit").inner_text() == "?"
+    assert page.locator("#chart").get_attribute("data-ready") is None
+    draw(page, ONE)
+    assert wait_for_answer(page) == "1"
+
+
+def test_predict_on_an_empty_pad_says_what_to_do(page, gateway):
+    page.goto(gateway.url + "/")
+    page.click("#predict")
+    assert page.locator("#error").inner_text() == "Draw a digit first."
