@@ -567,7 +567,7 @@ def test_clients_that_disconnect_mid_request_do_not_hurt_the_server(server, rest
 
     port = server.rest_port
     partial_requests = [
-        b"POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{\"instances\": [",
+        b'POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{"instances": [',
         b"POST /v1/models/digits:pre",
         b"GET /v1/models/digits HTTP/1.1\r\nHost: x\r\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello to the plain-HTTP port
@@ -575,7 +575,9 @@ def test_clients_that_disconnect_mid_request_do_not_hurt_the_server(server, rest
     for data in partial_requests * 5:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
             connection.sendall(data)
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    )
     for _ in range(5):  # gRPC callers that give up before the answer
         with pytest.raises(grpc.RpcError) as error:
             stub.Predict(_request(np.zeros((64, 28, 28), np.uint8)), timeout=0.0001)

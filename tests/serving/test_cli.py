@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -87,7 +88,7 @@ def test_serves_then_stops_gracefully_on_sigterm(tmp_path, built_models, model_b
     batching = tmp_path / "batching.config"
     # A long batch timeout keeps a request in flight while SIGTERM arrives.
     batching.write_text(
-        "max_batch_size { value: 64 }\nbatch_timeout_micros { value: 1500000 }\n"
+        "max_batch_size { value: 64 }\nbatch_timeout_micros { value: 3000000 }\n"
         "num_batch_threads { value: 1 }\n"
     )
     monitoring = tmp_path / "monitoring.config"
@@ -123,13 +124,38 @@ def test_serves_then_stops_gracefully_on_sigterm(tmp_path, built_models, model_b
                 result["status"], result["doc"] = response.status, json.loads(response.read())
             result["seconds"] = time.monotonic() - started
 
-        thread = threading.Thread(target=in_flight)
-        thread.start()
-        time.sleep(0.5)  # the request now waits in the batch queue
+        def grpc_in_flight():
+            import grpc
+            import tensorflow as tf
+            from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name = "mnist"
+                request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.zeros((3, 28, 28), np.uint8)))
+                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                outputs = stub.Predict(request, timeout=30).outputs
+                result["grpc_rows"] = len(tf.make_ndarray(outputs[OUTPUT_CLASSES]))
+
+        threads = [threading.Thread(target=in_flight), threading.Thread(target=grpc_in_flight)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.8)  # both requests now wait in the batch queue
         process.send_signal(signal.SIGTERM)
-        thread.join(30)
+        refused_while_busy = False
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not refused_while_busy:
+            try:
+                socket.create_connection(("127.0.0.1", rest_port), timeout=1).close()
+                time.sleep(0.05)
+            except ConnectionRefusedError:
+                refused_while_busy = threads[0].is_alive()  # new connections refused, old ones still served
+        for thread in threads:
+            thread.join(30)
+        assert refused_while_busy
         assert result["status"] == 200 and len(result["doc"]["predictions"]) == 2
-        assert OUTPUT_CLASSES in result["doc"]["predictions"][0] and result["seconds"] > 1.0
+        assert OUTPUT_CLASSES in result["doc"]["predictions"][0] and result["seconds"] > 2.0
+        assert result["grpc_rows"] == 3
         assert process.wait(30) == 0
     finally:
         if process.poll() is None:
