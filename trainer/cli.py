@@ -15,7 +15,7 @@ from trainer.presets import PRESETS, SEED_PRESETS
 DEFAULT_REPORTS_DIR = "reports"
 QUICK = {"epochs": 1, "limit_train": 5_000, "val_size": 1_000}  # reproduce-seed --quick: a smoke run
 TUNE_QUICK = {  # tune --quick: a smoke run of the whole pipeline in seconds
-    "max_trials": 3, "max_epochs": 2, "limit_train": 1_000, "val_size": 500, "initial_random_trials": 2,
+    "max_trials": 3, "max_epochs": 2, "limit_train": 600, "val_size": 300, "initial_random_trials": 2,
 }
 
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--augment", type=_strength, help="training-only augmentation strength: 0 (off) to 2, 1 = Deotte's"
     )
+    train.add_argument("--members", type=_positive_int, help="ensemble size (>1 averages that many seeds)")
     train.add_argument("--dataset", choices=DATASETS, default="mnist")
     _add_data_dir(train)
     train.add_argument(
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--dataset", choices=DATASETS, default="mnist")
     tune.add_argument("--limit-train", type=_positive_int, help="search on a random subset of N images")
     tune.add_argument(
-        "--quick", action="store_true", help="smoke run: tiny subset, 2 epochs, 3 trials, 3 seeds"
+        "--quick", action="store_true", help="smoke run: 600 images, up to 2 epochs, 3 trials"
     )
     tune.add_argument("--reports-dir", default=DEFAULT_REPORTS_DIR)
     _add_data_dir(tune)
@@ -124,7 +125,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     preset = PRESETS[args.preset].with_overrides(
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size,
-        augment=args.augment,
+        augment=args.augment, members=args.members,
     )
     if preset.train.members > 1:
         from trainer.ensemble import train_ensemble

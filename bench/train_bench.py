@@ -1,0 +1,143 @@
+"""Training benchmark (`make bench-train`): the tutorial's seed-best recipe against the `fast` preset.
+
+Both run in this one process through the same trainer (same data pipeline, same per-epoch validation),
+so the ratio is fair on a shared machine: a few epochs of seed-best are timed and extrapolated to its
+40 (first epoch as measured, it carries the graph tracing; the rest at the mean of the later epochs),
+then `fast` runs to completion, once per seed. Target: fast's fit time at most 1/6 of seed-best's,
+at >= 99.4% mean test accuracy. Writes bench/results/train_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+REFERENCE = "seed-best"
+TARGET_RATIO = 1 / 6
+TARGET_ACCURACY = 0.994
+
+
+@dataclass(frozen=True)
+class RunTime:
+    """One training run: what it scored and how long its fit took."""
+
+    preset: str
+    seed: int
+    epochs: int
+    test_accuracy: float
+    val_accuracy: float
+    fit_seconds: float
+    epoch_seconds: list[float]
+
+
+def extrapolate(epoch_seconds: list[float], epochs: int) -> float:
+    """Seconds for `epochs` epochs from a few timed ones: the first as measured, the rest at their mean."""
+    if len(epoch_seconds) < 2:
+        raise ValueError("time at least 2 epochs: the first one includes tracing")
+    return epoch_seconds[0] + (epochs - 1) * statistics.fmean(epoch_seconds[1:])
+
+
+def time_run(preset, dataset, log) -> RunTime:
+    """Train `preset` with the project's trainer and keep the numbers the benchmark needs."""
+    from trainer.train import train_model
+
+    result = train_model(preset, dataset, log=log)
+    return RunTime(
+        preset=preset.name,
+        seed=preset.train.seed,
+        epochs=preset.train.epochs,
+        test_accuracy=result.test_accuracy.value,
+        val_accuracy=result.val_accuracy,
+        fit_seconds=result.seconds,
+        epoch_seconds=[round(s, 2) for s in result.epoch_seconds],
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--candidate", default="fast", help="preset to compare (default: fast)")
+    parser.add_argument("--reference-epochs", type=int, default=3, help="seed-best epochs to time (>= 2)")
+    parser.add_argument("--seeds", type=int, default=1, help="candidate runs, seeds 42, 43, ...")
+    parser.add_argument("--data-dir", default=os.environ.get("DIGITS_DATA_DIR", str(REPO_ROOT / "data")))
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "train_bench.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.reference_epochs < 2 or args.seeds < 1:
+        print("train_bench: --reference-epochs must be >= 2 and --seeds >= 1", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(REPO_ROOT))
+    from trainer.data import load_dataset
+    from trainer.presets import get_preset
+
+    dataset = load_dataset("mnist", args.data_dir)
+    reference_preset = get_preset(REFERENCE)
+    full_epochs = reference_preset.train.epochs
+
+    def log(message: str) -> None:
+        print(f"  {message}", flush=True)
+
+    started = time.perf_counter()
+    print(f"[1/2] {REFERENCE}: timing {args.reference_epochs} of its {full_epochs} epochs", flush=True)
+    reference = time_run(reference_preset.with_overrides(epochs=args.reference_epochs), dataset, log)
+    reference_full = extrapolate(reference.epoch_seconds, full_epochs)
+
+    candidates = []
+    for index in range(args.seeds):
+        preset = get_preset(args.candidate)
+        preset = preset.with_overrides(seed=preset.train.seed + index)
+        print(f"[2/2] {args.candidate} seed {preset.train.seed}: full run", flush=True)
+        candidates.append(time_run(preset, dataset, log))
+
+    accuracies = [c.test_accuracy for c in candidates]
+    mean_accuracy = statistics.fmean(accuracies)
+    mean_seconds = statistics.fmean(c.fit_seconds for c in candidates)
+    ratio = mean_seconds / reference_full
+    summary = {
+        "reference": asdict(reference),
+        "reference_extrapolated_seconds": round(reference_full, 1),
+        "reference_tutorial_accuracy_40_epochs": reference_preset.tutorial_test_accuracy,
+        "candidates": [asdict(c) for c in candidates],
+        "candidate_mean_accuracy": mean_accuracy,
+        "candidate_std_accuracy": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
+        "candidate_mean_seconds": round(mean_seconds, 1),
+        "ratio": round(ratio, 4),
+        "targets": {"ratio": TARGET_RATIO, "accuracy": TARGET_ACCURACY},
+        "met": {"ratio": ratio <= TARGET_RATIO, "accuracy": mean_accuracy >= TARGET_ACCURACY},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+
+    std = f" ± {100 * summary['candidate_std_accuracy']:.2f}%" if len(accuracies) > 1 else ""
+    tutorial = reference_preset.tutorial_test_accuracy
+    print()
+    print(f"{REFERENCE:>10}: {reference_full:7.1f} s for {full_epochs} epochs (extrapolated from "
+          f"{reference.epoch_seconds} s); test {100 * reference.test_accuracy:.2f}% after "
+          f"{reference.epochs} epochs (the tutorial's {full_epochs}-epoch figure: {100 * tutorial:.2f}%)")
+    print(f"{args.candidate:>10}: {mean_seconds:7.1f} s fit, test {100 * mean_accuracy:.2f}%{std} "
+          f"over {len(candidates)} seed(s)")
+    verdict = {key: "met" if met else "NOT met" for key, met in summary["met"].items()}
+    print(f"{'ratio':>10}: {ratio:.3f} (target <= {TARGET_RATIO:.3f}: {verdict['ratio']}); "
+          f"accuracy target {100 * TARGET_ACCURACY:.1f}%: {verdict['accuracy']}")
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

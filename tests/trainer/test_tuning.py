@@ -1,0 +1,78 @@
+"""digits-train tune: a smoke search writes its table, CSV and plot, selects on validation, and resumes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from trainer.cli import main
+from trainer.model import build_model
+from trainer.tune import preset_from_values, search_space
+
+# KerasTuner 1.4 calls threading.currentThread(); not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:currentThread|getName:DeprecationWarning")
+
+
+def test_every_point_of_the_search_space_builds_a_model():
+    hp = search_space(max_epochs=3)
+    values = {**hp.values, "batch_norm": True, "optimizer": "adamw", "schedule": "onecycle", "augment": 0.5}
+    preset = preset_from_values(values)
+    assert preset.train.optimizer == "adamw" and preset.train.augment == 0.5
+    assert preset.model.conv_layers[0].batch_norm and preset.model.dense_batch_norm
+    assert build_model(preset.model).count_params() > 0
+    # The defaults are the tutorial's seed-best network.
+    assert build_model(preset_from_values(hp.values).model).count_params() == 60_806
+
+
+@pytest.fixture(scope="module")
+def tune_run(tmp_path_factory):
+    """Two quick invocations on one project: 2 trials, then resumed to 3."""
+    root = tmp_path_factory.mktemp("tune")
+    common = ["tune", "--quick", "--directory", str(root / "project"), "--reports-dir", str(root / "reports")]
+    assert main([*common, "--max-trials", "2", "--seeds", "2"]) == 0
+    first = sorted((root / "reports").iterdir())
+    assert main([*common, "--max-trials", "3", "--seeds", "1"]) == 0
+    second = sorted(set((root / "reports").iterdir()) - set(first))
+    return first[0], second[0]
+
+
+def read_trials(run_dir):
+    with (run_dir / "tune_trials.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_smoke_search_writes_table_csv_plot_and_best_trial(tune_run):
+    run_dir, _ = tune_run
+    rows = read_trials(run_dir)
+    assert len(rows) == 2
+    scores = [float(row["val_accuracy"]) for row in rows]
+    assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
+    assert {"learning_rate", "batch_size", "augment", "conv1_filters", "epochs"} <= rows[0].keys()
+    assert (run_dir / "tune_trials.png").read_bytes().startswith(b"\x89PNG")
+    markdown = (run_dir / "tune_trials.md").read_text()
+    assert "| trial | val acc |" in markdown and "mean ± std" in markdown
+
+    best = json.loads((run_dir / "best_trial.json").read_text())
+    assert best["trial"] == rows[0]["trial"]  # the winner is the best on validation
+    retrain = best["retrain"]
+    assert len(retrain["test_accuracy"]) == 2 and retrain["seeds"] == [42, 43]
+    assert retrain["mean"] == pytest.approx(sum(retrain["test_accuracy"]) / 2)
+    for value, (low, high) in zip(retrain["test_accuracy"], retrain["test_interval_95"], strict=True):
+        assert low <= value <= high
+
+
+def test_second_run_resumes_instead_of_starting_over(tune_run):
+    first_dir, second_dir = tune_run
+    first = {row["trial"]: row for row in read_trials(first_dir)}
+    second = {row["trial"]: row for row in read_trials(second_dir)}
+    assert len(second) == 3 and set(first) < set(second)
+    for trial, row in first.items():  # reloaded, not re-run: same values and scores
+        assert second[trial] == row
+
+
+def test_bad_budget_is_an_argument_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["tune", "--budget", "0"])
+    assert exc.value.code == 2 and "must be positive" in capsys.readouterr().err
