@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=.venv/bin
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}  # hide TF start-up chatter
 MODELS_DIR=${MODELS_DIR:-models}
 MODEL_NAME=${MODEL_NAME:-mnist}
 PRESET=${PRESET:-fast}
