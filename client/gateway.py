@@ -28,7 +28,7 @@ from client.uploads import read_images
 
 log = logging.getLogger("digits.gateway")
 api = Blueprint("api", __name__)
-STATUS_CACHE_S = 2.0  # REST answers do not name the version that served them; look it up this often
+VERSION_CACHE_S = 2.0  # REST answers do not name the version that served them; look it up this often
 
 
 class ModelService:
@@ -51,10 +51,9 @@ class ModelService:
     def _served_version(self) -> int | None:
         with self._lock:
             checked_at, version = self._version
-            if time.monotonic() - checked_at > STATUS_CACHE_S:
-                try:
-                    versions = available_versions(self.client.status())
-                    version = versions[0] if versions else None
+            if time.monotonic() - checked_at > VERSION_CACHE_S:
+                try:  # metadata resolves the configured version or label, as predict does
+                    version = self.client.metadata().model_version
                 except ClientError:
                     version = None
                 self._version = (time.monotonic(), version)
@@ -127,6 +126,8 @@ def readyz():
     settings = service.settings
     try:
         versions = available_versions(service.client.status(version=settings.model_version))
+        if settings.version_label:
+            versions = [service.client.metadata().model_version]  # raises if the label is unknown
     except ClientError as err:
         return jsonify(ready=False, error=f"model server: {err}"), 503
     if not versions:

@@ -130,6 +130,19 @@ def test_rest_protocol_gives_the_same_answers_and_the_served_version(
         assert requests.get(f"{running.url}/readyz", timeout=10).status_code == 200
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_a_pinned_version_label_is_served_and_reported(served_model, test_digits, gateway_factory, protocol):
+    png = encode(test_digits[0][1], "PNG")
+    config = {"MODEL_SERVER": served_model.target(protocol), "PROTOCOL": protocol, "VERSION_LABEL": "stable"}
+    with gateway_factory(config) as running:
+        answer = requests.post(f"{running.url}/v1/predict", data=png, timeout=30).json()
+        assert answer["model"] == {"name": "mnist", "version": 1}
+        assert requests.get(f"{running.url}/readyz", timeout=10).json()["available_versions"] == [1]
+    with gateway_factory({**config, "VERSION_LABEL": "gold"}) as running:
+        ready = requests.get(f"{running.url}/readyz", timeout=10)
+        assert ready.status_code == 503 and "gold" in ready.json()["error"]
+
+
 def test_model_server_down_means_503_with_a_message_not_a_crash(test_digits, gateway_factory, unused_port):
     config = {"MODEL_SERVER": f"127.0.0.1:{unused_port}", "RETRIES": 1, "TIMEOUT_S": 2}
     with gateway_factory(config) as running:
