@@ -579,7 +579,6 @@ def test_clients_that_disconnect_mid_request_do_not_hurt_the_server(server, rest
         grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     )
     for _ in range(5):  # gRPC callers that give up before the answer
-        with pytest.raises(grpc.RpcError) as error:
-            stub.Predict(_request(np.zeros((64, 28, 28), np.uint8)), timeout=0.0001)
-        assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        call = stub.Predict.future(_request(np.zeros((64, 28, 28), np.uint8)), timeout=10)
+        call.cancel()
     _assert_still_serving(http, rest_url, built_models)

@@ -245,7 +245,7 @@ def test_model_config_file_is_polled(tmp_path, built_models, server_factory):
         what="model a removed",
     )
     assert requests.get(f"{rest}/v1/models", timeout=5).json()["models"] == ["b"]
-    assert requests.get(f"{rest}/v2/health/ready", timeout=5).status_code == 200
+    _wait_for(lambda: requests.get(f"{rest}/v2/health/ready", timeout=5).status_code == 200, what="b ready")
     # A model without any version yet: the server stays live but is no longer ready.
     (tmp_path / "c").mkdir()
     config_file.write_text(
