@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag(name, type=_bool, nargs="?", const=True, default=default, metavar="BOOL", help=help_)
 
     flag("--port", type=int, default=GRPC_PORT, help="gRPC port (0: any free port)")
+    flag("--grpc_socket_path", help="also serve gRPC on this UNIX domain socket")
     flag("--rest_api_port", type=int, default=REST_PORT, help="REST port (0: REST off, as TF Serving)")
     flag("--host", default="0.0.0.0", help="address to bind both ports to (ours)")
     flag("--model_name", default=DEFAULT_MODEL_NAME, help="model name (without --model_config_file)")
@@ -153,6 +154,7 @@ def build_config(args: argparse.Namespace):
         ),
         grpc_max_threads=args.grpc_max_threads,
         enable_grpc_health=args.enable_grpc_healthcheck_service,
+        grpc_socket_path=args.grpc_socket_path,
         enable_warmup=args.enable_model_warmup,
         warmup_iterations=args.num_request_iterations_for_warmup,
         saved_model_tags=tuple(t.strip() for t in args.saved_model_tags.split(",") if t.strip()),

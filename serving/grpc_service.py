@@ -184,9 +184,15 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def create_grpc_server(
-    manager: ModelManager, metrics: Metrics, host: str, port: int, max_threads: int, enable_health: bool
-) -> tuple[grpc.Server, int, object | None]:
-    """A started gRPC server; returns it, the bound port and the health servicer (or None)."""
+    manager: ModelManager,
+    metrics: Metrics,
+    host: str,
+    port: int | None,
+    max_threads: int,
+    enable_health: bool,
+    socket_path: str | None = None,
+) -> tuple[grpc.Server, int | None, object | None]:
+    """A started gRPC server on a TCP port and/or UNIX socket: (server, bound port, health servicer)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
         options=[
@@ -208,8 +214,18 @@ def create_grpc_server(
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         for name in ("", *SERVICE_NAMES):
             health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot bind gRPC port {host}:{port}")
+    bound = _bind(server, f"{host}:{port}") if port is not None else None
+    if socket_path:
+        _bind(server, f"unix:{socket_path}")
     server.start()
     return server, bound, health
+
+
+def _bind(server: grpc.Server, address: str) -> int:
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as error:  # newer grpcio raises instead of returning 0
+        raise OSError(f"cannot bind gRPC address {address}: {error}") from None
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC address {address}")
+    return bound

@@ -93,7 +93,7 @@ class ModelServer:
 
     def _open_ports(self) -> None:
         cfg = self.config
-        if cfg.grpc_port is not None:
+        if cfg.grpc_port is not None or cfg.grpc_socket_path:
             self._grpc, self.grpc_port, self._health = create_grpc_server(
                 self.manager,
                 self.metrics,
@@ -101,8 +101,12 @@ class ModelServer:
                 cfg.grpc_port,
                 cfg.grpc_max_threads,
                 cfg.enable_grpc_health,
+                cfg.grpc_socket_path,
             )
-            log.info("Running gRPC ModelServer at %s:%d ...", cfg.host, self.grpc_port)
+            if self.grpc_port is not None:
+                log.info("Running gRPC ModelServer at %s:%d ...", cfg.host, self.grpc_port)
+            if cfg.grpc_socket_path:
+                log.info("Running gRPC ModelServer at UNIX socket %s ...", cfg.grpc_socket_path)
         if cfg.rest_port is not None:
             if cfg.rest_port == cfg.grpc_port and cfg.rest_port != 0:
                 log.error(

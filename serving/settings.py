@@ -37,6 +37,7 @@ class ServerConfig:
     rest: RestOptions = RestOptions()
     grpc_max_threads: int = 8
     enable_grpc_health: bool = False
+    grpc_socket_path: str | None = None  # also serve gRPC on this UNIX socket
     enable_warmup: bool = True
     warmup_iterations: int = 1
     saved_model_tags: tuple[str, ...] = (SERVE_TAG,)

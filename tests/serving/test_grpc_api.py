@@ -164,10 +164,18 @@ def test_reload_config_adds_and_removes_models(tmp_path, built_models, server_fa
 
     shutil.copytree(built_models.digits[1], tmp_path / "a" / "1")
     shutil.copytree(built_models.odd, tmp_path / "b" / "3")
+    socket_path = tmp_path / "grpc.sock"
     server = server_factory(
         f'model_config_list {{ config {{ name: "a" base_path: "{tmp_path / "a"}" }} }}',
         enable_grpc_health=True,
+        grpc_socket_path=str(socket_path),
     )
+    with grpc.insecure_channel(f"unix:{socket_path}") as unix_channel:  # --grpc_socket_path
+        request = _predict_request(np.zeros((1, 28, 28), np.uint8), name="a")
+        response = prediction_service_pb2_grpc.PredictionServiceStub(unix_channel).Predict(
+            request, timeout=10
+        )
+        assert response.model_spec.version.value == 1
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     models = model_service_pb2_grpc.ModelServiceStub(channel)
     new_config = parse_model_server_config(
