@@ -47,6 +47,15 @@ def rss_mib(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) by linear interpolation, as numpy's default; NaN when empty."""
     if not values:
@@ -277,6 +286,7 @@ class LoadJob:
     duration_s: float = 3.0
     requests_per_client: int = 10**9
     timeout_s: float = 30.0
+    warmup_requests: int = 5  # per client, not timed
 
 
 @dataclass
@@ -368,12 +378,13 @@ def _http_caller(job: LoadJob) -> Callable[[bytes], None]:
 def _client_thread(job: LoadJob, offset: int, barrier, out: dict, lock: threading.Lock) -> None:
     caller = _grpc_caller(job) if job.kind == "grpc" else _http_caller(job)
     payloads = job.payloads
-    try:
-        caller(payloads[offset % len(payloads)])  # connect and warm up before the clock starts
-    except Exception as error:  # noqa: BLE001 -- reported as a failed request, never a dead worker
-        with lock:
-            out["errors"] += 1
-            out["samples"].append(f"warmup: {error}"[:300])
+    for i in range(job.warmup_requests):  # connect and warm up (lazy imports, caches) before the clock starts
+        try:
+            caller(payloads[(offset + i) % len(payloads)])
+        except Exception as error:  # noqa: BLE001 -- reported as a failed request, never a dead worker
+            with lock:
+                out["errors"] += 1
+                out["samples"].append(f"warmup: {error}"[:300])
     barrier.wait()
     latencies, errors, samples = [], 0, []
     started = time.monotonic()

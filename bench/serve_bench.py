@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import common
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         images, labels = archive["x_test"], archive["y_test"].astype(np.int64)
 
     started = time.monotonic()
+    load_before = os.getloadavg()[0]  # other work on the machine skews throughput (not CPU per request)
     procs: list[common.Process] = []
     try:
         log_dir = run_dir / "logs"
@@ -259,7 +260,12 @@ def main(argv: list[str] | None = None) -> int:
                             )
                         )
                         job = _bounded(job, config, clients)
-                        result = pool.run(job, clients).summary()
+                        cpu_before = common.cpu_seconds(server.pid)
+                        outcome = pool.run(job, clients)
+                        result = outcome.summary()
+                        # CPU per request is the server's cost, whatever else runs on the machine.
+                        used = common.cpu_seconds(server.pid) - cpu_before
+                        result["server_cpu_us_per_req"] = round(1e6 * used / max(outcome.ok, 1))
                         serving[f"{protocol}/batching-{mode}/c{clients}"] = result
                         _progress(f"digits-serve {protocol} batching {mode} c={clients}", result)
             results["digits_serve"] = serving
@@ -304,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         for proc in reversed(procs):
             proc.stop()
     results["wall_s"] = round(time.monotonic() - started, 1)
+    results["load_average"] = (load_before, os.getloadavg()[0])
     results["targets"] = targets(results)
     print(render(results))
     out = args.out or results_dir / "serve_bench.json"
@@ -316,21 +323,16 @@ def main(argv: list[str] | None = None) -> int:
 def _bounded(job: common.LoadJob, config: BenchConfig, clients: int) -> common.LoadJob:
     """The job with the run's duration and, at concurrency 1, a request cap."""
     cap = config.latency_requests if clients == 1 else 10**9
-    return common.LoadJob(
-        job.kind,
-        job.target,
-        job.payloads,
-        path=job.path,
-        content_type=job.content_type,
-        duration_s=config.duration_s,
-        requests_per_client=cap,
-    )
+    return replace(job, duration_s=config.duration_s, requests_per_client=cap)
 
 
 def _progress(what: str, result: dict) -> None:
+    cpu = (
+        f"  server CPU {result['server_cpu_us_per_req']} us/req" if "server_cpu_us_per_req" in result else ""
+    )
     print(
         f"  {what:<42} {result['rps']:>8.0f} req/s  p50 {result['p50_ms']:7.2f} ms  "
-        f"p99 {result['p99_ms']:7.2f} ms  errors {result['errors']}",
+        f"p99 {result['p99_ms']:7.2f} ms  errors {result['errors']}{cpu}",
         flush=True,
     )
 
@@ -391,9 +393,10 @@ def render(results: dict) -> str:
     ip = results["in_process"]
     lines = [
         "",
-        f"serving benchmark ({results['cpus']} CPUs, model {results['model']}, {results['wall_s']} s)",
+        f"serving benchmark ({results['cpus']} CPUs, model {results['model']}, {results['wall_s']} s, "
+        f"load average {results['load_average'][0]:.1f} -> {results['load_average'][1]:.1f})",
         "",
-        f"{'measurement':<44}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}",
+        f"{'measurement':<44}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'server CPU us/req':>19}",
         f"{'in-process signature call, 1 image':<44}{1000 / ip['p50_ms']:>10.0f}{ip['p50_ms']:>10.2f}"
         f"{ip['p99_ms']:>10.2f}",
     ]
@@ -403,7 +406,7 @@ def render(results: dict) -> str:
         protocol, mode, clients = key.split("/")
         lines.append(
             f"{f'digits-serve {protocol} {mode} {clients}':<44}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}"
-            f"{r['p99_ms']:>10.2f}"
+            f"{r['p99_ms']:>10.2f}{r['server_cpu_us_per_req']:>19}"
         )
     g = results["gateway"]
     lines.append(
