@@ -5,7 +5,8 @@ request latency p50/p95/p99 and throughput; writes report.json, report.md, confu
 misclassified.png into --report. `--compare V1 V2` evaluates two versions on the same images and runs
 McNemar's exact test on their disagreements.
 
-Exit codes: 0 done, 2 bad arguments or data (also data that does not fit the model's input),
+Exit codes: 0 done, 2 bad arguments or data (also data that does not fit the model's input, or
+requests the server refuses, e.g. a batch over its limit),
 3 model server unreachable, 4 model/version/label not served, 1 any other server error.
 """
 
@@ -26,7 +27,7 @@ from client.datasets import (
     load_named,
     load_npz,
 )
-from client.errors import ClientError, DeadlineExceeded, ModelNotFound, ServerUnavailable
+from client.errors import ClientError, DeadlineExceeded, InvalidInput, ModelNotFound, ServerUnavailable
 from client.eval_report import console_text, write_comparison, write_report
 from client.evaluation import ProgressBar, predict_all, score
 from client.model_client import ClientConfig, ModelClient, connect
@@ -116,8 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(EXIT_UNREACHABLE, f"the model server at {args.target} did not answer in time: {err}")
     except ModelNotFound as err:
         return _fail(EXIT_NOT_FOUND, f"model {args.model_name!r} not served as asked: {err}")
+    except InvalidInput as err:
+        capped = "batch size" in str(err)
+        hint = " (the server caps its batch size: try a smaller --batch-size)" if capped else ""
+        return _fail(EXIT_BAD_INPUT, f"the model server refused the request: {err}{hint}")
     except ClientError as err:
-        return _fail(EXIT_SERVER_ERROR, f"the model server refused the request: {err}")
+        return _fail(EXIT_SERVER_ERROR, f"the model server failed the request: {err}")
     if args.compare:
         first, second = reports
         test = mcnemar_exact(first[1], second[1])
