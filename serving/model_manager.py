@@ -114,7 +114,13 @@ class ModelManager:
             return removed
 
     def reload_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-        """Realise a new config (and only it): load what it adds, unload what it drops, check labels."""
+        """Realise a new config (and only it): load what it adds, unload what it drops, check labels.
+
+        As in TF Serving, labels may only name AVAILABLE versions; if one does not, the model changes
+        stay applied but every model keeps its previous labels, and the reload fails.
+        """
+        with self._lock:
+            old_labels = {name: dict(m.config.version_labels) for name, m in self._models.items()}
         removed = self._set_config(config)
         self.poll_once()
         with self._lock:
@@ -130,6 +136,11 @@ class ModelManager:
                             f"Request to assign label to version {version} of model "
                             f"{model.name}, which is not currently available for inference"
                         )
+            if problems:
+                for model in config.model_config_list.config:
+                    labels = self._models[model.name].config.version_labels
+                    labels.clear()
+                    labels.update(old_labels.get(model.name, {}))
         if problems:
             raise InvalidArgument("; ".join(problems))
 

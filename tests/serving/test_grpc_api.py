@@ -195,6 +195,21 @@ def test_reload_config_adds_and_removes_models(tmp_path, built_models, server_fa
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
     assert "Servable not found for request: Latest(a)" in error.value.details()
 
+    bad_labels = parse_model_server_config(
+        f'model_config_list {{ config {{ name: "b" base_path: "{tmp_path / "b"}" '
+        f'version_labels {{ key: "beta" value: 4 }} }} }}'
+    )
+    with pytest.raises(grpc.RpcError) as error:  # a label may only name an AVAILABLE version
+        models.HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=bad_labels), timeout=30
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "assign label to version 4 of model b" in error.value.details()
+    beta = _predict_request(np.zeros((1, 28, 28), np.uint8), name="b", label="beta")
+    with pytest.raises(grpc.RpcError) as error:  # the rejected label was not kept
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(beta, timeout=10)
+    assert "Unrecognized servable version label: beta" in error.value.details()
+
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     health = health_pb2_grpc.HealthStub(channel)
