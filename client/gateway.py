@@ -41,6 +41,7 @@ class ModelService:
         self._version: tuple[float, int | None] = (0.0, None)
 
     def predict(self, images: np.ndarray) -> Prediction:
+        """The model's answer for uint8 [N, 28, 28], with the version that served it."""
         prediction = self.client.predict(images)
         if prediction.model_version is None:
             prediction = Prediction(

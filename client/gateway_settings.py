@@ -86,10 +86,12 @@ class GatewaySettings:
 
     @property
     def image_limits(self) -> ImageLimits:
+        """What an uploaded picture may be."""
         return ImageLimits(max_pixels=self.max_image_pixels, max_side=self.max_image_side)
 
     @property
     def class_names(self) -> tuple[str, ...]:
+        """The names to answer with, by class index."""
         return contract.CLASS_NAMES[self.dataset]
 
 
