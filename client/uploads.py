@@ -25,9 +25,9 @@ def read_images(request: Request, limits: ImageLimits, max_images: int, batch: b
         items = _multipart_files(request)
         images = [prepare_image(data, limits) for data in items[: max_images + 1]]
     elif mimetype == "application/json" or mimetype.endswith("+json"):
-        images = _json_images(request.get_data(cache=False), limits, batch, max_images)
+        images = _json_images(_body(request), limits, batch, max_images)
     else:
-        images = [prepare_image(request.get_data(cache=False), limits)]
+        images = [prepare_image(_body(request), limits)]
     if not images:
         raise BadImage("no image in the request")
     if not batch and len(images) > 1:
@@ -35,6 +35,14 @@ def read_images(request: Request, limits: ImageLimits, max_images: int, batch: b
     if len(images) > max_images:
         raise BadImage(f"too many images in one request (limit {max_images})")
     return np.stack(images)
+
+
+def _body(request: Request) -> bytes:
+    """The raw body; a chunked body (no Content-Length) over MAX_CONTENT_LENGTH raises 413, not truncates."""
+    data = request.get_data(cache=False)
+    if request.content_length is None:
+        request.stream.read(1)  # Werkzeug stops quietly at the limit; reading past it raises 413
+    return data
 
 
 def _multipart_files(request: Request) -> list[bytes]:

@@ -81,6 +81,7 @@ BAD_REQUESTS = [
     ("multipart non-image", ONE, {"files": {"image": ("a.png", b"nope", "image/png")}}, 400, NOT_IMAGE),
     ("two images to single", ONE, {"files": two_files()}, 400, "batch"),
     ("body over the limit", ONE, raw(b"\0" * OVER_LIMIT_BYTES), 413, "limit"),
+    ("chunked body over the limit", ONE, raw(b"\0" * 65536 for _ in range(48)), 413, "limit"),
     ("batch not a list", BATCH, {"json": {"images": 7}}, 400, "images"),
     ("batch empty", BATCH, {"json": {"images": []}}, 400, "no image"),
     ("batch over the limit", BATCH, {"json": {"images": [[[0]]] * 65}}, 400, "limit 64"),
