@@ -161,6 +161,7 @@ def test_serves_then_stops_gracefully_on_sigterm(tmp_path, built_models, model_b
         if process.poll() is None:
             process.kill()
     rest_of_log = process.stderr.read()
+    process.stderr.close()
     assert "Traceback" not in "".join(lines) + rest_of_log
 
 
