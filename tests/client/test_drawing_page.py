@@ -22,16 +22,24 @@ ONE = [[(140, 40), (140, 240)]]
 
 
 @pytest.fixture(scope="module")
-def page():
+def browser():
+    """Debian's Chromium, headless, driven by Playwright (one browser for the module)."""
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
         pytest.fail("Chromium is missing: run `make browsers` (apt-get install chromium)", pytrace=False)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 900, "height": 640})
-        yield context.new_page()
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    """A desktop-sized page, driven with the mouse."""
+    context = browser.new_context(viewport={"width": 900, "height": 640})
+    yield context.new_page()
+    context.close()
 
 
 def draw(page, strokes) -> None:
@@ -85,28 +93,21 @@ def test_clear_then_redraw_gives_a_new_answer(page, gateway):
     assert wait_for_answer(page) == "1"
 
 
-def test_drawing_with_a_finger_works_too(gateway):
+def test_drawing_with_a_finger_works_too(browser, gateway):
     """Real touch events (Chrome DevTools Input.dispatchTouchEvent) on a touch-screen page."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        phone = browser.new_context(viewport={"width": 420, "height": 800}, has_touch=True, is_mobile=True)
-        page = phone.new_page()
-        page.goto(gateway.url + "/")
-        box = page.locator("#pad").bounding_box()
-        touch = phone.new_cdp_session(page)
-        path = [(box["x"] + 140, box["y"] + 40 + 10 * i) for i in range(21)]  # a one, top to bottom
-        touch.send(
-            "Input.dispatchTouchEvent",
-            {"type": "touchStart", "touchPoints": [{"x": path[0][0], "y": path[0][1]}]},
-        )
-        for x, y in path[1:]:
-            touch.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
-        touch.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
-        assert wait_for_answer(page) == "1"
-        page.screenshot(path=str(SCREENSHOT.with_name("drawing_page_touch.png")), full_page=True)
-        browser.close()
+    phone = browser.new_context(viewport={"width": 420, "height": 800}, has_touch=True, is_mobile=True)
+    page = phone.new_page()
+    page.goto(gateway.url + "/")
+    box = page.locator("#pad").bounding_box()
+    touch = phone.new_cdp_session(page)
+    path = [{"x": box["x"] + 140, "y": box["y"] + 40 + 10 * i} for i in range(21)]  # a one, top to bottom
+    touch.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [path[0]]})
+    for point in path[1:]:
+        touch.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [point]})
+    touch.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    assert wait_for_answer(page) == "1"
+    page.screenshot(path=str(SCREENSHOT.with_name("drawing_page_touch.png")), full_page=True)
+    phone.close()
 
 
 def test_predict_on_an_empty_pad_says_what_to_do(page, gateway):
