@@ -14,7 +14,7 @@ import threading
 import time
 
 import numpy as np
-from flask import Blueprint, Flask, current_app, jsonify, render_template, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from PIL import Image
 from werkzeug.exceptions import HTTPException
 
@@ -86,7 +86,7 @@ def _service() -> ModelService:
 
 
 @api.before_app_request
-def _guard() -> tuple | None:
+def _guard() -> Response | None:
     """Refuse oversized bodies early and, when a token is configured, unauthenticated /v1 calls."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is not None and request.content_length > limit:
@@ -97,7 +97,7 @@ def _guard() -> tuple | None:
         scheme, _, value = sent.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
             response = _error(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'")
-            response[0].headers["WWW-Authenticate"] = 'Bearer realm="digits"'
+            response.headers["WWW-Authenticate"] = 'Bearer realm="digits"'
             return response
     return None
 
@@ -149,40 +149,44 @@ def drawing_page():
 
 
 def _predict(batch: bool):
+    """Parse, preprocess, ask the model server, answer; timings in milliseconds."""
     service = _service()
-    settings = service.settings
     started = time.perf_counter()
     try:
-        images = read_images(request, settings.image_limits, settings.max_batch_images, batch)
+        images = read_images(request, service.settings.image_limits, service.settings.max_batch_images, batch)
+        prepared = time.perf_counter()
+        prediction = service.predict(images)
     except BadImage as err:
         return _error(err.http_status, str(err))
-    prepared = time.perf_counter()
-    try:
-        prediction = service.predict(images)
     except ClientError as err:
         return _model_server_error(err)
     done = time.perf_counter()
-    names = settings.class_names
-    answers = [
-        {
-            "digit": int(cls),
-            "label": names[int(cls)],
-            "confidence": float(probs[int(cls)]),
-            "probabilities": [round(float(p), 6) for p in probs],
-        }
-        for probs, cls in zip(prediction.probabilities, prediction.classes, strict=True)
-    ]
-    if request.args.get("include_input") in ("1", "true"):
-        for answer, image in zip(answers, images, strict=True):
-            answer["input"] = image.tolist()  # the preprocessed uint8 [28, 28] the model saw
-    body = answers[0] if not batch else {"predictions": answers}
-    body["model"] = {"name": prediction.model_name, "version": prediction.model_version}
+    shown = images if request.args.get("include_input") in ("1", "true") else None
+    body = _answer(prediction, service.settings.class_names, shown, batch)
     body["timings_ms"] = {
         "preprocess": round(1000 * (prepared - started), 2),
         "model": round(1000 * (done - prepared), 2),
         "total": round(1000 * (time.perf_counter() - started), 2),
     }
     return jsonify(body)
+
+
+def _answer(prediction: Prediction, names: tuple[str, ...], images: np.ndarray | None, batch: bool) -> dict:
+    """The JSON body: one answer per image (plus the preprocessed image when asked), and the model."""
+    answers = []
+    for k, (probs, cls) in enumerate(zip(prediction.probabilities, prediction.classes, strict=True)):
+        answer = {
+            "digit": int(cls),
+            "label": names[int(cls)],
+            "confidence": float(probs[cls]),
+            "probabilities": [round(float(p), 6) for p in probs],
+        }
+        if images is not None:
+            answer["input"] = images[k].tolist()  # the uint8 [28, 28] the model saw
+        answers.append(answer)
+    body = {"predictions": answers} if batch else answers[0]
+    body["model"] = {"name": prediction.model_name, "version": prediction.model_version}
+    return body
 
 
 def _model_server_error(err: ClientError):
@@ -194,10 +198,11 @@ def _model_server_error(err: ClientError):
     return _error(err.http_status if err.http_status >= 500 else 502, f"model server error: {err}")
 
 
-def _error(status: int, message: str):
+def _error(status: int, message: str) -> Response:
+    """The one error shape: JSON {"error": message}."""
     response = jsonify(error=message)
     response.status_code = status
-    return response, status
+    return response
 
 
 def _http_error(err: HTTPException):
