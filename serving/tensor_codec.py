@@ -22,6 +22,7 @@ _NUMPY_BY_DTYPE: dict[int, np.dtype] = {
     types_pb2.DT_UINT64: np.dtype(np.uint64),
     types_pb2.DT_BOOL: np.dtype(np.bool_),
 }
+MAX_PADDED_ELEMENTS = 1 << 20  # a repeated-field tensor may be padded up to this many elements
 _DTYPE_BY_NUMPY = {v: k for k, v in _NUMPY_BY_DTYPE.items()}
 
 
@@ -69,12 +70,29 @@ def to_ndarray(proto: tensor_pb2.TensorProto, name: str = "") -> np.ndarray:
         return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape)
     if proto.dtype != types_pb2.DT_STRING and dtype is None:
         raise InvalidArgument(f"input tensor {name!r} has unsupported dtype {dtype_name(proto.dtype)}")
+    _check_expansion(proto, shape, name)
     import tensorflow as tf  # the repeated-field layouts are rare; TF's decoder handles them all
 
     try:
         return tf.make_ndarray(proto)
     except Exception as error:  # noqa: BLE001 -- any decode failure is the caller's malformed tensor
         raise InvalidArgument(f"input tensor {name!r} could not be decoded: {error}") from None
+
+
+def _check_expansion(proto: tensor_pb2.TensorProto, shape: tuple[int, ...], name: str) -> None:
+    """Refuse a tiny proto that asks to be padded out to a huge tensor (one value, shape [10**7,28,28]).
+
+    TF fills a repeated-field tensor from its last value; unbounded, a 40-byte request would make the
+    server allocate gigabytes and run the model for minutes.
+    """
+    elements = int(np.prod(shape, dtype=np.int64))
+    carried = sum(len(values) for field, values in proto.ListFields() if field.name.endswith("_val"))
+    if elements > max(carried, MAX_PADDED_ELEMENTS):
+        raise InvalidArgument(
+            f"input tensor {name!r} has shape {list(shape)} ({elements} elements) but carries {carried} "
+            f"values; padding a tensor from its last value is limited to {MAX_PADDED_ELEMENTS} elements "
+            "(send every value, or the raw bytes in tensor_content)"
+        )
 
 
 def to_tensor_proto(array: np.ndarray, dtype: int | None = None) -> tensor_pb2.TensorProto:
