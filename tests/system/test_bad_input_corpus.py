@@ -76,14 +76,21 @@ def pixels_json(token: str) -> bytes:
 
 
 def tensor(
-    array: np.ndarray | None = None, dtype: int = types_pb2.DT_UINT8, shape=None, content: bytes | None = None
+    array: np.ndarray | None = None,
+    dtype: int = types_pb2.DT_UINT8,
+    shape=None,
+    content: bytes | None = None,
+    int_val: tuple[int, ...] = (),
 ) -> tensor_pb2.TensorProto:
-    """A TensorProto from an array, or hand-made (dtype, shape, raw content) for malformed ones."""
+    """A TensorProto from an array, or hand-made (dtype, shape, raw content or int_val) for malformed ones."""
     if array is not None:
         return ndarray_to_proto(array)
     dims = [tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in shape]
     return tensor_pb2.TensorProto(
-        dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=dims), tensor_content=content or b""
+        dtype=dtype,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=dims),
+        tensor_content=content or b"",
+        int_val=int_val,
     )
 
 
@@ -194,6 +201,8 @@ CORPUS = [
     ("negative dimension", "grpc", rpc("Predict", predict_request(
         {INPUT_NAME: tensor(shape=(-1, 28, 28), content=b"\0" * 784)})), "INVALID_ARGUMENT",
      "negative dimension"),
+    ("40 bytes asking for 10**7 images", "grpc", rpc("Predict", predict_request(
+        {INPUT_NAME: tensor(shape=(10**7, 28, 28), int_val=(0,))})), "INVALID_ARGUMENT", "carries 1 values"),
     ("batch over max_batch_size", "grpc", rpc("Predict", predict_request(
         {INPUT_NAME: tensor(np.zeros((MAX_BATCH + 1, 28, 28), np.uint8))})), "INVALID_ARGUMENT",
      f"larger than maximum input batch size {MAX_BATCH}"),
