@@ -110,6 +110,22 @@ def test_a_folder_of_pictures_with_a_labels_csv(served_model, test_digits, tmp_p
     assert report["accuracy"]["value"] >= 0.8
 
 
+def test_named_dataset_from_the_data_dir_with_its_class_names(served_model, tmp_path, monkeypatch, capsys):
+    """--dataset reads <data dir>/<name>.npz and reports in that dataset's class names."""
+    from client.contract import CLASS_NAMES
+    from client.datasets import default_data_dir
+
+    data_dir = default_data_dir().resolve()
+    monkeypatch.chdir(tmp_path)  # --data-dir must be honoured, not the working directory
+    code = evaluate(served_model, "grpc", "--dataset", "fashion_mnist", "--data-dir", str(data_dir),
+                    "--split", "test", "--limit", "100", "--report", "r")  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["images"] == 100 and report["dataset"] == "fashion_mnist"
+    assert [c["class"] for c in report["per_class"]] == list(CLASS_NAMES["fashion_mnist"])
+    assert report["accuracy"]["value"] < 0.5  # a digit model knows nothing about clothes
+
+
 def bad_npz(tmp_path, name: str, **arrays) -> str:
     path = tmp_path / name
     np.savez(path, **arrays)
