@@ -97,21 +97,26 @@ class BatchQueue:
         with self._cond:
             if self._stopping:
                 raise Unavailable("Server is shutting down")
-            self._enqueue(task, key)
-            self._cond.notify()
+            if self._enqueue(task, key):
+                self._cond.notify()
         if not task.done.wait(timeout):
             raise DeadlineExceeded("Deadline exceeded while waiting in the batch queue")
         if task.error is not None:
             raise task.error
         return task.outputs
 
-    def _enqueue(self, task: _Task, key: tuple) -> None:
+    def _enqueue(self, task: _Task, key: tuple) -> bool:
+        """Add the task to the open batch (or a new one); True when a worker has something new to do.
+
+        A task that merely joins the open batch changes nothing a waiting worker acts on (it already
+        waits for that batch's timeout), so it wakes nobody: one thread switch less per request.
+        """
         current = self._batches[-1] if self._batches and not self._batches[-1].closed else None
+        changed = current is None
         if current is not None and (
             current.key != key or current.size + task.size > self._config.max_batch_size
         ):
-            current.closed = True
-            current = None
+            current.closed, current, changed = True, None, True
         if current is None:
             if len(self._batches) >= self._config.max_enqueued_batches:
                 raise Unavailable("The batch scheduling queue to which this task was submitted is full")
@@ -120,7 +125,8 @@ class BatchQueue:
         current.tasks.append(task)
         current.size += task.size
         if current.size >= self._config.max_batch_size:
-            current.closed = True
+            current.closed, changed = True, True
+        return changed
 
     def stop(self) -> None:
         """Finish the queued batches, then end the worker threads."""
