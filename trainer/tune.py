@@ -229,19 +229,21 @@ def trials_markdown(rows: list[TrialRow], limit: int = 20) -> str:
 
 
 def plot_trials(rows: list[TrialRow], path: Path) -> Path:
-    """Validation accuracy of each trial in run order, with the best so far."""
+    """Validation error of each trial in run order (log scale, so the good trials stay apart), best so far."""
     ordered = sorted((r for r in rows if r.val_accuracy is not None), key=lambda r: int(r.trial_id))
     ids = [int(r.trial_id) for r in ordered]
-    accuracy = [100 * r.val_accuracy for r in ordered]
+    # Floor at 0.01% (one image in 10,000) so a perfect smoke-run score still fits on a log axis.
+    error = [max(100 * (1 - r.val_accuracy), 0.01) for r in ordered]
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
-    ax.scatter(ids, accuracy, s=18, label="trial")
-    if accuracy:
-        ax.step(ids, np.maximum.accumulate(accuracy), where="post", color="tab:red", label="best so far")
+    ax.scatter(ids, error, s=18, label="trial")
+    if error:
+        ax.step(ids, np.minimum.accumulate(error), where="post", color="tab:red", label="best so far")
+    ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("digits-train tune: validation accuracy per trial")
-    ax.grid(alpha=0.3)
+    ax.set_ylabel("validation error (%, log scale)")
+    ax.set_title("digits-train tune: validation error per trial (lower is better)")
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
