@@ -31,6 +31,9 @@ from pathlib import Path
 import common
 
 CLIENTS = 16
+# How a stopping (or stopped) server turns away a call sent after SIGTERM: gRPC cancels calls that
+# arrive during its graceful stop, and refuses connections once it is gone. Either is retried.
+REFUSALS = ("UNAVAILABLE", "CANCELLED")
 # Messages of gRPC failures that never reached a server (nothing listening, or it refused new calls).
 NOT_ACCEPTED = (
     "failed to connect",
@@ -63,6 +66,7 @@ class Tally:
     failed: int = 0  # failures that are bugs: outside the restart window, or accepted-then-failed
     accepted_then_failed: int = 0
     refused_while_down: int = 0  # rejected before acceptance while the server restarted (retried)
+    refusals: dict[str, int] = field(default_factory=dict)  # gRPC code -> count, while restarting
     versions: dict[int, int] = field(default_factory=dict)
     first_seen: dict[int, float] = field(default_factory=dict)
     samples: list[str] = field(default_factory=list)
@@ -143,11 +147,12 @@ class Stream:
             elif began < self.sigterm_at and reached:
                 tally.accepted_then_failed += 1
                 tally.note(f"accepted before SIGTERM, then failed: {detail}")
-            elif reached and error.code().name != "UNAVAILABLE":
+            elif reached and error.code().name not in REFUSALS:
                 tally.failed += 1
                 tally.note(f"failed during the restart: {detail}")
             else:
                 tally.refused_while_down += 1
+                tally.refusals[error.code().name] = tally.refusals.get(error.code().name, 0) + 1
 
     def _check(self, response, i: int) -> None:
         import numpy as np
@@ -471,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
             "every request accepted before SIGTERM completed",
             stream.tally.accepted_then_failed == 0,
             f"{stream.tally.accepted_then_failed} accepted-then-failed; "
-            f"{stream.tally.refused_while_down} refused while down (retried)",
+            f"{stream.tally.refused_while_down} sent after SIGTERM and refused (retried: "
+            f"{dict(sorted(stream.tally.refusals.items()))})",
         )
     finally:
         stream.join()
