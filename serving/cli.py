@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="on SIGTERM, wait this long for in-flight requests (ours)",
     )
+    flag(
+        "--shutdown_drain_seconds",
+        type=float,
+        default=1.0,
+        help="on SIGTERM, keep answering this long (gRPC health NOT_SERVING) before closing the ports, "
+        "so that requests clients already sent are served, not cancelled (ours)",
+    )
     return p
 
 
@@ -159,6 +166,7 @@ def build_config(args: argparse.Namespace):
         warmup_iterations=args.num_request_iterations_for_warmup,
         saved_model_tags=tuple(t.strip() for t in args.saved_model_tags.split(",") if t.strip()),
         shutdown_grace_seconds=args.shutdown_grace_seconds,
+        shutdown_drain_seconds=args.shutdown_drain_seconds,
     )
 
 

@@ -159,6 +159,13 @@ class ModelServer:
         """Block until SIGTERM/SIGINT (or request_stop), then stop gracefully."""
         while not self._stop.wait(0.5):
             pass
+        drain = self.config.shutdown_drain_seconds
+        if drain > 0:
+            # gRPC cancels calls that reached it but no handler yet when it stops; serve those first.
+            log.info("Shutting down: still answering for %.1f s (--shutdown_drain_seconds)", drain)
+            if self._health is not None:
+                self._health.enter_graceful_shutdown()
+            time.sleep(drain)
         log.info("Shutting down: finishing in-flight requests")
         self.stop()
         log.info("Server stopped")

@@ -42,3 +42,4 @@ class ServerConfig:
     warmup_iterations: int = 1
     saved_model_tags: tuple[str, ...] = (SERVE_TAG,)
     shutdown_grace_seconds: float = 30.0
+    shutdown_drain_seconds: float = 1.0  # on SIGTERM, keep answering this long before closing the ports
