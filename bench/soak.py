@@ -54,6 +54,7 @@ class SoakConfig:
     poll_s: float = 1.0  # digits-serve --file_system_poll_wait_seconds
     disconnects: int = 200  # abandoned requests per protocol
     batching: bool = True
+    swap_slack_s: float = 0.5  # allowed beyond poll + load for a new version to answer
 
 
 @dataclass
@@ -313,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-batching", action="store_true", help="run digits-serve without --enable_batching"
     )
+    parser.add_argument(
+        "--swap-slack",
+        type=float,
+        default=SoakConfig.swap_slack_s,
+        help="seconds allowed beyond poll + load time for a new version to answer (default 0.5)",
+    )
     return parser
 
 
@@ -343,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         poll_s=config.poll_s,
         disconnects=config.disconnects,
         batching=not args.no_batching,
+        swap_slack_s=args.swap_slack,
     )
     source = common.latest_version_dir(common.ensure_model(args.model_base, common.RESULTS_DIR))
     started = time.monotonic()
@@ -397,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         delay = (seen - dropped) if seen else float("inf")
         checks.add(
             "new version served within the poll interval (+ its load time)",
-            delay <= config.poll_s + load_s + 0.5,
+            delay <= config.poll_s + load_s + config.swap_slack_s,
             f"{delay:.2f} s after the rename (poll {config.poll_s} s, load {load_s:.2f} s)",
         )
         _wait_state(server, 1, "END", deadline)

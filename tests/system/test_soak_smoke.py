@@ -31,6 +31,10 @@ def test_quick_soak_passes_every_check(mnist_model_dir):
         str(mnist_model_dir),
         "--data-dir",
         data_dir,
+        # A test must not be a stopwatch on a shared machine: it checks that the new version is
+        # picked up without a restart; how fast is bench/soak.py's business on a quiet machine.
+        "--swap-slack",
+        "5",
     ]
     run = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT)
     report = run.stdout + "\n" + run.stderr[-3000:]
