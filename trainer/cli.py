@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from client.contract import DEFAULT_MODEL_BASE, DEFAULT_MODEL_NAME
@@ -238,34 +239,25 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+def _checked(cast: type, ok: Callable[[float], bool], requirement: str) -> Callable[[str], float]:
+    """An argparse `type` that parses with `cast` and rejects values failing `ok`, saying why."""
+    noun = "an integer" if cast is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{requirement}, got {value}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def _strength(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 2.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 2, got {value}")
-    return value
+_positive_int = _checked(int, lambda v: v > 0, "must be positive")
+_positive_float = _checked(float, lambda v: v > 0, "must be positive")
+_strength = _checked(float, lambda v: 0.0 <= v <= 2.0, "must be between 0 and 2")
 
 
 def _val_size(text: str) -> int:
