@@ -4,35 +4,13 @@ answering correctly afterwards. Also bearer-token authentication."""
 from __future__ import annotations
 
 import base64
-import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 import requests
-from PIL import Image
+from image_payloads import encode, png_claiming
 
 OVER_LIMIT_BYTES = 3 * 1024 * 1024  # the test gateway accepts 2 MiB
-
-
-def encode(array: np.ndarray, fmt: str) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(array).save(out, fmt)
-    return out.getvalue()
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height (a 20000x20000 one would need 400 MB)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
-        + chunk(b"IEND", b"")
-    )  # fmt: skip
 
 
 NOISE = np.random.default_rng(7).integers(0, 256, (96, 96), dtype=np.uint8)

@@ -9,20 +9,17 @@ tests/serving and tests/client test each API's messages in depth; this table is 
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import socket
-import struct
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 import requests
-from PIL import Image
+from image_payloads import encode, png_claiming
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -46,27 +43,6 @@ ZEROS = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
 GOOD_ROW = ZEROS.tolist()
 NOISE = np.random.default_rng(7).integers(0, 256, (96, 96), dtype=np.uint8)
 GARBAGE = "☃ ünïcødé ✓ 𝔊 \u202e\u0000 ﷽".encode()
-
-
-def encoded(array: np.ndarray, fmt: str) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(array).save(out, fmt)
-    return out.getvalue()
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def pixels_json(token: str) -> bytes:
@@ -215,11 +191,11 @@ CORPUS = [
      "Servable not found"),
     # --- the gateway (gunicorn, gRPC behind) ---------------------------------------------------------
     ("non-image upload", "gateway", rest("/v1/predict", b"hello, I am text", RAW_IMAGE), 400, "not an image"),
-    ("truncated PNG", "gateway", rest("/v1/predict", encoded(NOISE, "PNG")[:2000], RAW_IMAGE), 400,
+    ("truncated PNG", "gateway", rest("/v1/predict", encode(NOISE, "PNG")[:2000], RAW_IMAGE), 400,
      "truncated"),
-    ("truncated JPEG", "gateway", rest("/v1/predict", encoded(NOISE, "JPEG")[:1500], RAW_IMAGE), 400,
+    ("truncated JPEG", "gateway", rest("/v1/predict", encode(NOISE, "JPEG")[:1500], RAW_IMAGE), 400,
      "truncated"),
-    ("decompression bomb", "gateway", rest("/v1/predict", encoded(np.zeros((6000, 6000), np.uint8), "PNG"),
+    ("decompression bomb", "gateway", rest("/v1/predict", encode(np.zeros((6000, 6000), np.uint8), "PNG"),
                                            RAW_IMAGE), 413, "6000x6000"),
     ("20000x20000 image", "gateway", rest("/v1/predict", png_claiming(20000, 20000), RAW_IMAGE), 413,
      "too many pixels"),
