@@ -23,6 +23,7 @@ import common
 BATCHING_FILE = common.REPO_ROOT / "serving" / "config" / "batching.config"
 CONCURRENCIES = (1, 8, 32)
 EVAL_SETTINGS = ((1000, 2), (500, 4), (2000, 2))  # (batch size, concurrency) tried for digits-eval
+ECHO_METHOD = "/tensorflow.serving.PredictionService/Predict"
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,42 @@ def check_answers(target: str, images, expected_classes, model_name: str) -> int
     with connect(ClientConfig(target, protocol="grpc", model_name=model_name)) as client:
         got = client.predict(images).classes
     return int((got != expected_classes).sum())
+
+
+def start_echo_server(target: str, request: bytes, log_dir: Path) -> tuple[common.Process, str]:
+    """bench/grpc_echo.py answering with digits-serve's own response bytes to `request`, and its target."""
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        response = channel.unary_unary(ECHO_METHOD)(request, timeout=30)
+    response_file = log_dir / "echo_response.bin"
+    response_file.write_bytes(response)
+    port = common.free_port()
+    echo = common.Process(
+        "grpc-echo",
+        [
+            sys.executable,
+            str(Path(__file__).parent / "grpc_echo.py"),
+            "--port",
+            str(port),
+            "--response",
+            str(response_file),
+            "--max-threads",
+            str(4 * (os.cpu_count() or 1)),
+        ],
+        log_dir,
+    )
+    echo_target = f"127.0.0.1:{port}"
+
+    def answers() -> bool:
+        with grpc.insecure_channel(echo_target) as channel:
+            try:
+                return channel.unary_unary(ECHO_METHOD)(request, timeout=2) == response
+            except grpc.RpcError:  # not listening yet
+                return False
+
+    echo.wait_until(answers, 60, "an answer on its port")
+    return echo, echo_target
 
 
 def run_eval(target: str, data_dir: Path, batch: int, concurrency: int, report_dir: Path) -> dict:
@@ -237,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
 
         results: dict = {"config": asdict(config), "model": str(version_dir), "cpus": os.cpu_count()}
         results["in_process"] = measure_in_process(version_dir, images, config.inprocess_calls)
+        echo, echo_target = start_echo_server(
+            off.grpc_target, common.predict_request_bytes(images[0], args.model_name), log_dir
+        )
+        procs.append(echo)
         expected, inproc_eval_s = predict_in_process(version_dir, images)
         sample = np.arange(0, len(images), 97)
         results["wrong_answers"] = {
@@ -269,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
                         serving[f"{protocol}/batching-{mode}/c{clients}"] = result
                         _progress(f"digits-serve {protocol} batching {mode} c={clients}", result)
             results["digits_serve"] = serving
+            ceiling = {}
+            for clients in (1, 32):
+                job = _bounded(common.LoadJob("grpc", echo_target, grpc_payloads), config, clients)
+                ceiling[f"c{clients}"] = pool.run(job, clients).summary()
+                _progress(f"bare gRPC server, canned answer c={clients}", ceiling[f"c{clients}"])
+            results["transport_ceiling"] = ceiling
             png = tuple(png_upload(images[i]) for i in range(32))
             gw_job = _bounded(
                 common.LoadJob(
@@ -345,6 +392,7 @@ def targets(results: dict) -> list[dict]:
     rest_p50 = serving["rest/batching-off/c1"]["p50_ms"]
     on32, off32 = serving["grpc/batching-on/c32"]["rps"], serving["grpc/batching-off/c32"]["rps"]
     naive = max(r["rps"] for r in results["naive"].values())
+    ceiling32 = results["transport_ceiling"]["c32"]["rps"]
     evals = results["eval"]
     eval_ratio = evals["best"]["wall_s"] / evals["in_process_wall_s"]
     errors = sum(r["errors"] for r in serving.values()) + results["gateway"]["errors"]
@@ -361,7 +409,9 @@ def targets(results: dict) -> list[dict]:
         },
         {
             "target": "32 gRPC clients: batching on >= 5x batching off",
-            "measured": f"{on32:.0f} vs {off32:.0f} req/s ({on32 / off32:.1f}x)",
+            "measured": f"{on32:.0f} vs {off32:.0f} req/s ({on32 / off32:.1f}x); a bare Python gRPC server "
+            f"with a canned answer, same clients: {ceiling32:.0f} req/s = {ceiling32 / off32:.1f}x "
+            "batching off",
             "met": on32 >= 5 * off32,
         },
         {
@@ -407,6 +457,11 @@ def render(results: dict) -> str:
         lines.append(
             f"{f'digits-serve {protocol} {mode} {clients}':<44}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}"
             f"{r['p99_ms']:>10.2f}{r['server_cpu_us_per_req']:>19}"
+        )
+    for key, r in results["transport_ceiling"].items():
+        lines.append(
+            f"{f'bare gRPC server, canned answer {key}':<44}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}"
+            f"{r['p99_ms']:>10.2f}"
         )
     g = results["gateway"]
     lines.append(

@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--candidate", default="fast", help="preset to compare (default: fast)")
     parser.add_argument(
-        "--reference-epochs", type=int, default=3,
+        "--reference-epochs",
+        type=int,
+        default=3,
         help="seed-best epochs timed before each candidate run and after the last (>= 2)",
     )
     parser.add_argument("--seeds", type=int, default=1, help="candidate runs, seeds 42, 43, ...")
