@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="short measurements (about a minute)")
     parser.add_argument("--duration", type=float, help="seconds per load measurement")
     parser.add_argument("--out", type=Path, help="JSON results file (default bench/results/serve_bench.json)")
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra digits-serve flag for both servers (repeatable), e.g. --server-arg=--grpc_max_threads=4",
+    )
     return parser
 
 
@@ -225,9 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[common.Process] = []
     try:
         log_dir = run_dir / "logs"
-        off = common.ModelServerProcess("serve-batching-off", base, log_dir, model_name=args.model_name)
+        off = common.ModelServerProcess(
+            "serve-batching-off", base, log_dir, model_name=args.model_name, extra=args.server_arg
+        )
         on = common.ModelServerProcess(
-            "serve-batching-on", base, log_dir, model_name=args.model_name, batching_file=BATCHING_FILE
+            "serve-batching-on",
+            base,
+            log_dir,
+            model_name=args.model_name,
+            batching_file=BATCHING_FILE,
+            extra=args.server_arg,
         )
         naive_port = common.free_port()
         naive = common.Process(
@@ -272,7 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         common.wait_http_ok(f"http://127.0.0.1:{gateway_port}/readyz", gateway, 120)
         print(f"servers ready in {time.monotonic() - started:.0f} s; measuring ...", flush=True)
 
-        results: dict = {"config": asdict(config), "model": str(version_dir), "cpus": os.cpu_count()}
+        results: dict = {
+            "config": asdict(config),
+            "model": str(version_dir),
+            "cpus": os.cpu_count(),
+            "server_args": args.server_arg,
+        }
         results["in_process"] = measure_in_process(version_dir, images, config.inprocess_calls)
         echo, echo_target = start_echo_server(
             off.grpc_target, common.predict_request_bytes(images[0], args.model_name), log_dir

@@ -76,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     boolean("--enable_model_warmup", True, "replay assets.extra/tf_serving_warmup_requests before serving")
     flag("--num_request_iterations_for_warmup", type=int, default=1, help="replays per warmup record")
     flag("--saved_model_tags", default="serve", help="comma-separated MetaGraphDef tags to load")
-    flag("--tensorflow_intra_op_parallelism", type=int, default=0, help="TF intra-op threads (0: auto)")
+    flag(
+        "--tensorflow_intra_op_parallelism",
+        type=int,
+        default=1,
+        help="TF intra-op threads (0: auto; default 1 (ours), each request's ops on its own thread)",
+    )
     flag("--tensorflow_inter_op_parallelism", type=int, default=0, help="TF inter-op threads (0: auto)")
     flag(
         "--shutdown_grace_seconds",
