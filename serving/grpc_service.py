@@ -46,7 +46,8 @@ def _rpc(api: str):
             started = time.perf_counter()
             ok = False
             try:
-                response = method(self, request, context)
+                with self._metrics.in_flight():
+                    response = method(self, request, context)
                 ok = True
                 return response
             except ServingError as error:

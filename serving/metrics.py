@@ -5,6 +5,8 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # TF Serving's request_latency buckets: 10 us * 1.8^i, 33 buckets (values in microseconds).
 LATENCY_BUCKETS_US = tuple(10 * 1.8**i for i in range(33))
@@ -42,6 +44,18 @@ class Metrics:
         self._latency: dict[tuple[str, str, str], _Histogram] = defaultdict(_Histogram)
         self._loads: dict[tuple[str, str], int] = defaultdict(int)
         self._batches: dict[str, int] = defaultdict(int)
+        self._in_flight = 0
+
+    @contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Count a request as in flight (accepted, not yet answered) while the block runs."""
+        with self._lock:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
     def record_request(self, model: str, api: str, entrypoint: str, ok: bool, seconds: float) -> None:
         """Count a request (every outcome) and its latency (successes only, as TF Serving)."""
@@ -91,6 +105,8 @@ class Metrics:
                     f":tensorflow:cc:saved_model:load_attempt_count"
                     f"{_labels(model_path=path, status=status)} {value}"
                 )
+            lines.append("# TYPE :digits:serving:requests_in_flight gauge")  # ours, not TF Serving's
+            lines.append(f":digits:serving:requests_in_flight {self._in_flight}")
             lines.append("# TYPE :tensorflow:serving:batching_session:batch_count counter")
             for name, value in sorted(self._batches.items()):
                 lines.append(f":tensorflow:serving:batching_session:{name}_total {value}")

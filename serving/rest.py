@@ -95,7 +95,8 @@ class RestApi:
                     f"Request timed out after {self._options.timeout_ms} ms waiting for a REST worker"
                 )
             try:
-                response = self._dispatch(api, name, match, body, started)
+                with self._metrics.in_flight():
+                    response = self._dispatch(api, name, match, body, started)
             finally:
                 self._slots.release()
             ok = True

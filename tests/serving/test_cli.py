@@ -88,7 +88,7 @@ def test_serves_then_stops_gracefully_on_sigterm(tmp_path, built_models, model_b
     batching = tmp_path / "batching.config"
     # A long batch timeout keeps a request in flight while SIGTERM arrives.
     batching.write_text(
-        "max_batch_size { value: 64 }\nbatch_timeout_micros { value: 3000000 }\n"
+        "max_batch_size { value: 64 }\nbatch_timeout_micros { value: 4000000 }\n"
         "num_batch_threads { value: 1 }\n"
     )
     monitoring = tmp_path / "monitoring.config"
@@ -140,14 +140,22 @@ def test_serves_then_stops_gracefully_on_sigterm(tmp_path, built_models, model_b
         threads = [threading.Thread(target=in_flight), threading.Thread(target=grpc_in_flight)]
         for thread in threads:
             thread.start()
-        time.sleep(0.8)  # both requests now wait in the batch queue
+        metrics_url = f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics"
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # until both requests wait in the batch queue
+            with urllib.request.urlopen(metrics_url, timeout=5) as response:
+                if ":digits:serving:requests_in_flight 2" in response.read().decode():
+                    break
+            time.sleep(0.02)
+        else:
+            raise AssertionError("the two requests never were in flight together")
         process.send_signal(signal.SIGTERM)
         refused_while_busy = False
         while threads[0].is_alive() and not refused_while_busy:
             try:
                 socket.create_connection(("127.0.0.1", rest_port), timeout=1).close()
                 time.sleep(0.05)
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):  # reset: closed with us in its backlog
                 refused_while_busy = threads[0].is_alive()  # new connections refused, old ones still served
         for thread in threads:
             thread.join(30)
