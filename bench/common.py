@@ -158,6 +158,11 @@ class Process:
         return self.popen.returncode
 
 
+def bench_script(name: str, script: str, args: Sequence[str], log_dir: Path) -> Process:
+    """One of bench/'s helper scripts (e.g. grpc_echo.py) run by this Python as a child process."""
+    return Process(name, [sys.executable, str(Path(__file__).parent / script), *args], log_dir)
+
+
 class ModelServerProcess(Process):
     """`digits-serve` on free ports (read back from its start-up log lines)."""
 

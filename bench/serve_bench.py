@@ -143,20 +143,9 @@ def start_echo_server(target: str, request: bytes, log_dir: Path) -> tuple[commo
     response_file = log_dir / "echo_response.bin"
     response_file.write_bytes(response)
     port = common.free_port()
-    echo = common.Process(
-        "grpc-echo",
-        [
-            sys.executable,
-            str(Path(__file__).parent / "grpc_echo.py"),
-            "--port",
-            str(port),
-            "--response",
-            str(response_file),
-            "--max-threads",
-            str(4 * (os.cpu_count() or 1)),
-        ],
-        log_dir,
-    )
+    threads = str(4 * (os.cpu_count() or 1))
+    args = ["--port", str(port), "--response", str(response_file), "--max-threads", threads]
+    echo = common.bench_script("grpc-echo", "grpc_echo.py", args, log_dir)
     echo_target = f"127.0.0.1:{port}"
 
     def answers() -> bool:
@@ -243,18 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             extra=args.server_arg,
         )
         naive_port = common.free_port()
-        naive = common.Process(
-            "naive-flask",
-            [
-                sys.executable,
-                str(Path(__file__).parent / "naive_flask.py"),
-                "--model-dir",
-                str(version_dir),
-                "--port",
-                str(naive_port),
-            ],
-            log_dir,
-        )
+        naive_args = ["--model-dir", str(version_dir), "--port", str(naive_port)]
+        naive = common.bench_script("naive-flask", "naive_flask.py", naive_args, log_dir)
         procs += [off, on, naive]
         off.wait_ready()
         gateway_port = common.free_port()

@@ -45,11 +45,11 @@ class RunTime:
     cpu_seconds: float  # process CPU time of the whole run (fit, validation, test scoring)
 
 
-def extrapolate(epoch_seconds: list[float], epochs: int) -> float:
-    """Seconds for `epochs` epochs from a few timed ones: the first as measured, the rest at their median."""
+def extrapolate(epoch_seconds: list[float], epochs: int, center=statistics.median) -> float:
+    """Seconds for `epochs` epochs from a few timed ones: the first as measured, the rest at `center`."""
     if len(epoch_seconds) < 2:
         raise ValueError("time at least 2 epochs: the first one includes tracing")
-    return epoch_seconds[0] + (epochs - 1) * statistics.median(epoch_seconds[1:])
+    return epoch_seconds[0] + (epochs - 1) * center(epoch_seconds[1:])
 
 
 def time_run(preset, dataset, log) -> RunTime:
@@ -71,10 +71,10 @@ def time_run(preset, dataset, log) -> RunTime:
     )
 
 
-def extrapolate_runs(runs: list[RunTime], epochs: int) -> float:
-    """Seconds for `epochs` epochs from several short runs: first epoch of the first, median of the rest."""
+def extrapolate_runs(runs: list[RunTime], epochs: int, center=statistics.median) -> float:
+    """Seconds for `epochs` epochs from several short runs: first epoch of the first, `center` of the rest."""
     later = [s for run in runs for s in run.epoch_seconds[1:]]
-    return extrapolate([runs[0].epoch_seconds[0], *later], epochs)
+    return extrapolate([runs[0].epoch_seconds[0], *later], epochs, center)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     fit_seconds = [c.fit_seconds for c in candidates]
     median_seconds = statistics.median(fit_seconds)
     ratio = median_seconds / reference_full
-    later_epochs = [s for r in references for s in r.epoch_seconds[1:]]
-    reference_of_means = references[0].epoch_seconds[0] + (full_epochs - 1) * statistics.fmean(later_epochs)
+    reference_of_means = extrapolate_runs(references, full_epochs, statistics.fmean)
     ratio_of_means = statistics.fmean(fit_seconds) / reference_of_means
     summary = {
         "references": [asdict(r) for r in references],
