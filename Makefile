@@ -60,7 +60,7 @@ test-all: data browsers tools  ## every test, the slow full-data ones too
 	$(PY) -m pytest $(ARGS)
 
 lint: setup  ## ruff
-	$(BIN)/ruff check trainer serving client tests bench
+	$(BIN)/ruff check trainer serving client tests bench scripts
 
 bench: bench-train bench-serve  ## both benchmarks
 

@@ -1,12 +1,13 @@
-"""Training-only data augmentation: random rotation, zoom and shift as Keras preprocessing layers.
+"""Training-only data augmentation: random flips, rotation, zoom and shift as Keras preprocessing layers.
 
 The augmenter wraps the network for `fit` only; the network that gets exported never contains it,
-so the serving graph is exactly the deterministic classifier.
+so the serving graph is exactly the deterministic classifier. What suits the data differs: digits
+are never mirrored (a mirrored 2 is no digit), clothes are (a mirrored shoe is a shoe).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import keras
 
@@ -20,33 +21,66 @@ class AugmentConfig:
     rotation_degrees: float = 10.0
     zoom: float = 0.10  # +-10% scale
     shift: float = 0.10  # +-10% of the image size, in each direction
+    horizontal_flip: bool = False  # mirror left-right with probability 1/2 (at any strength > 0)
     strength: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.strength <= 2.0:
             raise ValueError(f"augmentation strength must be in [0, 2], got {self.strength}")
 
+    @property
+    def changes_images(self) -> bool:
+        """False when the augmenter would be the identity (strength 0, or no transform enabled)."""
+        transforms = (self.horizontal_flip, self.rotation_degrees, self.zoom, self.shift)
+        return self.strength > 0 and any(transforms)
+
+    def describe(self) -> str:
+        """What the augmenter does at this strength, for logs and reports ("none" if nothing)."""
+        s = self.strength
+        parts = ["left-right flip"] if self.horizontal_flip and s > 0 else []
+        for name, value, unit in (("rotation", self.rotation_degrees, "°"), ("zoom", self.zoom, ""),
+                                  ("shift", self.shift, "")):
+            if value * s:
+                parts.append(f"{name} ±{value * s:g}{unit}")
+        return ", ".join(parts) or "none"
+
+
+# Per dataset, chosen on the validation split (docs/results.md, "Augmentation for Fashion-MNIST").
+AUGMENT_POLICIES: dict[str, AugmentConfig] = {
+    "mnist": AugmentConfig(),
+    "fashion_mnist": AugmentConfig(rotation_degrees=0.0, zoom=0.0, shift=0.0, horizontal_flip=True),
+}
+
+
+def augment_policy(dataset: str, strength: float = 1.0) -> AugmentConfig:
+    """The augmentation that suits `dataset` (digits' when unknown), at `strength`."""
+    return replace(AUGMENT_POLICIES.get(dataset, AUGMENT_POLICIES["mnist"]), strength=strength)
+
 
 def build_augmenter(cfg: AugmentConfig, seed: int | None = None) -> keras.Sequential:
-    """Random rotation, zoom and shift of float [N,28,28,1] images; identity when not training."""
+    """Random flip, rotation, zoom and shift of float [N,28,28,1] images; identity when not training."""
     s = cfg.strength
     # Background is 0 (ink bright on dark), so pad with a constant 0, never by reflection.
     fill = {"fill_mode": "constant", "fill_value": 0.0, "seed": seed}
-    return keras.Sequential(
-        [
-            keras.Input(shape=MODEL_INPUT_SHAPE),
-            keras.layers.RandomRotation(s * cfg.rotation_degrees / 360.0, **fill),
-            keras.layers.RandomZoom(s * cfg.zoom, **fill),
-            keras.layers.RandomTranslation(s * cfg.shift, s * cfg.shift, **fill),
-        ],
-        name="augment",
-    )
+    layers: list[keras.layers.Layer] = [keras.Input(shape=MODEL_INPUT_SHAPE)]
+    if cfg.horizontal_flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if cfg.rotation_degrees:
+        layers.append(keras.layers.RandomRotation(s * cfg.rotation_degrees / 360.0, **fill))
+    if cfg.zoom:
+        layers.append(keras.layers.RandomZoom(s * cfg.zoom, **fill))
+    if cfg.shift:
+        layers.append(keras.layers.RandomTranslation(s * cfg.shift, s * cfg.shift, **fill))
+    return keras.Sequential(layers, name="augment")
 
 
-def with_augmentation(model: keras.Model, strength: float, seed: int | None = None) -> keras.Model:
-    """`model` behind a training-only augmenter (weights shared); `model` itself when strength is 0."""
-    if strength <= 0:
+def with_augmentation(
+    model: keras.Model, strength: float, seed: int | None = None, dataset: str = "mnist"
+) -> keras.Model:
+    """`model` behind `dataset`'s training-only augmenter (weights shared); `model` itself at strength 0."""
+    policy = augment_policy(dataset, strength)
+    if not policy.changes_images:
         return model
-    augmenter = build_augmenter(AugmentConfig(strength=strength), seed=seed)
+    augmenter = build_augmenter(policy, seed=seed)
     inputs = keras.Input(shape=MODEL_INPUT_SHAPE, name="pixels")
     return keras.Model(inputs, model(augmenter(inputs)), name=f"{model.name}_augmented")

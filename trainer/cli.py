@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int, help="override the preset's batch size")
     train.add_argument("--seed", type=int, help="override the preset's random seed")
     train.add_argument(
-        "--augment", type=_strength, help="training-only augmentation strength: 0 (off) to 2, 1 = Deotte's"
+        "--augment",
+        type=_strength,
+        help="strength of the training-only augmentation, 0 (off) to 2; at 1, digits get Deotte's "
+        "rotation/zoom/shift and Fashion-MNIST a left-right flip",
     )
     train.add_argument("--members", type=_positive_int, help="ensemble size (>1 averages that many seeds)")
     train.add_argument("--dataset", choices=DATASETS, default="mnist")

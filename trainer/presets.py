@@ -44,7 +44,7 @@ class TrainConfig:
     lr_decay: float = 0.95  # per-epoch factor of the exponential schedule
     weight_decay: float = 0.0  # decoupled (AdamW); 0 with optimizer adamw is plain Adam
     label_smoothing: float = 0.0
-    augment: float = 0.0  # strength of training-only rotation/zoom/shift (trainer/augment.py); 0: none
+    augment: float = 0.0  # strength of the dataset's training-only augmentation (trainer/augment.py); 0: none
     members: int = 1  # > 1: an ensemble of this many seeds averaged inside one graph (trainer/ensemble.py)
 
 
@@ -142,8 +142,8 @@ MODERN_PRESETS = (
     ),
     Preset(
         name="best",
-        description="Deotte's batch-norm CNN with rotation/zoom/shift augmentation and a decaying rate; "
-        "also the recipe for Fashion-MNIST (--dataset fashion_mnist)",
+        description="Deotte's batch-norm CNN with training-only augmentation and a one-cycle rate; also the "
+        "recipe for Fashion-MNIST (--dataset fashion_mnist), where the augmentation is a left-right flip",
         model=_DEOTTE_NET,
         train=_BEST_TRAIN,
         tags=("modern",),

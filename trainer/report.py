@@ -28,6 +28,7 @@ from client.contract import (
 )
 from client.plots import plot_confusion_matrix, plot_misclassified
 from client.stats import Interval, confusion_matrix
+from trainer.augment import augment_policy
 from trainer.data import Dataset
 from trainer.train import TrainResult
 
@@ -56,6 +57,7 @@ def model_card(result: TrainResult, dataset: Dataset) -> dict[str, Any]:
         "preset": result.preset.name,
         "description": result.preset.description,
         "config": result.preset.to_dict(),
+        "augmentation": augment_policy(dataset.name, result.preset.train.augment).describe(),  # training only
         "dataset": {
             "name": dataset.name,
             "source": dataset.source,

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from client.stats import Interval, wilson_interval
-from trainer.augment import with_augmentation
+from trainer.augment import augment_policy, with_augmentation
 from trainer.data import Dataset
 from trainer.model import build_model, compile_model, to_model_input
 from trainer.presets import Preset
@@ -153,12 +153,12 @@ def train_model(
     with distribution_strategy().scope():
         model = build_model(preset.model)
         # Augmentation wraps the network for fit only; `model` (what gets exported) never contains it.
-        fit_model = with_augmentation(model, cfg.augment, seed=cfg.seed)
+        fit_model = with_augmentation(model, cfg.augment, seed=cfg.seed, dataset=dataset.name)
         compile_model(fit_model, cfg, steps_per_epoch=math.ceil(len(train_idx) / cfg.batch_size))
     log(
         f"{preset.name}: {model.count_params():,} params, {len(train_idx):,} train / {len(split.val):,} val "
         f"images of {dataset.name}, batch {cfg.batch_size}, {cfg.epochs} epochs"
-        + (f", augmentation {cfg.augment:g}" if cfg.augment else "")
+        + (f", augmentation {augment_policy(dataset.name, cfg.augment).describe()}" if cfg.augment else "")
     )
     best, progress = KeepBestEpoch(), EpochProgress(cfg.epochs, log)
     start = time.perf_counter()

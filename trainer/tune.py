@@ -110,7 +110,9 @@ def preset_from_values(values: dict[str, Any], name: str = "tuned") -> Preset:
 class DigitsTuner(keras_tuner.BayesianOptimization):
     """Bayesian optimisation over `search_space`; each trial fits a preset and reports its best val epoch."""
 
-    def __init__(self, cfg: TuneConfig, directory: Path, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, cfg: TuneConfig, directory: Path, dataset: str = "mnist", log: Callable[[str], None] = print
+    ) -> None:
         super().__init__(
             hypermodel=None,
             objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
@@ -123,7 +125,7 @@ class DigitsTuner(keras_tuner.BayesianOptimization):
             project_name=PROJECT_NAME,
             overwrite=False,  # resume: finished trials are reloaded, not re-run
         )
-        self.cfg, self.log = cfg, log
+        self.cfg, self.dataset, self.log = cfg, dataset, log
         self.deadline = time.monotonic() + 60.0 * cfg.budget_minutes
 
     def pre_create_trial(self) -> None:
@@ -137,7 +139,7 @@ class DigitsTuner(keras_tuner.BayesianOptimization):
         cfg = preset.train
         keras.utils.set_random_seed(SEARCH_SEED)
         model = build_model(preset.model)
-        fit_model = with_augmentation(model, cfg.augment, seed=SEARCH_SEED)
+        fit_model = with_augmentation(model, cfg.augment, seed=SEARCH_SEED, dataset=self.dataset)
         compile_model(fit_model, cfg, steps_per_epoch=math.ceil(len(x_train) / cfg.batch_size))
         start = time.perf_counter()
         history = fit_model.fit(
@@ -160,7 +162,7 @@ def run_search(
     train_idx = limit_indices(split.train, cfg.limit_train, SEARCH_SEED)
     x_train = to_model_input(dataset.x_train[train_idx]).numpy()
     x_val = to_model_input(dataset.x_train[split.val]).numpy()
-    tuner = DigitsTuner(cfg, Path(directory), log)
+    tuner = DigitsTuner(cfg, Path(directory), dataset.name, log)
     done = len(tuner.oracle.trials)
     if done:
         log(f"resuming {directory}: {done} trials already finished")

@@ -10,7 +10,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from client.contract import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_PROBABILITIES, SIGNATURE_NAME
-from trainer.augment import AugmentConfig, build_augmenter, with_augmentation
+from trainer.augment import AugmentConfig, augment_policy, build_augmenter, with_augmentation
 from trainer.cli import main
 from trainer.export import read_model_card
 from trainer.model import build_model, to_model_input
@@ -57,6 +57,29 @@ def test_strength_scales_the_ranges_and_is_checked():
         AugmentConfig(strength=3.0)
 
 
+def test_flip_mirrors_some_images_left_right_and_leaves_the_others(digits):
+    flip_only = AugmentConfig(rotation_degrees=0, zoom=0, shift=0, horizontal_flip=True)
+    flipper = build_augmenter(flip_only, seed=5)
+    images, out = digits.numpy(), flipper(digits, training=True).numpy()
+    mirrored = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images, strict=True)]
+    unchanged = [np.array_equal(o, i) for o, i in zip(out, images, strict=True)]
+    assert all(m or u for m, u in zip(mirrored, unchanged, strict=True))
+    assert any(mirrored) and any(unchanged)
+
+
+def test_digits_are_never_mirrored_clothes_are():
+    assert not augment_policy("mnist").horizontal_flip
+    assert augment_policy("fashion_mnist").horizontal_flip
+    assert augment_policy("fashion_mnist", strength=0.5).strength == 0.5
+
+
+def test_an_augmenter_that_would_change_nothing_is_not_added():
+    model = build_model(get_preset("seed-best").model)
+    assert with_augmentation(model, 1.0, dataset="fashion_mnist") is not model
+    assert not AugmentConfig(rotation_degrees=0, zoom=0, shift=0).changes_images
+    assert AugmentConfig(strength=0.0).describe() == "none"
+
+
 def test_wrapper_shares_weights_and_strength_zero_adds_nothing():
     model = build_model(get_preset("seed-best").model)
     assert with_augmentation(model, 0.0) is model
@@ -86,7 +109,9 @@ def test_trained_with_augmentation_exported_without_it(tmp_path, mnist_data):
     ]
     assert main(argv) == 0
     version_dir = models_dir / DEFAULT_MODEL_NAME / "1"
-    assert read_model_card(version_dir)["config"]["train"]["augment"] == 1.0
+    card = read_model_card(version_dir)
+    assert card["config"]["train"]["augment"] == 1.0
+    assert card["augmentation"] == "rotation ±10°, zoom ±0.1, shift ±0.1"
     assert augmentation_ops(version_dir) == set()
 
     loaded = tf.saved_model.load(str(version_dir))

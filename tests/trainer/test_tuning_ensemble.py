@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,6 +22,8 @@ from trainer.ensemble import average_models, member_preset, train_ensemble
 from trainer.export import export_model, read_model_card
 from trainer.model import to_model_input
 from trainer.presets import get_preset
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +75,12 @@ def test_cli_trains_and_exports_an_ensemble(tmp_path):
     assert main(argv) == 0
     card = read_model_card(models_dir / DEFAULT_MODEL_NAME / "1")
     assert card["config"]["train"]["members"] == 2 and 0.0 < card["metrics"]["test_accuracy"] <= 1.0
+
+    # scripts/tta_probe.py rebuilds the members from this export: without extra views they score as exported.
+    script, version_dir = REPO_ROOT / "scripts" / "tta_probe.py", models_dir / DEFAULT_MODEL_NAME / "1"
+    probe = subprocess.run(
+        [sys.executable, str(script), str(version_dir)],
+        capture_output=True, text=True, timeout=600, check=True,
+    )
+    assert f"ensemble of 2, identity: {card['metrics']['test_errors']} test errors" in probe.stdout
+    assert probe.stdout.count("shifts+rotations") == 3  # two members and the ensemble
