@@ -10,24 +10,25 @@ whose softmax outputs are averaged; then the whole ensemble's test errors per se
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trainer.data import default_data_dir, load_dataset
+from trainer.ensemble import average_models
+from trainer.export import read_model_card
+from trainer.model import build_model, to_model_input
+from trainer.presets import ConvLayer, ModelConfig
+from trainer.train import PREDICT_BATCH, stratified_split
 
-from trainer.data import default_data_dir, load_dataset  # noqa: E402
-from trainer.ensemble import average_models  # noqa: E402
-from trainer.export import read_model_card  # noqa: E402
-from trainer.model import build_model, to_model_input  # noqa: E402
-from trainer.presets import ConvLayer, ModelConfig  # noqa: E402
-from trainer.train import PREDICT_BATCH, stratified_split  # noqa: E402
-
-VIEWS = ("identity", "shifts", "rotations", "shifts+rotations")
 ROTATION_DEGREES = 6.0
+SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
+# Which views each row averages: 0 is the image itself, 1-4 its shifts, 5-6 its rotations.
+VIEWS = {
+    "identity": [0], "shifts": [0, 1, 2, 3, 4], "rotations": [0, 5, 6], "shifts+rotations": list(range(7)),
+}
 
 
 def shifted(images: tf.Tensor, dy: int, dx: int) -> tf.Tensor:
@@ -43,20 +44,16 @@ def rotated(images: tf.Tensor, degrees: float) -> tf.Tensor:
     return layer(images, training=True)
 
 
-def views(images: tf.Tensor, kind: str) -> list[tf.Tensor]:
-    """The original plus the one-pixel shifts and/or the ±6° rotations that `kind` names."""
-    out = [images]
-    if "shifts" in kind:
-        out += [shifted(images, dy, dx) for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1))]
-    if "rotations" in kind:
-        out += [rotated(images, sign * ROTATION_DEGREES) for sign in (-1, 1)]
-    return out
+def all_views(images: tf.Tensor) -> list[tf.Tensor]:
+    """The images, their four one-pixel shifts and their ±6° rotations, in the order VIEWS indexes."""
+    shifts = [shifted(images, dy, dx) for dy, dx in SHIFTS]
+    rotations = [rotated(images, sign * ROTATION_DEGREES) for sign in (-1, 1)]
+    return [images, *shifts, *rotations]
 
 
-def averaged_probabilities(model: keras.Model, images: tf.Tensor, kind: str) -> np.ndarray:
-    """The mean softmax output of `model` over the views of `images`."""
-    outputs = [model.predict(view, batch_size=PREDICT_BATCH, verbose=0) for view in views(images, kind)]
-    return np.mean(outputs, axis=0)
+def view_probabilities(model: keras.Model, views: list[tf.Tensor]) -> np.ndarray:
+    """Softmax outputs of `model` on every view: [views, N, classes], each view predicted once."""
+    return np.stack([model.predict(view, batch_size=PREDICT_BATCH, verbose=0) for view in views])
 
 
 def rebuild_members(version_dir: Path) -> tuple[list[keras.Model], dict]:
@@ -88,18 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     members, card = rebuild_members(args.version_dir)
     train = card["config"]["train"]
     dataset = load_dataset(card["dataset"]["name"], args.data_dir)
-    x_test = to_model_input(dataset.x_test)
+    test_views = all_views(to_model_input(dataset.x_test))
     test_probabilities = {kind: [] for kind in VIEWS}
     print("member  seed  views              val errors  test errors")
     for index, member in enumerate(members):
         seed = train["seed"] + index
         split = stratified_split(dataset.y_train, train["val_size"], seed)
-        x_val, y_val = to_model_input(dataset.x_train[split.val]), dataset.y_train[split.val]
-        for kind in VIEWS:
-            val_errors = int(np.sum(averaged_probabilities(member, x_val, kind).argmax(1) != y_val))
-            test = averaged_probabilities(member, x_test, kind)
-            test_probabilities[kind].append(test)
-            test_errors = int(np.sum(test.argmax(1) != dataset.y_test))
+        val = view_probabilities(member, all_views(to_model_input(dataset.x_train[split.val])))
+        test = view_probabilities(member, test_views)
+        for kind, picked in VIEWS.items():
+            val_errors = int(np.sum(val[picked].mean(axis=0).argmax(1) != dataset.y_train[split.val]))
+            test_probabilities[kind].append(test[picked].mean(axis=0))
+            test_errors = int(np.sum(test_probabilities[kind][-1].argmax(1) != dataset.y_test))
             print(f"{index:>6}  {seed:>4}  {kind:<17}  {val_errors:>10}  {test_errors:>11}", flush=True)
     for kind in VIEWS:
         errors = int(np.sum(np.mean(test_probabilities[kind], axis=0).argmax(1) != dataset.y_test))

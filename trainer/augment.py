@@ -28,21 +28,22 @@ class AugmentConfig:
         if not 0.0 <= self.strength <= 2.0:
             raise ValueError(f"augmentation strength must be in [0, 2], got {self.strength}")
 
+    def transforms(self) -> list[str]:
+        """The transforms applied at this strength, in words; empty when the augmenter is the identity."""
+        s = self.strength
+        ranges = (("rotation", self.rotation_degrees, "°"), ("zoom", self.zoom, ""),
+                  ("shift", self.shift, ""))
+        flip = ["left-right flip"] if self.horizontal_flip and s > 0 else []
+        return flip + [f"{name} ±{value * s:g}{unit}" for name, value, unit in ranges if value * s]
+
     @property
     def changes_images(self) -> bool:
         """False when the augmenter would be the identity (strength 0, or no transform enabled)."""
-        transforms = (self.horizontal_flip, self.rotation_degrees, self.zoom, self.shift)
-        return self.strength > 0 and any(transforms)
+        return bool(self.transforms())
 
     def describe(self) -> str:
         """What the augmenter does at this strength, for logs and reports ("none" if nothing)."""
-        s = self.strength
-        parts = ["left-right flip"] if self.horizontal_flip and s > 0 else []
-        for name, value, unit in (("rotation", self.rotation_degrees, "°"), ("zoom", self.zoom, ""),
-                                  ("shift", self.shift, "")):
-            if value * s:
-                parts.append(f"{name} ±{value * s:g}{unit}")
-        return ", ".join(parts) or "none"
+        return ", ".join(self.transforms()) or "none"
 
 
 # Per dataset, chosen on the validation split (docs/results.md, "Augmentation for Fashion-MNIST").
