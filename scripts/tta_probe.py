@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/tta_probe.py models/mnist/<version> [--data-dir data]
 
-Rebuilds the ensemble from the version's model card, loads the exported weights, and prints each
+Rebuilds the ensemble from the version's model card and weights (trainer/restore.py), and prints each
 member's errors on its own validation split (what a decision may use) and on test, per set of views
 whose softmax outputs are averaged; then the whole ensemble's test errors per set of views.
 """
@@ -17,10 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.data import default_data_dir, load_dataset
-from trainer.ensemble import average_models
-from trainer.export import read_model_card
-from trainer.model import build_model, to_model_input
-from trainer.presets import ConvLayer, ModelConfig
+from trainer.model import to_model_input
+from trainer.restore import restore_model
 from trainer.train import PREDICT_BATCH, stratified_split
 
 ROTATION_DEGREES = 6.0
@@ -56,41 +54,20 @@ def view_probabilities(model: keras.Model, views: list[tf.Tensor]) -> np.ndarray
     return np.stack([model.predict(view, batch_size=PREDICT_BATCH, verbose=0) for view in views])
 
 
-def rebuild_members(version_dir: Path) -> tuple[list[keras.Model], dict]:
-    """The members of the exported ensemble in `version_dir`, with its weights, and its model card."""
-    card = read_model_card(version_dir)
-    model_dict, train = card["config"]["model"], card["config"]["train"]
-    config = ModelConfig(
-        **{**model_dict, "conv_layers": tuple(ConvLayer(**c) for c in model_dict["conv_layers"]),
-           "dense_units": tuple(model_dict["dense_units"])}
-    )
-    members = [build_model(config) for _ in range(train["members"])]
-    combined = average_models(members)
-    exported = tf.saved_model.load(str(version_dir)).variables
-    if len(exported) != len(combined.variables):
-        raise SystemExit(
-            f"{version_dir}: {len(exported)} variables, its card's config has {len(combined.variables)}"
-        )
-    for source, target in zip(exported, combined.variables, strict=True):
-        target.assign(source.numpy())
-    return members, card
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("version_dir", type=Path, help="an exported ensemble, e.g. models/mnist/1")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     args = parser.parse_args(argv)
 
-    members, card = rebuild_members(args.version_dir)
-    train = card["config"]["train"]
-    dataset = load_dataset(card["dataset"]["name"], args.data_dir)
+    restored = restore_model(args.version_dir)
+    dataset = load_dataset(restored.card["dataset"]["name"], args.data_dir)
     test_views = all_views(to_model_input(dataset.x_test))
     test_probabilities = {kind: [] for kind in VIEWS}
     print("member  seed  views              val errors  test errors")
-    for index, member in enumerate(members):
-        seed = train["seed"] + index
-        split = stratified_split(dataset.y_train, train["val_size"], seed)
+    for index, (member, preset) in enumerate(zip(restored.members, restored.member_presets, strict=True)):
+        seed = preset.train.seed
+        split = stratified_split(dataset.y_train, preset.train.val_size, seed)
         val = view_probabilities(member, all_views(to_model_input(dataset.x_train[split.val])))
         test = view_probabilities(member, test_views)
         for kind, picked in VIEWS.items():
@@ -100,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{index:>6}  {seed:>4}  {kind:<17}  {val_errors:>10}  {test_errors:>11}", flush=True)
     for kind in VIEWS:
         errors = int(np.sum(np.mean(test_probabilities[kind], axis=0).argmax(1) != dataset.y_test))
-        print(f"ensemble of {len(members)}, {kind}: {errors} test errors")
+        print(f"ensemble of {len(restored.members)}, {kind}: {errors} test errors")
     return 0
 
 

@@ -53,17 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--idx-dir", type=Path, help="folder with the four IDX .gz files (with --source idx)")
     train.add_argument(
-        "--models-dir", default=DEFAULT_MODEL_BASE, help="export under MODELS_DIR/MODEL_NAME/<version>"
-    )
-    train.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
-    train.add_argument(
         "--limit-train", type=_positive_int, help="train on a random subset of this many images"
     )
     train.add_argument("--val-size", type=_val_size, help="validation hold-out from the 60k (default 5000)")
-    train.add_argument(
-        "--reports-dir", default=DEFAULT_REPORTS_DIR, help="run outputs go to REPORTS_DIR/<run-id>/"
-    )
+    _add_export_args(train)
     train.set_defaults(handler=_cmd_train)
+
+    combine = commands.add_parser(
+        "combine", help="average exported models into one ensemble version, without training"
+    )
+    combine.add_argument(
+        "version_dirs", nargs="+", type=Path, metavar="VERSION_DIR",
+        help="exported versions, e.g. models/mnist/3 (an ensemble brings all its members)",
+    )
+    _add_export_args(combine)
+    _add_data_dir(combine)
+    combine.set_defaults(handler=_cmd_combine)
 
     tune = commands.add_parser("tune", help="KerasTuner search over the tutorial's and modern knobs")
     tune.add_argument("--budget", type=_positive_float, default=30.0, help="minutes of search (default 30)")
@@ -123,8 +128,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     # Load (and fail on bad data) before the seconds-long TensorFlow import below.
     dataset = load_dataset(args.dataset, args.data_dir, args.source, args.idx_dir)
-    from trainer.export import export_model
-    from trainer.report import model_card, new_run_dir, write_run_report
     from trainer.train import train_model
 
     preset = PRESETS[args.preset].with_overrides(
@@ -137,16 +140,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = train_ensemble(preset, dataset, limit_train=args.limit_train, log=_log).combined
     else:
         result = train_model(preset, dataset, limit_train=args.limit_train, log=_log)
-    run_dir = new_run_dir(args.reports_dir, f"{preset.name}-{dataset.name}")
-    write_run_report(result, dataset, run_dir)
-    card = {**model_card(result, dataset), "report_dir": str(run_dir)}
+    _report_and_export(result, dataset, args)
+    return 0
+
+
+def _cmd_combine(args: argparse.Namespace) -> int:
+    from trainer.combine import combine_exports
+    from trainer.data import load_dataset
+    from trainer.export import read_model_card
+    from trainer.restore import RestoreError
+
+    first = args.version_dirs[0]
+    try:
+        dataset_name = read_model_card(first)["dataset"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        print(f"digits-train: combine: {first}: no readable model card naming its dataset", file=sys.stderr)
+        return 1
+    dataset = load_dataset(dataset_name, args.data_dir)
+    try:
+        combined = combine_exports(args.version_dirs, dataset, log=_log)
+    except RestoreError as exc:
+        print(f"digits-train: combine: {exc}", file=sys.stderr)
+        return 1
+    _report_and_export(combined.combined, dataset, args, combined.card_fields())
+    return 0
+
+
+def _report_and_export(result, dataset, args: argparse.Namespace, card_fields: dict | None = None) -> None:
+    """Write the run's report and export the model as the next version, as `train` and `combine` do."""
+    from trainer.export import export_model
+    from trainer.report import model_card, new_run_dir, write_run_report
+
+    run_dir = new_run_dir(args.reports_dir, f"{result.preset.name}-{dataset.name}")
+    write_run_report(result, dataset, run_dir, card_fields)
+    card = {**model_card(result, dataset), **(card_fields or {}), "report_dir": str(run_dir)}
     version_dir = export_model(
         result.model, args.models_dir, args.model_name, card, warmup_images=dataset.x_test
     )
     _log(f"report: {run_dir}")
     _log(f"exported: {version_dir}")
     _log(f"test accuracy: {result.test_accuracy} ({result.test_errors} errors)")
-    return 0
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -234,6 +267,16 @@ def _gpu_count() -> int:
     import tensorflow as tf
 
     return len(tf.config.list_physical_devices("GPU"))
+
+
+def _add_export_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models-dir", default=DEFAULT_MODEL_BASE, help="export under MODELS_DIR/MODEL_NAME/<version>"
+    )
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
+    parser.add_argument(
+        "--reports-dir", default=DEFAULT_REPORTS_DIR, help="run outputs go to REPORTS_DIR/<run-id>/"
+    )
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:

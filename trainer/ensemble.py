@@ -14,9 +14,9 @@ import numpy as np
 
 from client.stats import wilson_interval
 from trainer.data import Dataset
-from trainer.model import MODEL_INPUT_SHAPE, to_model_input
+from trainer.model import MODEL_INPUT_SHAPE
 from trainer.presets import Preset
-from trainer.train import PREDICT_BATCH, TrainResult, train_model
+from trainer.train import TrainResult, predict_classes, train_model
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,7 @@ def train_ensemble(
     model = average_models([member.model for member in members], name=f"{preset.name.replace('-', '_')}")
 
     # Scored on test once, after every member made its own choices on its own validation split.
-    probabilities = model.predict(to_model_input(dataset.x_test), batch_size=PREDICT_BATCH, verbose=0)
-    predictions = probabilities.argmax(axis=1)
+    predictions = predict_classes(model, dataset.x_test)
     correct = int(np.sum(predictions == dataset.y_test))
     accuracy = wilson_interval(correct, len(dataset.y_test))
     singles = ", ".join(f"{m.test_accuracy.value:.2%}" for m in members)

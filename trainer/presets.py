@@ -68,6 +68,22 @@ class Preset:
         """JSON-ready form, written into model cards and reports."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preset:
+        """The inverse of to_dict (as read back from a model card's JSON, lists for tuples)."""
+        model = data["model"]
+        return cls(
+            name=data["name"],
+            description=data["description"],
+            model=ModelConfig(
+                **{**model, "conv_layers": tuple(ConvLayer(**layer) for layer in model["conv_layers"]),
+                   "dense_units": tuple(model["dense_units"])}
+            ),
+            train=TrainConfig(**data["train"]),
+            tutorial_test_accuracy=data.get("tutorial_test_accuracy"),
+            tags=tuple(data.get("tags", ())),
+        )
+
 
 _ONE_CONV = (ConvLayer(10, 4),)
 _TUTORIAL_TRAIN = TrainConfig(epochs=10, batch_size=50)

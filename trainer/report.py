@@ -99,13 +99,23 @@ def model_card(result: TrainResult, dataset: Dataset) -> dict[str, Any]:
     }
 
 
-def write_run_report(result: TrainResult, dataset: Dataset, run_dir: Path) -> dict[str, Path]:
-    """history.json, curves.png, misclassified.png, confusion_matrix.png and model_card.json in run_dir."""
+def write_run_report(
+    result: TrainResult, dataset: Dataset, run_dir: Path, card_fields: dict[str, Any] | None = None
+) -> dict[str, Path]:
+    """history.json, curves.png, misclassified.png, confusion_matrix.png and model_card.json in run_dir.
+
+    A result with no history (an ensemble combined from exports) gets no history or curves; card_fields
+    are added to its model card.
+    """
     names = CLASS_NAMES[dataset.name]
-    history = {**result.history, "best_epoch": result.best_epoch, "epoch_seconds": result.epoch_seconds}
-    paths = {
-        "history": _write_json(run_dir / "history.json", history),
-        "curves": plot_history(result.history, result.best_epoch, run_dir / "curves.png", result.preset.name),
+    paths = {}
+    if result.history:
+        history = {**result.history, "best_epoch": result.best_epoch, "epoch_seconds": result.epoch_seconds}
+        paths["history"] = _write_json(run_dir / "history.json", history)
+        paths["curves"] = plot_history(
+            result.history, result.best_epoch, run_dir / "curves.png", result.preset.name
+        )
+    paths |= {
         "misclassified": plot_misclassified(
             dataset.x_test, dataset.y_test, result.test_predictions, names, run_dir / "misclassified.png"
         ),
@@ -115,7 +125,9 @@ def write_run_report(result: TrainResult, dataset: Dataset, run_dir: Path) -> di
             run_dir / "confusion_matrix.png",
             title=f"{result.preset.name} on the {dataset.name} test set",
         ),
-        "model_card": _write_json(run_dir / "model_card.json", model_card(result, dataset)),
+        "model_card": _write_json(
+            run_dir / "model_card.json", {**model_card(result, dataset), **(card_fields or {})}
+        ),
     }
     return paths
 

@@ -80,6 +80,11 @@ def limit_indices(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarr
     return np.sort(np.random.default_rng(seed).choice(indices, size=limit, replace=False))
 
 
+def predict_classes(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """The class `model` predicts for each uint8 [N,28,28] image."""
+    return model.predict(to_model_input(images), batch_size=PREDICT_BATCH, verbose=0).argmax(axis=1)
+
+
 def distribution_strategy() -> tf.distribute.Strategy:
     """MirroredStrategy across several GPUs; otherwise the default (one GPU if present, else CPU)."""
     if len(tf.config.list_physical_devices("GPU")) > 1:
@@ -175,8 +180,7 @@ def train_model(
     seconds = time.perf_counter() - start
 
     # The test set is touched once, after every choice is made.
-    probabilities = model.predict(to_model_input(dataset.x_test), batch_size=PREDICT_BATCH, verbose=0)
-    predictions = probabilities.argmax(axis=1)
+    predictions = predict_classes(model, dataset.x_test)
     correct = int(np.sum(predictions == dataset.y_test))
     test_accuracy = wilson_interval(correct, len(dataset.y_test))
     log(

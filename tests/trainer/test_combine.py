@@ -1,0 +1,124 @@
+"""`digits-train combine`: finished exports rebuilt from their cards and averaged into one new version."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from client.contract import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_PROBABILITIES, SIGNATURE_NAME
+from trainer.cli import main
+from trainer.export import ASSETS_EXTRA, MODEL_CARD_FILE, read_model_card
+from trainer.presets import PRESETS, Preset
+from trainer.restore import RestoreError, restore_model
+
+TINY = ["--preset", "seed-best", "--epochs", "1", "--limit-train", "500", "--val-size", "300"]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """models/mnist with 1: seed 1, 2: seed 2 (single networks), 3: a 2-member ensemble (seeds 42, 43)."""
+    root = tmp_path_factory.mktemp("combine")
+    common = ["--models-dir", str(root / "models"), "--reports-dir", str(root / "reports")]
+    for extra in (["--seed", "1"], ["--seed", "2"], ["--members", "2"]):
+        assert main(["train", *TINY, *extra, *common]) == 0
+    return root, common
+
+
+def probabilities(version_dir, images: np.ndarray) -> np.ndarray:
+    """What the exported signature serves for these uint8 images."""
+    signature = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE_NAME]
+    return signature(**{INPUT_NAME: tf.constant(images)})[OUTPUT_PROBABILITIES].numpy()
+
+
+def edited_copy(version_dir, target, edit) -> str:
+    """A copy of an export whose model card was changed by `edit(card)`."""
+    shutil.copytree(version_dir, target)
+    card_path = target / ASSETS_EXTRA / MODEL_CARD_FILE
+    card = json.loads(card_path.read_text())
+    edit(card)
+    card_path.write_text(json.dumps(card))
+    return str(target)
+
+
+def test_presets_survive_the_model_card_round_trip():
+    for preset in PRESETS.values():
+        assert Preset.from_dict(json.loads(json.dumps(preset.to_dict()))) == preset
+
+
+def test_restored_members_keep_their_own_seeds(exports):
+    root, _ = exports
+    single, ensemble = restore_model(root / "models/mnist/1"), restore_model(root / "models/mnist/3")
+    assert [p.train.seed for p in single.member_presets] == [1] and len(single.members) == 1
+    assert [p.train.seed for p in ensemble.member_presets] == [42, 43]
+    assert all(p.train.members == 1 for p in ensemble.member_presets)
+
+
+def test_combined_version_serves_the_average_of_every_member(exports, mnist_data):
+    root, common = exports
+    models = root / "models" / DEFAULT_MODEL_NAME
+    assert main(["combine", str(models / "1"), str(models / "3"), *common]) == 0
+
+    images = mnist_data.x_test[:64]
+    single, pair, combined = (probabilities(models / v, images) for v in ("1", "3", "4"))
+    assert not np.allclose(single, pair, atol=1e-3)
+    # Version 3 already averages two members, so the three-member mean weighs it twice.
+    np.testing.assert_allclose(combined, (single + 2 * pair) / 3, atol=1e-5)
+
+    card = read_model_card(models / "4")
+    assert [m["seed"] for m in card["members"]] == [1, 42, 43]
+    assert [m["source"] for m in card["members"]] == [str(models / "1")] + [str(models / "3")] * 2
+    assert card["config"]["train"]["members"] == 3 and card["preset"] == "combined"
+    served = probabilities(models / "4", mnist_data.x_test).argmax(axis=1)
+    assert card["metrics"]["test_errors"] == int(np.sum(served != mnist_data.y_test))
+    report = Path(card["report_dir"])
+    assert (report / "confusion_matrix.png").is_file() and not (report / "curves.png").exists()
+
+    # A combined version is itself a source: its card lists every member's recipe.
+    assert main(["combine", str(models / "4"), str(models / "2"), *common]) == 0
+    assert [m["seed"] for m in read_model_card(models / "5")["members"]] == [1, 42, 43, 2]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda card: card["dataset"].update(name="fashion_mnist"), "on 'fashion_mnist', not 'mnist'"),
+        (lambda card: card["dataset"]["sha256"].update(x_test="0" * 64), "different mnist arrays"),
+        (lambda card: card["config"]["model"]["conv_layers"][0].update(filters=8), "do not fit the network"),
+        (lambda card: card["config"].pop("model"), "does not describe the network"),
+    ],
+)
+def test_combine_refuses_an_export_it_cannot_trust(exports, tmp_path, capsys, edit, message):
+    root, common = exports
+    bad = edited_copy(root / "models/mnist/2", tmp_path / "bad", edit)
+    versions = sorted((root / "models/mnist").iterdir())
+    assert main(["combine", str(root / "models/mnist/1"), bad, *common]) == 1
+    assert message in capsys.readouterr().err
+    assert sorted((root / "models/mnist").iterdir()) == versions  # nothing exported
+
+
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        (["1"], "at least two members"),
+        (["1", "1"], "listed twice"),
+        (["no-such-version", "1"], "no readable model card"),
+    ],
+)
+def test_combine_needs_two_distinct_readable_members(exports, capsys, sources, message):
+    root, common = exports
+    assert main(["combine", *(str(root / "models/mnist" / s) for s in sources), *common]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_restore_refuses_weights_that_do_not_reproduce_the_export(exports, tmp_path):
+    root, _ = exports
+    # Same weight shapes, another network: the activation changes every output.
+    to_tanh = lambda card: card["config"]["model"].update(activation="tanh")  # noqa: E731
+    tanh = edited_copy(root / "models/mnist/1", tmp_path / "tanh", to_tanh)
+    with pytest.raises(RestoreError, match="does not match the export"):
+        restore_model(tanh)

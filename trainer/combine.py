@@ -1,0 +1,124 @@
+"""Combine finished exports into one ensemble SavedModel, without training anything again.
+
+Members trained one at a time (on different machines, on different days, or by `train --preset
+ensemble`) are rebuilt from their exports, averaged inside one graph like `train_ensemble` does, and
+scored on the test set. Each member keeps the epoch its own validation split chose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from client.stats import wilson_interval
+from trainer.data import Dataset
+from trainer.ensemble import average_models
+from trainer.presets import Preset
+from trainer.restore import MEMBER_CONFIGS, RestoreError, restore_model
+from trainer.train import TrainResult, predict_classes, stratified_split
+
+COMBINED_PRESET = "combined"
+
+
+@dataclass(frozen=True)
+class MemberScore:
+    """One member of a combined ensemble: where it came from and how it does alone."""
+
+    source: str  # the version directory it was rebuilt from
+    preset: Preset
+    val_accuracy: float  # on the member's own validation split
+    test_accuracy: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary for the model card."""
+        return {
+            "source": self.source, "preset": self.preset.name, "seed": self.preset.train.seed,
+            "epochs": self.preset.train.epochs, "val_accuracy": self.val_accuracy,
+            "test_accuracy": self.test_accuracy,
+        }
+
+
+@dataclass(frozen=True)
+class CombineResult:
+    """The averaged model (as a TrainResult, for the usual report and export) and its members."""
+
+    combined: TrainResult
+    members: tuple[MemberScore, ...]
+
+    def card_fields(self) -> dict[str, Any]:
+        """What a combined model card adds: each member's recipe (to rebuild it) and its scores."""
+        return {
+            MEMBER_CONFIGS: [member.preset.to_dict() for member in self.members],
+            "members": [member.to_dict() for member in self.members],
+        }
+
+
+def combine_exports(
+    version_dirs: Sequence[str | Path], dataset: Dataset, log: Callable[[str], None] = print
+) -> CombineResult:
+    """Average the networks exported in `version_dirs` (an ensemble brings all its members)."""
+    paths = [Path(d) for d in version_dirs]
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise RestoreError("the same version directory is listed twice")
+    restored = [restore_model(path) for path in paths]
+    for path, export in zip(paths, restored, strict=True):
+        _check_same_data(path, export.card, dataset)
+    sources = [(str(path), model, preset)
+               for path, export in zip(paths, restored, strict=True)
+               for model, preset in zip(export.members, export.member_presets, strict=True)]
+    if len(sources) < 2:
+        raise RestoreError(f"an ensemble needs at least two members; {paths[0]} holds one network")
+
+    members = []
+    for index, (source, model, preset) in enumerate(sources, start=1):
+        split = stratified_split(dataset.y_train, preset.train.val_size, preset.train.seed)
+        val = float(np.mean(predict_classes(model, dataset.x_train[split.val]) == dataset.y_train[split.val]))
+        test = float(np.mean(predict_classes(model, dataset.x_test) == dataset.y_test))
+        members.append(MemberScore(source, preset, val_accuracy=val, test_accuracy=test))
+        log(f"member {index}/{len(sources)} from {source}: seed {preset.train.seed}, "
+            f"{preset.train.epochs} epochs, val_acc {val:.4f} (own split), test {test:.2%}")
+
+    model = average_models([model for _, model, _ in sources], name=COMBINED_PRESET)
+    predictions = predict_classes(model, dataset.x_test)
+    correct = int(np.sum(predictions == dataset.y_test))
+    errors = len(dataset.y_test) - correct
+    accuracy = wilson_interval(correct, len(dataset.y_test))
+    log(f"ensemble of {len(sources)}: test accuracy {accuracy} ({errors} errors)")
+
+    first = sources[0][2]
+    preset = Preset(
+        name=COMBINED_PRESET,
+        description=f"softmax average of {len(sources)} exported networks: {', '.join(map(str, paths))}",
+        model=first.model,
+        train=replace(first.train, members=len(sources)),
+        tags=("ensemble",),
+    )
+    cards = [export.card for export in restored]
+    result = TrainResult(
+        model=model,
+        preset=preset,
+        dataset=dataset.name,
+        history={},  # nothing was trained here; each member's curves are in its own report
+        best_epoch=0,
+        val_accuracy=float(np.mean([m.val_accuracy for m in members])),
+        test_accuracy=accuracy,
+        test_errors=errors,
+        test_predictions=predictions,
+        train_size=cards[0].get("dataset", {}).get("train_images", 0),
+        val_size=first.train.val_size,
+        seconds=float(sum(card.get("training_seconds", 0.0) for card in cards)),
+    )
+    return CombineResult(combined=result, members=tuple(members))
+
+
+def _check_same_data(path: Path, card: dict[str, Any], dataset: Dataset) -> None:
+    """Members are scored on `dataset`: refuse exports that were trained on something else."""
+    trained_on = card.get("dataset", {})
+    if trained_on.get("name") != dataset.name:
+        raise RestoreError(f"{path} was trained on {trained_on.get('name')!r}, not {dataset.name!r}")
+    if trained_on.get("sha256") not in (None, dataset.checksums()):
+        raise RestoreError(f"{path} was trained on different {dataset.name} arrays (sha256 differ)")
