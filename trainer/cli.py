@@ -8,10 +8,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from client.contract import DEFAULT_MODEL_BASE, DEFAULT_MODEL_NAME
-from trainer.data import DATASETS, SOURCES, TRAIN_SIZE, DataError, default_data_dir, prepare_data
+from trainer.data import DATASETS, SOURCES, TRAIN_SIZE, DataError, Dataset, default_data_dir, prepare_data
 from trainer.presets import PRESETS, SEED_PRESETS
+
+if TYPE_CHECKING:  # the TensorFlow import waits until a command needs it
+    from trainer.train import TrainResult
 
 DEFAULT_REPORTS_DIR = "reports"
 QUICK = {"epochs": 1, "limit_train": 5_000, "val_size": 1_000}  # reproduce-seed --quick: a smoke run
@@ -166,7 +170,9 @@ def _cmd_combine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_and_export(result, dataset, args: argparse.Namespace, card_fields: dict | None = None) -> None:
+def _report_and_export(
+    result: TrainResult, dataset: Dataset, args: argparse.Namespace, card_fields: dict[str, Any] | None = None
+) -> None:
     """Write the run's report and export the model as the next version, as `train` and `combine` do."""
     from trainer.export import export_model
     from trainer.report import model_card, new_run_dir, write_run_report
