@@ -92,7 +92,7 @@ def combine_exports(
     first = sources[0][2]
     preset = Preset(
         name=COMBINED_PRESET,
-        description=f"softmax average of {len(sources)} exported networks: {', '.join(map(str, paths))}",
+        description=f"softmax average of {len(sources)} networks from {', '.join(map(str, paths))}",
         model=first.model,
         train=replace(first.train, members=len(sources)),
         tags=("ensemble",),
