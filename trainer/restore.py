@@ -52,15 +52,18 @@ def restore_model(version_dir: str | Path) -> RestoredModel:
     version_dir = Path(version_dir)
     if not (version_dir / ASSETS_EXTRA / MODEL_CARD_FILE).is_file():
         raise RestoreError(f"{version_dir}: not an exported version (no {ASSETS_EXTRA}/{MODEL_CARD_FILE})")
-    card = read_model_card(version_dir)
     try:
+        card = read_model_card(version_dir)
         presets = member_presets(card)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise RestoreError(f"{version_dir}: the model card does not describe the network ({exc})") from None
     members = tuple(build_model(preset.model) for preset in presets)
     model = average_models(members) if len(members) > 1 else members[0]
 
-    exported = tf.saved_model.load(str(version_dir)).variables
+    try:
+        exported = tf.saved_model.load(str(version_dir)).variables
+    except (OSError, ValueError, tf.errors.OpError) as exc:
+        raise RestoreError(f"{version_dir}: the SavedModel does not load: {exc}") from None
     shapes = [tuple(v.shape) for v in exported], [tuple(v.shape) for v in model.variables]
     if shapes[0] != shapes[1]:
         raise RestoreError(

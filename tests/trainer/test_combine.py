@@ -115,6 +115,22 @@ def test_combine_needs_two_distinct_readable_members(exports, capsys, sources, m
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda v: (v / ASSETS_EXTRA / MODEL_CARD_FILE).write_text("{not json"), "does not describe"),
+        (lambda v: shutil.rmtree(v / "variables"), "does not load"),
+    ],
+)
+def test_restore_refuses_a_damaged_export(exports, tmp_path, damage, message):
+    root, _ = exports
+    damaged = tmp_path / "damaged"
+    shutil.copytree(root / "models/mnist/1", damaged)
+    damage(damaged)
+    with pytest.raises(RestoreError, match=message):
+        restore_model(damaged)
+
+
 def test_restore_refuses_weights_that_do_not_reproduce_the_export(exports, tmp_path):
     root, _ = exports
     # Same weight shapes, another network: the activation changes every output.
