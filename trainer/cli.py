@@ -178,8 +178,9 @@ def _report_and_export(
     from trainer.report import model_card, new_run_dir, write_run_report
 
     run_dir = new_run_dir(args.reports_dir, f"{result.preset.name}-{dataset.name}")
-    write_run_report(result, dataset, run_dir, card_fields)
-    card = {**model_card(result, dataset), **(card_fields or {}), "report_dir": str(run_dir)}
+    card = {**model_card(result, dataset), **(card_fields or {})}  # hashes the dataset: build it once
+    write_run_report(result, dataset, run_dir, card)
+    card["report_dir"] = str(run_dir)
     version_dir = export_model(
         result.model, args.models_dir, args.model_name, card, warmup_images=dataset.x_test
     )

@@ -65,8 +65,9 @@ def combine_exports(
     if len({p.resolve() for p in paths}) != len(paths):
         raise RestoreError("the same version directory is listed twice")
     restored = [restore_model(path) for path in paths]
+    checksums = dataset.checksums()  # hashes 55 MB: once, not per source
     for path, export in zip(paths, restored, strict=True):
-        _check_same_data(path, export.card, dataset)
+        _check_same_data(path, export.card, dataset.name, checksums)
     sources = [(str(path), model, preset)
                for path, export in zip(paths, restored, strict=True)
                for model, preset in zip(export.members, export.member_presets, strict=True)]
@@ -115,10 +116,10 @@ def combine_exports(
     return CombineResult(combined=result, members=tuple(members))
 
 
-def _check_same_data(path: Path, card: dict[str, Any], dataset: Dataset) -> None:
-    """Members are scored on `dataset`: refuse exports that were trained on something else."""
+def _check_same_data(path: Path, card: dict[str, Any], name: str, checksums: dict[str, str]) -> None:
+    """Members are scored on the dataset `name`: refuse exports that were trained on something else."""
     trained_on = card.get("dataset", {})
-    if trained_on.get("name") != dataset.name:
-        raise RestoreError(f"{path} was trained on {trained_on.get('name')!r}, not {dataset.name!r}")
-    if trained_on.get("sha256") not in (None, dataset.checksums()):
-        raise RestoreError(f"{path} was trained on different {dataset.name} arrays (sha256 differ)")
+    if trained_on.get("name") != name:
+        raise RestoreError(f"{path} was trained on {trained_on.get('name')!r}, not {name!r}")
+    if trained_on.get("sha256") not in (None, checksums):
+        raise RestoreError(f"{path} was trained on different {name} arrays (sha256 differ)")

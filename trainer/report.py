@@ -100,12 +100,12 @@ def model_card(result: TrainResult, dataset: Dataset) -> dict[str, Any]:
 
 
 def write_run_report(
-    result: TrainResult, dataset: Dataset, run_dir: Path, card_fields: dict[str, Any] | None = None
+    result: TrainResult, dataset: Dataset, run_dir: Path, card: dict[str, Any] | None = None
 ) -> dict[str, Path]:
     """history.json, curves.png, misclassified.png, confusion_matrix.png and model_card.json in run_dir.
 
-    A result with no history (an ensemble combined from exports) gets no history or curves; card_fields
-    are added to its model card.
+    `card` is the model card when the caller has built it already (default: `model_card(result, dataset)`).
+    A result with no history (an ensemble combined from exports) gets no history or curves.
     """
     names = CLASS_NAMES[dataset.name]
     paths = {}
@@ -125,9 +125,7 @@ def write_run_report(
             run_dir / "confusion_matrix.png",
             title=f"{result.preset.name} on the {dataset.name} test set",
         ),
-        "model_card": _write_json(
-            run_dir / "model_card.json", {**model_card(result, dataset), **(card_fields or {})}
-        ),
+        "model_card": _write_json(run_dir / "model_card.json", card or model_card(result, dataset)),
     }
     return paths
 
