@@ -59,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--limit-train", type=_positive_int, help="train on a random subset of this many images"
     )
-    train.add_argument("--val-size", type=_val_size, help="validation hold-out from the 60k (default 5000)")
+    train.add_argument(
+        "--val-size", type=_val_size,
+        help="validation hold-out from the 60k that picks the epoch (default 5000); 0: fit all 60k and "
+        "keep the last epoch",
+    )
     _add_export_args(train)
     train.set_defaults(handler=_cmd_train)
 
@@ -309,12 +313,13 @@ def _checked(cast: type, ok: Callable[[float], bool], requirement: str) -> Calla
 
 
 _positive_int = _checked(int, lambda v: v > 0, "must be positive")
+_non_negative_int = _checked(int, lambda v: v >= 0, "must be 0 or more")
 _positive_float = _checked(float, lambda v: v > 0, "must be positive")
 _strength = _checked(float, lambda v: 0.0 <= v <= 2.0, "must be between 0 and 2")
 
 
 def _val_size(text: str) -> int:
-    value = _positive_int(text)
+    value = _non_negative_int(text)
     if value >= TRAIN_SIZE:
         raise argparse.ArgumentTypeError(
             f"must be smaller than the {TRAIN_SIZE} training images, got {value}"

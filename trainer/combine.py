@@ -2,7 +2,8 @@
 
 Members trained one at a time (on different machines, on different days, or by `train --preset
 ensemble`) are rebuilt from their exports, averaged inside one graph like `train_ensemble` does, and
-scored on the test set. Each member keeps the epoch its own validation split chose.
+scored on the test set. Each member keeps the epoch its own validation split chose (the last one, for a
+member fit on all 60,000 images with no hold-out).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from client.stats import wilson_interval
 from trainer.data import Dataset
-from trainer.ensemble import average_models
+from trainer.ensemble import average_models, mean_val_accuracy
 from trainer.presets import Preset
 from trainer.restore import MEMBER_CONFIGS, RestoreError, restore_model
 from trainer.train import TrainResult, predict_classes, stratified_split
@@ -30,7 +31,7 @@ class MemberScore:
 
     source: str  # the version directory it was rebuilt from
     preset: Preset
-    val_accuracy: float  # on the member's own validation split
+    val_accuracy: float | None  # on the member's own validation split; None if it had none
     test_accuracy: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,12 +77,12 @@ def combine_exports(
 
     members = []
     for index, (source, model, preset) in enumerate(sources, start=1):
-        split = stratified_split(dataset.y_train, preset.train.val_size, preset.train.seed)
-        val = float(np.mean(predict_classes(model, dataset.x_train[split.val]) == dataset.y_train[split.val]))
+        val = _own_split_accuracy(model, preset, dataset)
         test = float(np.mean(predict_classes(model, dataset.x_test) == dataset.y_test))
         members.append(MemberScore(source, preset, val_accuracy=val, test_accuracy=test))
+        val_text = "no hold-out" if val is None else f"val_acc {val:.4f} (own split)"
         log(f"member {index}/{len(sources)} from {source}: seed {preset.train.seed}, "
-            f"{preset.train.epochs} epochs, val_acc {val:.4f} (own split), test {test:.2%}")
+            f"{preset.train.epochs} epochs, {val_text}, test {test:.2%}")
 
     model = average_models([model for _, model, _ in sources], name=COMBINED_PRESET)
     predictions = predict_classes(model, dataset.x_test)
@@ -105,7 +106,7 @@ def combine_exports(
         dataset=dataset.name,
         history={},  # nothing was trained here; each member's curves are in its own report
         best_epoch=0,
-        val_accuracy=float(np.mean([m.val_accuracy for m in members])),
+        val_accuracy=mean_val_accuracy([m.val_accuracy for m in members]),
         test_accuracy=accuracy,
         test_errors=errors,
         test_predictions=predictions,
@@ -114,6 +115,14 @@ def combine_exports(
         seconds=float(sum(card.get("training_seconds", 0.0) for card in cards)),
     )
     return CombineResult(combined=result, members=tuple(members))
+
+
+def _own_split_accuracy(model, preset: Preset, dataset: Dataset) -> float | None:
+    """Accuracy on the validation split the member was trained beside; None if it was fit on all 60k."""
+    if not preset.train.val_size:
+        return None
+    split = stratified_split(dataset.y_train, preset.train.val_size, preset.train.seed)
+    return float(np.mean(predict_classes(model, dataset.x_train[split.val]) == dataset.y_train[split.val]))
 
 
 def _check_same_data(path: Path, card: dict[str, Any], name: str, checksums: dict[str, str]) -> None:

@@ -42,6 +42,13 @@ def average_models(members: Sequence[keras.Model], name: str = "ensemble") -> ke
     return keras.Model(inputs, averaged, name=name)
 
 
+def mean_val_accuracy(accuracies: Sequence[float | None]) -> float | None:
+    """The members' mean validation accuracy, each on its own split; None if any member held nothing out."""
+    if not accuracies or any(accuracy is None for accuracy in accuracies):
+        return None
+    return float(np.mean(accuracies))
+
+
 def member_preset(preset: Preset, index: int) -> Preset:
     """Member `index` of an ensemble preset: its own seed, hence its own weights, shuffles and val split."""
     return replace(preset, train=replace(preset.train, seed=preset.train.seed + index, members=1))
@@ -73,7 +80,7 @@ def train_ensemble(
         first,
         model=model,
         preset=preset,
-        val_accuracy=float(np.mean([m.val_accuracy for m in members])),  # each on its own split
+        val_accuracy=mean_val_accuracy([m.val_accuracy for m in members]),
         test_accuracy=accuracy,
         test_errors=errors,
         test_predictions=predictions,

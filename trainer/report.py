@@ -131,12 +131,13 @@ def write_run_report(
 
 
 def plot_history(history: dict[str, list[float]], best_epoch: int, path: Path, title: str = "") -> Path:
-    """Train and validation accuracy and loss per epoch, the kept epoch marked."""
+    """Train and (when held out) validation accuracy and loss per epoch, the kept epoch marked."""
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     for ax, metric in ((acc_ax, "accuracy"), (loss_ax, "loss")):
         ax.plot(epochs, history.get(metric, []), marker=".", label=f"train {metric}")
-        ax.plot(epochs, history.get(f"val_{metric}", []), marker=".", label=f"validation {metric}")
+        if f"val_{metric}" in history:  # absent when nothing was held out
+            ax.plot(epochs, history[f"val_{metric}"], marker=".", label=f"validation {metric}")
         if best_epoch:
             ax.axvline(
                 best_epoch, color="grey", linestyle="--", linewidth=1, label=f"kept epoch {best_epoch}"

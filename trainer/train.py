@@ -37,7 +37,7 @@ class TrainResult:
     dataset: str
     history: dict[str, list[float]]
     best_epoch: int  # 1-based
-    val_accuracy: float
+    val_accuracy: float | None  # None: trained with no validation hold-out (val_size 0)
     test_accuracy: Interval
     test_errors: int
     test_predictions: np.ndarray  # int [10000] predicted classes on the test set
@@ -53,10 +53,15 @@ class TrainResult:
 
 
 def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> Split:
-    """A seeded hold-out of `val_size` indices with the same class proportions as `labels`."""
+    """A seeded hold-out of `val_size` indices with the same class proportions as `labels`.
+
+    `val_size` 0 holds nothing out: every index is for training and none validates.
+    """
     labels = np.asarray(labels)
-    if not 0 < val_size < len(labels):
-        raise ValueError(f"val_size must be between 1 and {len(labels) - 1}, got {val_size}")
+    if not 0 <= val_size < len(labels):
+        raise ValueError(f"val_size must be between 0 and {len(labels) - 1}, got {val_size}")
+    if val_size == 0:
+        return Split(train=np.arange(len(labels)), val=np.array([], dtype=np.int64))
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
     # Largest-remainder rounding so the per-class quotas add up to exactly val_size.
@@ -128,15 +133,16 @@ class EpochProgress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         self.seconds.append(time.perf_counter() - self._start)
-        val = float(logs.get("val_accuracy", -1.0))
-        star = " *" if val > self._best else ""
-        self._best = max(self._best, val)
         nan = float("nan")
-        self.log(
-            f"epoch {epoch + 1:>3}/{self.epochs}  loss {logs.get('loss', nan):.4f}  "
-            f"acc {logs.get('accuracy', nan):.4f}  val_loss {logs.get('val_loss', nan):.4f}  "
-            f"val_acc {val:.4f}  {self.seconds[-1]:.1f}s{star}"
-        )
+        line = (f"epoch {epoch + 1:>3}/{self.epochs}  loss {logs.get('loss', nan):.4f}  "
+                f"acc {logs.get('accuracy', nan):.4f}")
+        star = ""
+        if "val_accuracy" in logs:  # absent when nothing is held out
+            val = float(logs["val_accuracy"])
+            star = " *" if val > self._best else ""
+            self._best = max(self._best, val)
+            line += f"  val_loss {logs.get('val_loss', nan):.4f}  val_acc {val:.4f}"
+        self.log(f"{line}  {self.seconds[-1]:.1f}s{star}")
 
 
 def train_model(
@@ -145,15 +151,19 @@ def train_model(
     limit_train: int | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Fit `preset` on the training split, keep the best epoch by validation accuracy, score on test once."""
+    """Fit `preset` on the training split, keep the best epoch by validation accuracy, score on test once.
+
+    With `val_size` 0 it fits all the training images for the preset's epochs and keeps the last one:
+    the final fit of a recipe whose epochs were chosen on a hold-out before.
+    """
     cfg = preset.train
     keras.utils.set_random_seed(cfg.seed)
     split = stratified_split(dataset.y_train, cfg.val_size, cfg.seed)
     train_idx = limit_indices(split.train, limit_train, cfg.seed)
     x_train = to_model_input(dataset.x_train[train_idx]).numpy()
     y_train = dataset.y_train[train_idx]
-    x_val = to_model_input(dataset.x_train[split.val]).numpy()
-    y_val = dataset.y_train[split.val]
+    validation = (to_model_input(dataset.x_train[split.val]).numpy(), dataset.y_train[split.val])
+    validate = len(split.val) > 0
 
     with distribution_strategy().scope():
         model = build_model(preset.model)
@@ -170,32 +180,33 @@ def train_model(
     history = fit_model.fit(
         x_train,
         y_train,
-        validation_data=(x_val, y_val),
+        validation_data=validation if validate else None,
         batch_size=cfg.batch_size,
         epochs=cfg.epochs,
         shuffle=True,
         verbose=0,
-        callbacks=[best, progress],
+        callbacks=[best, progress] if validate else [progress],
     )
     seconds = time.perf_counter() - start
+    best_epoch, val_accuracy = (best.best_epoch, best.best_accuracy) if validate else (cfg.epochs, None)
 
     # The test set is touched once, after every choice is made.
     predictions = predict_classes(model, dataset.x_test)
     correct = int(np.sum(predictions == dataset.y_test))
     test_accuracy = wilson_interval(correct, len(dataset.y_test))
-    log(
-        f"best epoch {best.best_epoch} (val_acc {best.best_accuracy:.4f}); test accuracy {test_accuracy}, "
-        f"{len(dataset.y_test) - correct} errors; trained in {seconds:.1f}s"
-    )
+    kept = f"best epoch {best_epoch} (val_acc {val_accuracy:.4f})" if validate else (
+        f"last epoch {best_epoch} kept (no validation hold-out)")
+    errors = len(dataset.y_test) - correct
+    log(f"{kept}; test accuracy {test_accuracy}, {errors} errors; trained in {seconds:.1f}s")
     return TrainResult(
         model=model,
         preset=preset,
         dataset=dataset.name,
         history={key: [float(v) for v in values] for key, values in history.history.items()},
-        best_epoch=best.best_epoch,
-        val_accuracy=best.best_accuracy,
+        best_epoch=best_epoch,
+        val_accuracy=val_accuracy,
         test_accuracy=test_accuracy,
-        test_errors=len(dataset.y_test) - correct,
+        test_errors=errors,
         test_predictions=predictions,
         train_size=len(train_idx),
         val_size=len(split.val),

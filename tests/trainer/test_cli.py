@@ -25,6 +25,7 @@ DIGITS_TRAIN = Path(sys.executable).with_name("digits-train")
         (["train", "--preset", "seed-best", "--epochs", "0"], "must be positive"),
         (["train", "--preset", "seed-best", "--epochs", "ten"], "not an integer"),
         (["train", "--preset", "seed-best", "--val-size", "60000"], "smaller than the 60000"),
+        (["train", "--preset", "seed-best", "--val-size", "-1"], "must be 0 or more"),
         (["train", "--preset", "seed-best", "--limit-train", "-1"], "must be positive"),
         (["train", "--preset", "seed-best", "--dataset", "cifar10"], "invalid choice"),
         (["reproduce-seed", "--only", "seed-worst"], "invalid choice"),

@@ -21,10 +21,11 @@ TINY = ["--preset", "seed-best", "--epochs", "1", "--limit-train", "500", "--val
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """models/mnist with 1: seed 1, 2: seed 2 (single networks), 3: a 2-member ensemble (seeds 42, 43)."""
+    """models/mnist with 1: seed 1, 2: seed 2 (single networks), 3: a 2-member ensemble (seeds 42, 43),
+    4: seed 3 fit with no validation hold-out."""
     root = tmp_path_factory.mktemp("combine")
     common = ["--models-dir", str(root / "models"), "--reports-dir", str(root / "reports")]
-    for extra in (["--seed", "1"], ["--seed", "2"], ["--members", "2"]):
+    for extra in (["--seed", "1"], ["--seed", "2"], ["--members", "2"], ["--seed", "3", "--val-size", "0"]):
         assert main(["train", *TINY, *extra, *common]) == 0
     return root, common
 
@@ -64,23 +65,36 @@ def test_combined_version_serves_the_average_of_every_member(exports, mnist_data
     assert main(["combine", str(models / "1"), str(models / "3"), *common]) == 0
 
     images = mnist_data.x_test[:64]
-    single, pair, combined = (probabilities(models / v, images) for v in ("1", "3", "4"))
+    single, pair, combined = (probabilities(models / v, images) for v in ("1", "3", "5"))
     assert not np.allclose(single, pair, atol=1e-3)
     # Version 3 already averages two members, so the three-member mean weighs it twice.
     np.testing.assert_allclose(combined, (single + 2 * pair) / 3, atol=1e-5)
 
-    card = read_model_card(models / "4")
+    card = read_model_card(models / "5")
     assert [m["seed"] for m in card["members"]] == [1, 42, 43]
     assert [m["source"] for m in card["members"]] == [str(models / "1")] + [str(models / "3")] * 2
     assert card["config"]["train"]["members"] == 3 and card["preset"] == "combined"
-    served = probabilities(models / "4", mnist_data.x_test).argmax(axis=1)
+    served = probabilities(models / "5", mnist_data.x_test).argmax(axis=1)
     assert card["metrics"]["test_errors"] == int(np.sum(served != mnist_data.y_test))
     report = Path(card["report_dir"])
     assert (report / "confusion_matrix.png").is_file() and not (report / "curves.png").exists()
 
     # A combined version is itself a source: its card lists every member's recipe.
-    assert main(["combine", str(models / "4"), str(models / "2"), *common]) == 0
-    assert [m["seed"] for m in read_model_card(models / "5")["members"]] == [1, 42, 43, 2]
+    assert main(["combine", str(models / "5"), str(models / "2"), *common]) == 0
+    assert [m["seed"] for m in read_model_card(models / "6")["members"]] == [1, 42, 43, 2]
+
+
+def test_a_member_fit_on_all_images_has_no_validation_score(exports, capsys):
+    root, common = exports
+    models = root / "models" / DEFAULT_MODEL_NAME
+    full = read_model_card(models / "4")
+    assert full["dataset"]["val_images"] == 0 and full["metrics"]["val_accuracy"] is None
+    assert full["dataset"]["train_images"] == 500 and full["metrics"]["best_epoch"] == 1
+    assert main(["combine", str(models / "1"), str(models / "4"), *common]) == 0
+    assert "seed 3, 1 epochs, no hold-out, test" in capsys.readouterr().out
+    card = read_model_card(sorted(models.iterdir(), key=lambda p: int(p.name))[-1])
+    assert [m["val_accuracy"] is None for m in card["members"]] == [False, True]
+    assert card["metrics"]["val_accuracy"] is None  # a mean over members that did not all hold out
 
 
 @pytest.mark.parametrize(

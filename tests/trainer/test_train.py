@@ -7,7 +7,7 @@ import pytest
 
 from trainer.data import Dataset
 from trainer.presets import get_preset
-from trainer.train import KeepBestEpoch, limit_indices, stratified_split, train_model
+from trainer.train import KeepBestEpoch, limit_indices, predict_classes, stratified_split, train_model
 
 
 def test_split_is_stratified_exact_and_disjoint(mnist_data):
@@ -28,10 +28,31 @@ def test_split_is_seeded(mnist_data):
     assert not np.array_equal(a.val, c.val)
 
 
-@pytest.mark.parametrize("size", [0, 60000, -5])
+@pytest.mark.parametrize("size", [60000, -5])
 def test_split_rejects_impossible_sizes(mnist_data, size):
     with pytest.raises(ValueError, match="val_size"):
         stratified_split(mnist_data.y_train, size, seed=0)
+
+
+def test_split_of_size_zero_trains_on_every_image(mnist_data):
+    split = stratified_split(mnist_data.y_train, 0, seed=0)
+    assert np.array_equal(split.train, np.arange(60000)) and split.val.size == 0
+
+
+def test_no_hold_out_fits_every_image_and_keeps_the_last_epoch(mnist_data):
+    """val_size 0 (the final fit of a chosen recipe): all training images, no validation, last epoch kept."""
+    small = Dataset("mnist", mnist_data.x_train[:2000], mnist_data.y_train[:2000], mnist_data.x_test,
+                    mnist_data.y_test)
+    preset = get_preset("seed-best").with_overrides(epochs=3, val_size=0, batch_size=100, seed=5)
+    lines = []
+    result = train_model(preset, small, log=lines.append)
+    assert result.train_size == 2000 and result.val_size == 0
+    assert result.val_accuracy is None and result.best_epoch == 3
+    assert sorted(result.history) == ["accuracy", "loss"]  # nothing computed on held-out images
+    assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["1/3", "2/3", "3/3"]
+    assert "last epoch 3 kept (no validation hold-out)" in lines[-1]
+    served = predict_classes(result.model, small.x_test)
+    assert np.array_equal(served, result.test_predictions) and result.test_accuracy.value > 0.8
 
 
 def test_limit_takes_a_seeded_subset_of_the_given_indices():
