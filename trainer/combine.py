@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
 from client.stats import wilson_interval
@@ -117,7 +118,7 @@ def combine_exports(
     return CombineResult(combined=result, members=tuple(members))
 
 
-def _own_split_accuracy(model, preset: Preset, dataset: Dataset) -> float | None:
+def _own_split_accuracy(model: keras.Model, preset: Preset, dataset: Dataset) -> float | None:
     """Accuracy on the validation split the member was trained beside; None if it was fit on all 60k."""
     if not preset.train.val_size:
         return None
