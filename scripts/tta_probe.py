@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     for index, (member, preset) in enumerate(zip(restored.members, restored.member_presets, strict=True)):
         seed = preset.train.seed
         split = stratified_split(dataset.y_train, preset.train.val_size, seed)
-        held_out = len(split.val) > 0  # a member fit on all 60k has no validation images to score
-        val_images = to_model_input(dataset.x_train[split.val])
-        val = view_probabilities(member, all_views(val_images)) if held_out else None
+        held_out = split.val.size > 0  # a member fit on all 60k has no validation images to score
+        if held_out:
+            val = view_probabilities(member, all_views(to_model_input(dataset.x_train[split.val])))
         test = view_probabilities(member, test_views)
         for kind, picked in VIEWS.items():
             val_errors = (int(np.sum(val[picked].mean(axis=0).argmax(1) != dataset.y_train[split.val]))

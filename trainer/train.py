@@ -162,8 +162,10 @@ def train_model(
     train_idx = limit_indices(split.train, limit_train, cfg.seed)
     x_train = to_model_input(dataset.x_train[train_idx]).numpy()
     y_train = dataset.y_train[train_idx]
-    validation = (to_model_input(dataset.x_train[split.val]).numpy(), dataset.y_train[split.val])
-    validate = len(split.val) > 0
+    validate = split.val.size > 0  # val_size 0: nothing held out, nothing to choose with
+    validation = None
+    if validate:
+        validation = (to_model_input(dataset.x_train[split.val]).numpy(), dataset.y_train[split.val])
 
     with distribution_strategy().scope():
         model = build_model(preset.model)
@@ -180,7 +182,7 @@ def train_model(
     history = fit_model.fit(
         x_train,
         y_train,
-        validation_data=validation if validate else None,
+        validation_data=validation,
         batch_size=cfg.batch_size,
         epochs=cfg.epochs,
         shuffle=True,
