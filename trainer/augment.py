@@ -1,4 +1,4 @@
-"""Training-only data augmentation: random flips, rotation, zoom and shift as Keras preprocessing layers.
+"""Training-only data augmentation: random flips, rotation, zoom, shift and erasing as Keras layers.
 
 The augmenter wraps the network for `fit` only; the network that gets exported never contains it,
 so the serving graph is exactly the deterministic classifier. What suits the data differs: digits
@@ -22,6 +22,7 @@ class AugmentConfig:
     zoom: float = 0.10  # +-10% scale
     shift: float = 0.10  # +-10% of the image size, in each direction
     horizontal_flip: bool = False  # mirror left-right with probability 1/2 (at any strength > 0)
+    erase: float = 0.0  # probability of random erasing (Zhong et al.): a patch of 2-33% of the image -> noise
     strength: float = 1.0
 
     def __post_init__(self) -> None:
@@ -34,7 +35,14 @@ class AugmentConfig:
         ranges = (("rotation", self.rotation_degrees, "°"), ("zoom", self.zoom, ""),
                   ("shift", self.shift, ""))
         flip = ["left-right flip"] if self.horizontal_flip and s > 0 else []
-        return flip + [f"{name} ±{value * s:g}{unit}" for name, value, unit in ranges if value * s]
+        moves = [f"{name} ±{value * s:g}{unit}" for name, value, unit in ranges if value * s]
+        erase = [f"random erasing p={self.erase_probability:g}"] if self.erase_probability else []
+        return flip + moves + erase
+
+    @property
+    def erase_probability(self) -> float:
+        """The chance that a training image has a patch erased, at this strength."""
+        return min(1.0, self.erase * self.strength)
 
     @property
     def changes_images(self) -> bool:
@@ -59,7 +67,7 @@ def augment_policy(dataset: str, strength: float = 1.0) -> AugmentConfig:
 
 
 def build_augmenter(cfg: AugmentConfig, seed: int | None = None) -> keras.Sequential:
-    """Random flip, rotation, zoom and shift of float [N,28,28,1] images; identity when not training."""
+    """Random flip, rotation, zoom, shift and erasing of float [N,28,28,1] images; identity otherwise."""
     s = cfg.strength
     # Background is 0 (ink bright on dark), so pad with a constant 0, never by reflection.
     fill = {"fill_mode": "constant", "fill_value": 0.0, "seed": seed}
@@ -72,6 +80,10 @@ def build_augmenter(cfg: AugmentConfig, seed: int | None = None) -> keras.Sequen
         layers.append(keras.layers.RandomZoom(s * cfg.zoom, **fill))
     if cfg.shift:
         layers.append(keras.layers.RandomTranslation(s * cfg.shift, s * cfg.shift, **fill))
+    if cfg.erase_probability:
+        # Keras draws each image's chance from U(low, high): equal bounds make it exactly p.
+        p = cfg.erase_probability
+        layers.append(keras.layers.RandomErasing(factor=(p, p), value_range=(0.0, 1.0), seed=seed))
     return keras.Sequential(layers, name="augment")
 
 

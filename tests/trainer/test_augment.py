@@ -73,6 +73,27 @@ def test_flip_mirrors_some_images_left_right_and_leaves_the_others(digits):
     assert any(mirrored) and any(unchanged)
 
 
+def test_erasing_replaces_one_patch_of_some_images_with_noise(digits):
+    eraser = build_augmenter(AugmentConfig(rotation_degrees=0, zoom=0, shift=0, erase=0.5), seed=2)
+    images = np.repeat(digits.numpy(), 8, axis=0)  # 128 images
+    out = eraser(tf.constant(images), training=True).numpy()
+    changed = ~np.all(np.isclose(out, images), axis=(1, 2, 3))
+    assert 0.3 < changed.mean() < 0.7  # p = 0.5
+    for before, after in zip(images[changed], out[changed], strict=True):
+        rows, cols = np.nonzero(~np.isclose(after[..., 0], before[..., 0]))
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert box <= 0.33 * 28 * 28 + 28  # one patch of at most a third of the image
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    np.testing.assert_array_equal(eraser(tf.constant(images), training=False).numpy(), images)
+
+
+def test_erasing_probability_scales_with_strength_and_is_described():
+    assert AugmentConfig(erase=0.5, strength=0.5).erase_probability == 0.25
+    assert AugmentConfig(erase=0.8, strength=2.0).erase_probability == 1.0
+    assert AugmentConfig(rotation_degrees=0, zoom=0, shift=0, erase=0.5).describe() == "random erasing p=0.5"
+    assert not AugmentConfig(rotation_degrees=0, zoom=0, shift=0, erase=0.5, strength=0).changes_images
+
+
 def test_digits_are_never_mirrored_clothes_are():
     assert not augment_policy("mnist").horizontal_flip
     assert augment_policy("fashion_mnist").horizontal_flip
