@@ -1,10 +1,11 @@
-"""Would test-time augmentation help? Score an exported ensemble's members on shifted/rotated views.
+"""Would test-time augmentation help? Score an export's members on shifted, rotated and mirrored views.
 
     .venv/bin/python scripts/tta_probe.py models/mnist/<version> [--data-dir data]
 
 Rebuilds the ensemble from the version's model card and weights (trainer/restore.py), and prints each
 member's errors on its own validation split (what a decision may use) and on test, per set of views
-whose softmax outputs are averaged; then the whole ensemble's test errors per set of views.
+whose softmax outputs are averaged; then the whole ensemble's test errors per set of views. A member
+exported mirror-averaged (trainer/tta.py) already averages its mirror in every row.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from trainer.train import PREDICT_BATCH, stratified_split
 
 ROTATION_DEGREES = 6.0
 SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
-# Which views each row averages: 0 is the image itself, 1-4 its shifts, 5-6 its rotations.
+# Which views each row averages: 0 is the image itself, 1-4 its shifts, 5-6 its rotations, 7 its mirror.
 VIEWS = {
     "identity": [0], "shifts": [0, 1, 2, 3, 4], "rotations": [0, 5, 6], "shifts+rotations": list(range(7)),
+    "mirror": [0, 7],
 }
 
 
@@ -43,10 +45,11 @@ def rotated(images: tf.Tensor, degrees: float) -> tf.Tensor:
 
 
 def all_views(images: tf.Tensor) -> list[tf.Tensor]:
-    """The images, their four one-pixel shifts and their ±6° rotations, in the order VIEWS indexes."""
+    """The images, their four one-pixel shifts, their ±6° rotations and their left-right mirror, in the
+    order VIEWS indexes."""
     shifts = [shifted(images, dy, dx) for dy, dx in SHIFTS]
     rotations = [rotated(images, sign * ROTATION_DEGREES) for sign in (-1, 1)]
-    return [images, *shifts, *rotations]
+    return [images, *shifts, *rotations, tf.reverse(images, axis=[2])]
 
 
 def view_probabilities(model: keras.Model, views: list[tf.Tensor]) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 from client.contract import IMAGE_SIZE, NUM_CLASSES, PIXEL_MAX
 
 DATASETS = ("mnist", "fashion_mnist")
+MIRROR_SYMMETRIC_DATASETS = frozenset({"fashion_mnist"})  # a mirrored shoe is a shoe; a mirrored 2 no digit
 SOURCES = ("npz", "keras-cache", "idx", "keras-download")
 ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
 TRAIN_SIZE, TEST_SIZE = 60_000, 10_000

@@ -79,7 +79,7 @@ def train_ensemble(
     combined = replace(
         first,
         model=model,
-        preset=preset,
+        preset=preset.with_model(mirror_average=first.preset.model.mirror_average),  # as the members serve
         val_accuracy=mean_val_accuracy([m.val_accuracy for m in members]),
         test_accuracy=accuracy,
         test_errors=errors,

@@ -28,6 +28,8 @@ class ModelConfig:
     dropout: float = 0.0  # rate of the Dropout between Flatten and the dense layers; 0: no layer
     activation: str = "relu"
     dense_batch_norm: bool = False  # BatchNormalization after each hidden dense layer
+    mirror_average: bool | None = None  # serve the mean softmax of image and mirror; None: the dataset's
+    # default (trainer/tta.py)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,10 @@ class Preset:
         """A copy with some TrainConfig fields replaced (None values are ignored)."""
         changes = {key: value for key, value in train_overrides.items() if value is not None}
         return replace(self, train=replace(self.train, **changes)) if changes else self
+
+    def with_model(self, **model_changes: Any) -> Preset:
+        """A copy with some ModelConfig fields replaced."""
+        return replace(self, model=replace(self.model, **model_changes))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, written into model cards and reports."""

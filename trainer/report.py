@@ -31,6 +31,7 @@ from client.stats import Interval, confusion_matrix
 from trainer.augment import augment_policy
 from trainer.data import Dataset
 from trainer.train import TrainResult
+from trainer.tta import describe as describe_tta
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -58,6 +59,7 @@ def model_card(result: TrainResult, dataset: Dataset) -> dict[str, Any]:
         "description": result.preset.description,
         "config": result.preset.to_dict(),
         "augmentation": augment_policy(dataset.name, result.preset.train.augment).describe(),  # training only
+        "test_time_augmentation": describe_tta(result.preset.model),  # inside the served graph
         "dataset": {
             "name": dataset.name,
             "source": dataset.source,

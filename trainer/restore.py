@@ -18,6 +18,7 @@ from trainer.ensemble import average_models, member_preset
 from trainer.export import ASSETS_EXTRA, MODEL_CARD_FILE, check_export, read_model_card
 from trainer.model import build_model
 from trainer.presets import Preset
+from trainer.tta import serving_network
 
 MEMBER_CONFIGS = "member_configs"  # model-card key: each member's preset, for ensembles
 _CHECK_IMAGES = np.random.default_rng(0).integers(0, 256, size=(8, 28, 28), dtype=np.uint8)
@@ -32,7 +33,7 @@ class RestoredModel:
     """An exported version as Keras objects: the served model and, for an ensemble, its members."""
 
     model: keras.Model
-    members: tuple[keras.Model, ...]  # (model,) for a single network
+    members: tuple[keras.Model, ...]  # (model,) for a single network; each as served (trainer/tta.py)
     member_presets: tuple[Preset, ...]  # the recipe of each member (its own seed and validation split)
     card: dict[str, Any]
 
@@ -57,7 +58,7 @@ def restore_model(version_dir: str | Path) -> RestoredModel:
         presets = member_presets(card)
     except (KeyError, TypeError, ValueError) as exc:
         raise RestoreError(f"{version_dir}: the model card does not describe the network ({exc})") from None
-    members = tuple(build_model(preset.model) for preset in presets)
+    members = tuple(serving_network(preset.model, build_model(preset.model)) for preset in presets)
     model = average_models(members) if len(members) > 1 else members[0]
 
     try:

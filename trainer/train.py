@@ -16,8 +16,10 @@ from trainer.augment import augment_policy, with_augmentation
 from trainer.data import Dataset
 from trainer.model import build_model, compile_model, to_model_input
 from trainer.presets import Preset
+from trainer.tta import for_dataset, serving_network
 
 PREDICT_BATCH = 1_000
+SERVED_VAL = "val_served_accuracy"  # history key: validation accuracy of a mirror-averaged model
 
 
 @dataclass(frozen=True)
@@ -97,17 +99,31 @@ def distribution_strategy() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+class ServedValidation(keras.callbacks.Callback):
+    """Log SERVED_VAL each epoch: the validation accuracy of a served model that is not the network."""
+
+    def __init__(self, served: keras.Model, images: np.ndarray, labels: np.ndarray) -> None:
+        super().__init__()
+        self.served, self.images, self.labels = served, images, labels
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            predicted = self.served.predict(self.images, batch_size=PREDICT_BATCH, verbose=0).argmax(axis=1)
+            logs[SERVED_VAL] = float(np.mean(predicted == self.labels))
+
+
 class KeepBestEpoch(keras.callbacks.Callback):
     """Remember the weights of the epoch with the best validation accuracy and restore them at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, monitor: str = "val_accuracy") -> None:
         super().__init__()
+        self.monitor = monitor
         self.best_accuracy = -1.0
         self.best_epoch = 0
         self._best_weights: list[np.ndarray] | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        accuracy = float((logs or {}).get("val_accuracy", -1.0))
+        accuracy = float((logs or {}).get(self.monitor, -1.0))
         if accuracy > self.best_accuracy:
             self.best_accuracy, self.best_epoch = accuracy, epoch + 1
             self._best_weights = self.model.get_weights()
@@ -124,7 +140,7 @@ class EpochProgress(keras.callbacks.Callback):
         super().__init__()
         self.epochs, self.log = epochs, log
         self.seconds: list[float] = []
-        self._best = -1.0
+        self._best = self._served_best = -1.0
         self._start = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -142,6 +158,11 @@ class EpochProgress(keras.callbacks.Callback):
             star = " *" if val > self._best else ""
             self._best = max(self._best, val)
             line += f"  val_loss {logs.get('val_loss', nan):.4f}  val_acc {val:.4f}"
+        if SERVED_VAL in logs:  # the served model differs from the network: it is what the star follows
+            val = float(logs[SERVED_VAL])
+            star = " *" if val > self._served_best else ""
+            self._served_best = max(self._served_best, val)
+            line += f"  val_acc served {val:.4f}"
         self.log(f"{line}  {self.seconds[-1]:.1f}s{star}")
 
 
@@ -154,8 +175,11 @@ def train_model(
     """Fit `preset` on the training split, keep the best epoch by validation accuracy, score on test once.
 
     With `val_size` 0 it fits all the training images for the preset's epochs and keeps the last one:
-    the final fit of a recipe whose epochs were chosen on a hold-out before.
+    the final fit of a recipe whose epochs were chosen on a hold-out before. The returned model is what
+    gets served: mirror-averaged where the preset or the dataset says so (trainer/tta.py), and then that
+    is what the epoch is chosen on, too.
     """
+    preset = for_dataset(preset, dataset.name)  # the model card records whether it is mirror-averaged
     cfg = preset.train
     keras.utils.set_random_seed(cfg.seed)
     split = stratified_split(dataset.y_train, cfg.val_size, cfg.seed)
@@ -168,16 +192,21 @@ def train_model(
         validation = (to_model_input(dataset.x_train[split.val]).numpy(), dataset.y_train[split.val])
 
     with distribution_strategy().scope():
-        model = build_model(preset.model)
+        network = build_model(preset.model)
         # Augmentation wraps the network for fit only; `model` (what gets exported) never contains it.
-        fit_model = with_augmentation(model, cfg.augment, seed=cfg.seed, dataset=dataset.name)
+        fit_model = with_augmentation(network, cfg.augment, seed=cfg.seed, dataset=dataset.name)
         compile_model(fit_model, cfg, steps_per_epoch=math.ceil(len(train_idx) / cfg.batch_size))
+    model = serving_network(preset.model, network)
     log(
         f"{preset.name}: {model.count_params():,} params, {len(train_idx):,} train / {len(split.val):,} val "
         f"images of {dataset.name}, batch {cfg.batch_size}, {cfg.epochs} epochs"
         + (f", augmentation {augment_policy(dataset.name, cfg.augment).describe()}" if cfg.augment else "")
     )
-    best, progress = KeepBestEpoch(), EpochProgress(cfg.epochs, log)
+    mirrored = model is not network
+    best, progress = KeepBestEpoch(SERVED_VAL if mirrored else "val_accuracy"), EpochProgress(cfg.epochs, log)
+    callbacks = [best, progress] if validate else [progress]
+    if validate and mirrored:  # logged before the other two read it
+        callbacks.insert(0, ServedValidation(model, *validation))
     start = time.perf_counter()
     history = fit_model.fit(
         x_train,
@@ -187,7 +216,7 @@ def train_model(
         epochs=cfg.epochs,
         shuffle=True,
         verbose=0,
-        callbacks=[best, progress] if validate else [progress],
+        callbacks=callbacks,
     )
     seconds = time.perf_counter() - start
     best_epoch, val_accuracy = (best.best_epoch, best.best_accuracy) if validate else (cfg.epochs, None)
@@ -196,10 +225,11 @@ def train_model(
     predictions = predict_classes(model, dataset.x_test)
     correct = int(np.sum(predictions == dataset.y_test))
     test_accuracy = wilson_interval(correct, len(dataset.y_test))
-    kept = f"best epoch {best_epoch} (val_acc {val_accuracy:.4f})" if validate else (
+    served = " mirror-averaged" if mirrored else ""
+    kept = f"best epoch {best_epoch} (val_acc{served} {val_accuracy:.4f})" if validate else (
         f"last epoch {best_epoch} kept (no validation hold-out)")
     errors = len(dataset.y_test) - correct
-    log(f"{kept}; test accuracy {test_accuracy}, {errors} errors; trained in {seconds:.1f}s")
+    log(f"{kept}; test accuracy{served} {test_accuracy}, {errors} errors; trained in {seconds:.1f}s")
     return TrainResult(
         model=model,
         preset=preset,

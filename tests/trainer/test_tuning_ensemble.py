@@ -84,3 +84,4 @@ def test_cli_trains_and_exports_an_ensemble(tmp_path):
     )
     assert f"ensemble of 2, identity: {card['metrics']['test_errors']} test errors" in probe.stdout
     assert probe.stdout.count("shifts+rotations") == 3  # two members and the ensemble
+    assert probe.stdout.count(" mirror") == 3
