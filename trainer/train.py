@@ -136,11 +136,11 @@ class KeepBestEpoch(keras.callbacks.Callback):
 class EpochProgress(keras.callbacks.Callback):
     """One console line per epoch: metrics, seconds, and a star on a new best validation accuracy."""
 
-    def __init__(self, epochs: int, log: Callable[[str], None]) -> None:
+    def __init__(self, epochs: int, log: Callable[[str], None], monitor: str = "val_accuracy") -> None:
         super().__init__()
-        self.epochs, self.log = epochs, log
+        self.epochs, self.log, self.monitor = epochs, log, monitor
         self.seconds: list[float] = []
-        self._best = self._served_best = -1.0
+        self._best = -1.0
         self._start = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -152,17 +152,15 @@ class EpochProgress(keras.callbacks.Callback):
         nan = float("nan")
         line = (f"epoch {epoch + 1:>3}/{self.epochs}  loss {logs.get('loss', nan):.4f}  "
                 f"acc {logs.get('accuracy', nan):.4f}")
-        star = ""
         if "val_accuracy" in logs:  # absent when nothing is held out
-            val = float(logs["val_accuracy"])
+            line += f"  val_loss {logs.get('val_loss', nan):.4f}  val_acc {logs['val_accuracy']:.4f}"
+        if SERVED_VAL in logs:  # the served model differs from the network
+            line += f"  val_acc served {logs[SERVED_VAL]:.4f}"
+        star = ""
+        if self.monitor in logs:  # the star follows what chooses the epoch
+            val = float(logs[self.monitor])
             star = " *" if val > self._best else ""
             self._best = max(self._best, val)
-            line += f"  val_loss {logs.get('val_loss', nan):.4f}  val_acc {val:.4f}"
-        if SERVED_VAL in logs:  # the served model differs from the network: it is what the star follows
-            val = float(logs[SERVED_VAL])
-            star = " *" if val > self._served_best else ""
-            self._served_best = max(self._served_best, val)
-            line += f"  val_acc served {val:.4f}"
         self.log(f"{line}  {self.seconds[-1]:.1f}s{star}")
 
 
@@ -203,7 +201,8 @@ def train_model(
         + (f", augmentation {augment_policy(dataset.name, cfg.augment).describe()}" if cfg.augment else "")
     )
     mirrored = model is not network
-    best, progress = KeepBestEpoch(SERVED_VAL if mirrored else "val_accuracy"), EpochProgress(cfg.epochs, log)
+    monitor = SERVED_VAL if mirrored else "val_accuracy"
+    best, progress = KeepBestEpoch(monitor), EpochProgress(cfg.epochs, log, monitor)
     callbacks = [best, progress] if validate else [progress]
     if validate and mirrored:  # logged before the other two read it
         callbacks.insert(0, ServedValidation(model, *validation))
