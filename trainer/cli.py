@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "and choose the epoch on that: twice the serving compute (default: on for Fashion-MNIST, where "
         "validation chose it; never for digits)",
     )
+    train.add_argument(
+        "--weight-average", type=_decay, metavar="DECAY",
+        help="validate, choose and export an exponential moving average of the weights, updated every "
+        "batch with this decay (e.g. 0.999, about 1,000 batches); 0: the trained weights (the default)",
+    )
     _add_data_dir(train)
     train.add_argument(
         "--source",
@@ -159,7 +164,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     preset = PRESETS[args.preset].with_overrides(
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size,
-        augment=args.augment, members=args.members,
+        augment=args.augment, members=args.members, weight_average=args.weight_average,
     )
     if args.mirror_average is not None:
         preset = preset.with_model(mirror_average=args.mirror_average)
@@ -337,6 +342,7 @@ _positive_int = _checked(int, lambda v: v > 0, "must be positive")
 _non_negative_int = _checked(int, lambda v: v >= 0, "must be 0 or more")
 _positive_float = _checked(float, lambda v: v > 0, "must be positive")
 _strength = _checked(float, lambda v: 0.0 <= v <= 2.0, "must be between 0 and 2")
+_decay = _checked(float, lambda v: 0.0 <= v < 1.0, "must be at least 0 and below 1")
 
 
 def _val_size(text: str) -> int:

@@ -29,8 +29,9 @@ from client.contract import (
 from client.plots import plot_confusion_matrix, plot_misclassified
 from client.stats import Interval, confusion_matrix
 from trainer.augment import augment_policy
+from trainer.averaging import AVERAGED_VAL
 from trainer.data import Dataset
-from trainer.train import TrainResult
+from trainer.train import SERVED_VAL, TrainResult
 from trainer.tta import describe as describe_tta
 
 matplotlib.use("Agg")  # files only; never needs a display
@@ -132,18 +133,32 @@ def write_run_report(
     return paths
 
 
+SERVED_CURVES = {SERVED_VAL: "mirror-averaged", AVERAGED_VAL: "weight-averaged"}
+
+
 def plot_history(history: dict[str, list[float]], best_epoch: int, path: Path, title: str = "") -> Path:
-    """Train and (when held out) validation accuracy and loss per epoch, the kept epoch marked."""
+    """Train and (when held out) validation accuracy and loss per epoch, the kept epoch marked.
+
+    Validation curves of the served model (mirror-averaged, weight-averaged) join the network's.
+    """
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     for ax, metric in ((acc_ax, "accuracy"), (loss_ax, "loss")):
         ax.plot(epochs, history.get(metric, []), marker=".", label=f"train {metric}")
         if f"val_{metric}" in history:  # absent when nothing was held out
             ax.plot(epochs, history[f"val_{metric}"], marker=".", label=f"validation {metric}")
+        for key, which in SERVED_CURVES.items():  # where the served model differs from the network
+            if metric == "accuracy" and key in history:
+                ax.plot(epochs, history[key], marker=".", label=f"validation accuracy, {which}")
         if best_epoch:
             ax.axvline(
                 best_epoch, color="grey", linestyle="--", linewidth=1, label=f"kept epoch {best_epoch}"
             )
+        if metric == "accuracy" and len(epochs) >= 8:  # zoom on where the epoch is chosen
+            late = np.concatenate([line.get_ydata()[len(epochs) // 4:] for line in ax.get_lines()
+                                   if len(line.get_ydata()) == len(epochs)])
+            margin = 0.1 * (late.max() - late.min()) or 0.001
+            ax.set_ylim(late.min() - margin, min(1.0, late.max() + margin))
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(metric)

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from client.stats import Interval, wilson_interval
 from trainer.augment import augment_policy, with_augmentation
+from trainer.averaging import AVERAGED_VAL, WeightAverage
 from trainer.data import Dataset
 from trainer.model import build_model, compile_model, to_model_input
 from trainer.presets import Preset
@@ -156,6 +157,8 @@ class EpochProgress(keras.callbacks.Callback):
             line += f"  val_loss {logs.get('val_loss', nan):.4f}  val_acc {logs['val_accuracy']:.4f}"
         if SERVED_VAL in logs:  # the served model differs from the network
             line += f"  val_acc served {logs[SERVED_VAL]:.4f}"
+        if AVERAGED_VAL in logs:  # the weights served are an average of the trained ones
+            line += f"  val_acc averaged {logs[AVERAGED_VAL]:.4f}"
         star = ""
         if self.monitor in logs:  # the star follows what chooses the epoch
             val = float(logs[self.monitor])
@@ -174,8 +177,9 @@ def train_model(
 
     With `val_size` 0 it fits all the training images for the preset's epochs and keeps the last one:
     the final fit of a recipe whose epochs were chosen on a hold-out before. The returned model is what
-    gets served: mirror-averaged where the preset or the dataset says so (trainer/tta.py), and then that
-    is what the epoch is chosen on, too.
+    gets served: mirror-averaged where the preset or the dataset says so (trainer/tta.py), with averaged
+    weights where the preset asks for them (trainer/averaging.py), and that is what the epoch is chosen
+    on, too.
     """
     preset = for_dataset(preset, dataset.name)  # the model card records whether it is mirror-averaged
     cfg = preset.train
@@ -200,11 +204,13 @@ def train_model(
         f"images of {dataset.name}, batch {cfg.batch_size}, {cfg.epochs} epochs"
         + (f", augmentation {augment_policy(dataset.name, cfg.augment).describe()}" if cfg.augment else "")
     )
-    mirrored = model is not network
-    monitor = SERVED_VAL if mirrored else "val_accuracy"
+    mirrored, averaged = model is not network, cfg.weight_average > 0
+    monitor = AVERAGED_VAL if averaged else SERVED_VAL if mirrored else "val_accuracy"
     best, progress = KeepBestEpoch(monitor), EpochProgress(cfg.epochs, log, monitor)
     callbacks = [best, progress] if validate else [progress]
-    if validate and mirrored:  # logged before the other two read it
+    if averaged:  # lends the averaged weights to the callbacks after it, and logs what they score
+        callbacks.insert(0, WeightAverage(network, cfg.weight_average, model, validation, PREDICT_BATCH))
+    if validate and mirrored:  # scores the training weights, before any average replaces them
         callbacks.insert(0, ServedValidation(model, *validation))
     start = time.perf_counter()
     history = fit_model.fit(
@@ -224,7 +230,7 @@ def train_model(
     predictions = predict_classes(model, dataset.x_test)
     correct = int(np.sum(predictions == dataset.y_test))
     test_accuracy = wilson_interval(correct, len(dataset.y_test))
-    served = " mirror-averaged" if mirrored else ""
+    served = (" mirror-averaged" if mirrored else "") + (" weight-averaged" if averaged else "")
     kept = f"best epoch {best_epoch} (val_acc{served} {val_accuracy:.4f})" if validate else (
         f"last epoch {best_epoch} kept (no validation hold-out)")
     errors = len(dataset.y_test) - correct
