@@ -19,24 +19,15 @@ class WeightAverage(keras.callbacks.Callback):
     """Keep an EMA of `network`'s weights; lend it to the network between epochs, keep it at the end.
 
     At the end of each epoch the averaged weights replace the network's, so the callbacks after this one
-    (KeepBestEpoch in particular) see the averaged network, and with `validation` given it logs
-    AVERAGED_VAL: the accuracy of `served` (the network, or a graph around it) with those weights. The
-    training weights come back when the next epoch begins; after the last epoch the average stays.
+    (the validation that logs AVERAGED_VAL, KeepBestEpoch) see the averaged network. The training
+    weights come back when the next epoch begins; after the last epoch the average stays.
     """
 
-    def __init__(
-        self,
-        network: keras.Model,
-        decay: float,
-        served: keras.Model | None = None,
-        validation: tuple[np.ndarray, np.ndarray] | None = None,
-        batch_size: int = 1_000,
-    ) -> None:
+    def __init__(self, network: keras.Model, decay: float) -> None:
         super().__init__()
         if not 0.0 < decay < 1.0:
             raise ValueError(f"weight-average decay must be between 0 and 1 (exclusive), got {decay}")
         self.network, self.decay = network, decay
-        self.served, self.validation, self.batch_size = served or network, validation, batch_size
         self._weights = [w for w in network.weights if np.issubdtype(np.dtype(w.dtype), np.floating)]
         self._average: list[tf.Variable] = []
         self._step: tf.Variable | None = None
@@ -59,10 +50,6 @@ class WeightAverage(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._training = [w.numpy() for w in self._weights]
         self._assign([average.numpy() for average in self._average])
-        if self.validation is not None and logs is not None:
-            images, labels = self.validation
-            predicted = self.served.predict(images, batch_size=self.batch_size, verbose=0).argmax(axis=1)
-            logs[AVERAGED_VAL] = float(np.mean(predicted == labels))
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if self._training is not None:

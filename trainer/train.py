@@ -101,16 +101,16 @@ def distribution_strategy() -> tf.distribute.Strategy:
 
 
 class ServedValidation(keras.callbacks.Callback):
-    """Log SERVED_VAL each epoch: the validation accuracy of a served model that is not the network."""
+    """Log `key` each epoch: the validation accuracy of the served model as its weights are right now."""
 
-    def __init__(self, served: keras.Model, images: np.ndarray, labels: np.ndarray) -> None:
+    def __init__(self, served: keras.Model, images: np.ndarray, labels: np.ndarray, key: str) -> None:
         super().__init__()
-        self.served, self.images, self.labels = served, images, labels
+        self.served, self.images, self.labels, self.key = served, images, labels, key
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:
             predicted = self.served.predict(self.images, batch_size=PREDICT_BATCH, verbose=0).argmax(axis=1)
-            logs[SERVED_VAL] = float(np.mean(predicted == self.labels))
+            logs[self.key] = float(np.mean(predicted == self.labels))
 
 
 class KeepBestEpoch(keras.callbacks.Callback):
@@ -208,10 +208,12 @@ def train_model(
     monitor = AVERAGED_VAL if averaged else SERVED_VAL if mirrored else "val_accuracy"
     best, progress = KeepBestEpoch(monitor), EpochProgress(cfg.epochs, log, monitor)
     callbacks = [best, progress] if validate else [progress]
-    if averaged:  # lends the averaged weights to the callbacks after it, and logs what they score
-        callbacks.insert(0, WeightAverage(network, cfg.weight_average, model, validation, PREDICT_BATCH))
+    if validate and averaged:  # scores the average, which the callback before it lends the network
+        callbacks.insert(0, ServedValidation(model, *validation, key=AVERAGED_VAL))
+    if averaged:
+        callbacks.insert(0, WeightAverage(network, cfg.weight_average))
     if validate and mirrored:  # scores the training weights, before any average replaces them
-        callbacks.insert(0, ServedValidation(model, *validation))
+        callbacks.insert(0, ServedValidation(model, *validation, key=SERVED_VAL))
     start = time.perf_counter()
     history = fit_model.fit(
         x_train,
