@@ -182,6 +182,7 @@ def _cmd_combine(args: argparse.Namespace) -> int:
     from trainer.combine import combine_exports
     from trainer.data import load_dataset
     from trainer.export import read_model_card
+    from trainer.report import plot_errors_by_members
     from trainer.restore import RestoreError
 
     first = args.version_dirs[0]
@@ -196,14 +197,18 @@ def _cmd_combine(args: argparse.Namespace) -> int:
     except RestoreError as exc:
         print(f"digits-train: combine: {exc}", file=sys.stderr)
         return 1
-    _report_and_export(combined.combined, dataset, args, combined.card_fields())
+    run_dir = _report_and_export(combined.combined, dataset, args, combined.card_fields())
+    member_errors = [member.test_errors for member in combined.members]
+    curve = plot_errors_by_members(combined.errors_by_size, member_errors, run_dir / "members.png")
+    _log(f"members curve: {curve}")
     return 0
 
 
 def _report_and_export(
     result: TrainResult, dataset: Dataset, args: argparse.Namespace, card_fields: dict[str, Any] | None = None
-) -> None:
-    """Write the run's report and export the model as the next version, as `train` and `combine` do."""
+) -> Path:
+    """Write the run's report and export the model as the next version, as `train` and `combine` do;
+    returns the report's folder."""
     from trainer.export import export_model
     from trainer.report import model_card, new_run_dir, write_run_report
 
@@ -217,6 +222,7 @@ def _report_and_export(
     _log(f"report: {run_dir}")
     _log(f"exported: {version_dir}")
     _log(f"test accuracy: {result.test_accuracy} ({result.test_errors} errors)")
+    return run_dir
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:

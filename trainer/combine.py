@@ -21,7 +21,7 @@ from trainer.data import Dataset
 from trainer.ensemble import average_models, mean_val_accuracy
 from trainer.presets import Preset
 from trainer.restore import MEMBER_CONFIGS, RestoreError, restore_model
-from trainer.train import TrainResult, predict_classes, stratified_split
+from trainer.train import TrainResult, predict_classes, predict_probabilities, stratified_split
 
 COMBINED_PRESET = "combined"
 
@@ -34,13 +34,14 @@ class MemberScore:
     preset: Preset
     val_accuracy: float | None  # on the member's own validation split; None if it had none
     test_accuracy: float
+    test_errors: int
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary for the model card."""
         return {
             "source": self.source, "preset": self.preset.name, "seed": self.preset.train.seed,
             "epochs": self.preset.train.epochs, "val_accuracy": self.val_accuracy,
-            "test_accuracy": self.test_accuracy,
+            "test_accuracy": self.test_accuracy, "test_errors": self.test_errors,
         }
 
 
@@ -50,13 +51,25 @@ class CombineResult:
 
     combined: TrainResult
     members: tuple[MemberScore, ...]
+    errors_by_size: tuple[int, ...]  # test errors of the first k members averaged, k = 1..N
 
     def card_fields(self) -> dict[str, Any]:
-        """What a combined model card adds: each member's recipe (to rebuild it) and its scores."""
+        """What a combined model card adds: each member's recipe (to rebuild it), its scores, the curve."""
         return {
             MEMBER_CONFIGS: [member.preset.to_dict() for member in self.members],
             "members": [member.to_dict() for member in self.members],
+            "test_errors_by_members": list(self.errors_by_size),
         }
+
+
+def errors_as_members_are_added(probabilities: Sequence[np.ndarray], labels: np.ndarray) -> tuple[int, ...]:
+    """Test errors of the mean softmax of the first k members, for k = 1..N, in the order given."""
+    running = np.zeros_like(probabilities[0], dtype=np.float64)
+    errors = []
+    for count, member in enumerate(probabilities, start=1):
+        running += member
+        errors.append(int(np.sum((running / count).argmax(axis=1) != labels)))
+    return tuple(errors)
 
 
 def combine_exports(
@@ -76,11 +89,13 @@ def combine_exports(
     if len(sources) < 2:
         raise RestoreError(f"an ensemble needs at least two members; {paths[0]} holds one network")
 
-    members = []
+    members, member_probabilities = [], []
     for index, (source, model, preset) in enumerate(sources, start=1):
         val = _own_split_accuracy(model, preset, dataset)
-        test = float(np.mean(predict_classes(model, dataset.x_test) == dataset.y_test))
-        members.append(MemberScore(source, preset, val_accuracy=val, test_accuracy=test))
+        member_probabilities.append(predict_probabilities(model, dataset.x_test))
+        wrong = int(np.sum(member_probabilities[-1].argmax(axis=1) != dataset.y_test))
+        test = 1 - wrong / len(dataset.y_test)
+        members.append(MemberScore(source, preset, val_accuracy=val, test_accuracy=test, test_errors=wrong))
         val_text = "no hold-out" if val is None else f"val_acc {val:.4f} (own split)"
         log(f"member {index}/{len(sources)} from {source}: seed {preset.train.seed}, "
             f"{preset.train.epochs} epochs, {val_text}, test {test:.2%}")
@@ -90,6 +105,9 @@ def combine_exports(
     correct = int(np.sum(predictions == dataset.y_test))
     errors = len(dataset.y_test) - correct
     accuracy = wilson_interval(correct, len(dataset.y_test))
+    errors_by_size = errors_as_members_are_added(member_probabilities, dataset.y_test)
+    by_size = ", ".join(f"{k}: {e}" for k, e in enumerate(errors_by_size, start=1))
+    log(f"test errors of the first k members averaged: {by_size}")
     log(f"ensemble of {len(sources)}: test accuracy {accuracy} ({errors} errors)")
 
     first = sources[0][2]
@@ -115,7 +133,7 @@ def combine_exports(
         val_size=first.train.val_size,
         seconds=float(sum(card.get("training_seconds", 0.0) for card in cards)),
     )
-    return CombineResult(combined=result, members=tuple(members))
+    return CombineResult(combined=result, members=tuple(members), errors_by_size=errors_by_size)
 
 
 def _own_split_accuracy(model: keras.Model, preset: Preset, dataset: Dataset) -> float | None:

@@ -172,6 +172,25 @@ def plot_history(history: dict[str, list[float]], best_epoch: int, path: Path, t
     return path
 
 
+def plot_errors_by_members(ensemble_errors: Sequence[int], member_errors: Sequence[int], path: Path) -> Path:
+    """Test errors of the first k members averaged, against k, beside each member's own errors."""
+    sizes = np.arange(1, len(ensemble_errors) + 1)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(sizes, ensemble_errors, marker="o", label="first k members averaged")
+    ax.scatter(sizes, member_errors, color="grey", marker="x", label="member k alone")
+    ax.set_xlabel("members (k)")
+    ax.set_ylabel("test errors")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("ensemble size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 @dataclass(frozen=True)
 class ReproduceRow:
     """One line of the reproduce-seed table."""

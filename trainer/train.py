@@ -88,9 +88,14 @@ def limit_indices(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarr
     return np.sort(np.random.default_rng(seed).choice(indices, size=limit, replace=False))
 
 
+def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """The softmax [N,10] `model` gives each uint8 [N,28,28] image."""
+    return model.predict(to_model_input(images), batch_size=PREDICT_BATCH, verbose=0)
+
+
 def predict_classes(model: keras.Model, images: np.ndarray) -> np.ndarray:
     """The class `model` predicts for each uint8 [N,28,28] image."""
-    return model.predict(to_model_input(images), batch_size=PREDICT_BATCH, verbose=0).argmax(axis=1)
+    return predict_probabilities(model, images).argmax(axis=1)
 
 
 def distribution_strategy() -> tf.distribute.Strategy:

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from client.contract import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_PROBABILITIES, SIGNATURE_NAME
 from trainer.cli import main
+from trainer.combine import errors_as_members_are_added
 from trainer.export import ASSETS_EXTRA, MODEL_CARD_FILE, read_model_card
 from trainer.presets import PRESETS, Preset
 from trainer.restore import RestoreError, restore_model
@@ -78,10 +79,25 @@ def test_combined_version_serves_the_average_of_every_member(exports, mnist_data
     assert card["metrics"]["test_errors"] == int(np.sum(served != mnist_data.y_test))
     report = Path(card["report_dir"])
     assert (report / "confusion_matrix.png").is_file() and not (report / "curves.png").exists()
+    # The members curve starts at member 1 alone and ends at what the combined graph serves.
+    curve = card["test_errors_by_members"]
+    assert len(curve) == 3 and (report / "members.png").is_file()
+    assert curve[0] == card["members"][0]["test_errors"] and curve[-1] == card["metrics"]["test_errors"]
 
     # A combined version is itself a source: its card lists every member's recipe.
     assert main(["combine", str(models / "5"), str(models / "2"), *common]) == 0
     assert [m["seed"] for m in read_model_card(models / "6")["members"]] == [1, 42, 43, 2]
+
+
+def test_members_curve_scores_the_running_mean_in_the_order_given():
+    labels = np.array([0, 1, 2])
+    sure = np.eye(3)[[0, 1, 2]]  # right on all three
+    wrong_twice = np.array([[0.1, 0.9, 0.0], [0.0, 0.1, 0.9], [0.0, 0.0, 1.0]])  # two errors, faint ones
+    assert errors_as_members_are_added([wrong_twice, sure], labels) == (2, 0)
+    assert errors_as_members_are_added([sure, wrong_twice], labels) == (0, 0)
+    # A mean of probabilities, not a vote: two faintly wrong members lose to one sure, right one.
+    faint = np.array([[0.4, 0.6, 0.0]])
+    assert errors_as_members_are_added([faint, faint, np.eye(3)[[0]]], labels[:1]) == (1, 1, 0)
 
 
 def test_a_member_fit_on_all_images_has_no_validation_score(exports, capsys):
