@@ -28,7 +28,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: Path
     ax.set_ylabel("true")
     ax.set_title(title or "Confusion matrix")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_misclassified(
@@ -54,10 +54,11 @@ def plot_misclassified(
     total_wrong = int(np.sum(np.asarray(y_true) != np.asarray(y_pred)))
     fig.suptitle(f"{total_wrong} misclassified", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write `fig` to `path` (making its folder) and free it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -101,7 +101,8 @@ def combine_exports(
             f"{preset.train.epochs} epochs, {val_text}, test {test:.2%}")
 
     model = average_models([model for _, model, _ in sources], name=COMBINED_PRESET)
-    predictions = predict_classes(model, dataset.x_test)
+    # The graph averages the members' softmax, so their predictions above already give its own.
+    predictions = np.mean(member_probabilities, axis=0).argmax(axis=1)
     correct = int(np.sum(predictions == dataset.y_test))
     errors = len(dataset.y_test) - correct
     accuracy = wilson_interval(correct, len(dataset.y_test))

@@ -26,7 +26,7 @@ from client.contract import (
     OUTPUT_PROBABILITIES,
     SIGNATURE_NAME,
 )
-from client.plots import plot_confusion_matrix, plot_misclassified
+from client.plots import plot_confusion_matrix, plot_misclassified, save_figure
 from client.stats import Interval, confusion_matrix
 from trainer.augment import augment_policy
 from trainer.averaging import AVERAGED_VAL
@@ -166,10 +166,7 @@ def plot_history(history: dict[str, list[float]], best_epoch: int, path: Path, t
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_errors_by_members(ensemble_errors: Sequence[int], member_errors: Sequence[int], path: Path) -> Path:
@@ -185,10 +182,7 @@ def plot_errors_by_members(ensemble_errors: Sequence[int], member_errors: Sequen
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import keras_tuner
 import matplotlib
 import numpy as np
 
+from client.plots import save_figure
 from trainer.augment import with_augmentation
 from trainer.data import Dataset
 from trainer.model import build_model, compile_model, to_model_input
@@ -248,9 +249,7 @@ def plot_trials(rows: list[TrialRow], path: Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def retrain_best(
