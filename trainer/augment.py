@@ -1,4 +1,4 @@
-"""Training-only data augmentation: random flips, rotation, zoom, shift and erasing as Keras layers.
+"""Training-only data augmentation: random flips, rotation, zoom, shift, elastic distortion and erasing.
 
 The augmenter wraps the network for `fit` only; the network that gets exported never contains it,
 so the serving graph is exactly the deterministic classifier. What suits the data differs: digits
@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 import keras
 
+from trainer.elastic import SIMARD_SIGMA, ElasticDistortion
 from trainer.model import MODEL_INPUT_SHAPE
 
 
@@ -22,6 +23,7 @@ class AugmentConfig:
     zoom: float = 0.10  # +-10% scale
     shift: float = 0.10  # +-10% of the image size, in each direction
     horizontal_flip: bool = False  # mirror left-right with probability 1/2 (at any strength > 0)
+    elastic: float = 0.0  # alpha of Simard's elastic distortion (trainer/elastic.py; 34: his); 0: none
     erase: float = 0.0  # probability of random erasing (Zhong et al.): a patch of 2-33% of the image -> noise
     strength: float = 1.0
 
@@ -36,8 +38,10 @@ class AugmentConfig:
                   ("shift", self.shift, ""))
         flip = ["left-right flip"] if self.horizontal_flip and s > 0 else []
         moves = [f"{name} ±{value * s:g}{unit}" for name, value, unit in ranges if value * s]
+        alpha = self.elastic * s
+        elastic = [f"elastic distortion alpha={alpha:g} sigma={SIMARD_SIGMA:g}"] if alpha else []
         erase = [f"random erasing p={self.erase_probability:g}"] if self.erase_probability else []
-        return flip + moves + erase
+        return flip + elastic + moves + erase
 
     @property
     def erase_probability(self) -> float:
@@ -61,19 +65,22 @@ AUGMENT_POLICIES: dict[str, AugmentConfig] = {
 }
 
 
-def augment_policy(dataset: str, strength: float = 1.0) -> AugmentConfig:
-    """The augmentation that suits `dataset` (digits' when unknown), at `strength`."""
-    return replace(AUGMENT_POLICIES.get(dataset, AUGMENT_POLICIES["mnist"]), strength=strength)
+def augment_policy(dataset: str, strength: float = 1.0, elastic: float = 0.0) -> AugmentConfig:
+    """The augmentation that suits `dataset` (digits' when unknown), at `strength`, with `elastic`'s alpha."""
+    policy = AUGMENT_POLICIES.get(dataset, AUGMENT_POLICIES["mnist"])
+    return replace(policy, strength=strength, elastic=elastic or policy.elastic)
 
 
 def build_augmenter(cfg: AugmentConfig, seed: int | None = None) -> keras.Sequential:
-    """Random flip, rotation, zoom, shift and erasing of float [N,28,28,1] images; identity otherwise."""
+    """Random flip, elastic distortion, rotation, zoom, shift and erasing of float [N,28,28,1] images."""
     s = cfg.strength
     # Background is 0 (ink bright on dark), so pad with a constant 0, never by reflection.
     fill = {"fill_mode": "constant", "fill_value": 0.0, "seed": seed}
     layers: list[keras.layers.Layer] = [keras.Input(shape=MODEL_INPUT_SHAPE)]
     if cfg.horizontal_flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if cfg.elastic * s:  # first, on the crisp image: the stroke bends, then the whole digit moves
+        layers.append(ElasticDistortion(cfg.elastic * s, SIMARD_SIGMA, seed=seed))
     if cfg.rotation_degrees:
         layers.append(keras.layers.RandomRotation(s * cfg.rotation_degrees / 360.0, **fill))
     if cfg.zoom:
@@ -88,10 +95,10 @@ def build_augmenter(cfg: AugmentConfig, seed: int | None = None) -> keras.Sequen
 
 
 def with_augmentation(
-    model: keras.Model, strength: float, seed: int | None = None, dataset: str = "mnist"
+    model: keras.Model, strength: float, seed: int | None = None, dataset: str = "mnist", elastic: float = 0.0
 ) -> keras.Model:
     """`model` behind `dataset`'s training-only augmenter (weights shared); `model` itself at strength 0."""
-    policy = augment_policy(dataset, strength)
+    policy = augment_policy(dataset, strength, elastic)
     if not policy.changes_images:
         return model
     augmenter = build_augmenter(policy, seed=seed)

@@ -55,11 +55,12 @@ def new_run_dir(reports_dir: str | Path, label: str) -> Path:
 
 def model_card(result: TrainResult, dataset: Dataset) -> dict[str, Any]:
     """Everything needed to know what a model is and how good it is, as JSON-ready data."""
+    train = result.preset.train
     return {
         "preset": result.preset.name,
         "description": result.preset.description,
         "config": result.preset.to_dict(),
-        "augmentation": augment_policy(dataset.name, result.preset.train.augment).describe(),  # training only
+        "augmentation": augment_policy(dataset.name, train.augment, train.elastic).describe(),  # in training
         "test_time_augmentation": describe_tta(result.preset.model),  # inside the served graph
         "dataset": {
             "name": dataset.name,

@@ -201,13 +201,16 @@ def train_model(
     with distribution_strategy().scope():
         network = build_model(preset.model)
         # Augmentation wraps the network for fit only; `model` (what gets exported) never contains it.
-        fit_model = with_augmentation(network, cfg.augment, seed=cfg.seed, dataset=dataset.name)
+        fit_model = with_augmentation(
+            network, cfg.augment, seed=cfg.seed, dataset=dataset.name, elastic=cfg.elastic
+        )
         compile_model(fit_model, cfg, steps_per_epoch=math.ceil(len(train_idx) / cfg.batch_size))
     model = serving_network(preset.model, network)
+    augmentation = augment_policy(dataset.name, cfg.augment, cfg.elastic)
     log(
         f"{preset.name}: {model.count_params():,} params, {len(train_idx):,} train / {len(split.val):,} val "
         f"images of {dataset.name}, batch {cfg.batch_size}, {cfg.epochs} epochs"
-        + (f", augmentation {augment_policy(dataset.name, cfg.augment).describe()}" if cfg.augment else "")
+        + (f", augmentation {augmentation.describe()}" if augmentation.changes_images else "")
     )
     mirrored, averaged = model is not network, cfg.weight_average > 0
     monitor = AVERAGED_VAL if averaged else SERVED_VAL if mirrored else "val_accuracy"
