@@ -13,6 +13,7 @@ import keras
 
 from trainer.elastic import SIMARD_SIGMA, ElasticDistortion
 from trainer.model import MODEL_INPUT_SHAPE
+from trainer.presets import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class AugmentConfig:
     shift: float = 0.10  # +-10% of the image size, in each direction
     horizontal_flip: bool = False  # mirror left-right with probability 1/2 (at any strength > 0)
     elastic: float = 0.0  # alpha of Simard's elastic distortion (trainer/elastic.py; 34: his); 0: none
+    elastic_probability: float = 1.0  # share of the training images that get it
     erase: float = 0.0  # probability of random erasing (Zhong et al.): a patch of 2-33% of the image -> noise
     strength: float = 1.0
 
@@ -39,7 +41,8 @@ class AugmentConfig:
         flip = ["left-right flip"] if self.horizontal_flip and s > 0 else []
         moves = [f"{name} ±{value * s:g}{unit}" for name, value, unit in ranges if value * s]
         alpha = self.elastic * s
-        elastic = [f"elastic distortion alpha={alpha:g} sigma={SIMARD_SIGMA:g}"] if alpha else []
+        share = f" p={self.elastic_probability:g}" if self.elastic_probability < 1 else ""
+        elastic = [f"elastic distortion alpha={alpha:g} sigma={SIMARD_SIGMA:g}{share}"] if alpha else []
         erase = [f"random erasing p={self.erase_probability:g}"] if self.erase_probability else []
         return flip + elastic + moves + erase
 
@@ -65,10 +68,14 @@ AUGMENT_POLICIES: dict[str, AugmentConfig] = {
 }
 
 
-def augment_policy(dataset: str, strength: float = 1.0, elastic: float = 0.0) -> AugmentConfig:
-    """The augmentation that suits `dataset` (digits' when unknown), at `strength`, with `elastic`'s alpha."""
+def augment_policy(
+    dataset: str, strength: float = 1.0, elastic: float = 0.0, elastic_probability: float = 1.0
+) -> AugmentConfig:
+    """The augmentation that suits `dataset` (digits' when unknown) at `strength`, with any elastic one."""
     policy = AUGMENT_POLICIES.get(dataset, AUGMENT_POLICIES["mnist"])
-    return replace(policy, strength=strength, elastic=elastic or policy.elastic)
+    if not elastic:
+        return replace(policy, strength=strength)
+    return replace(policy, strength=strength, elastic=elastic, elastic_probability=elastic_probability)
 
 
 def build_augmenter(cfg: AugmentConfig, seed: int | None = None) -> keras.Sequential:
@@ -80,7 +87,7 @@ def build_augmenter(cfg: AugmentConfig, seed: int | None = None) -> keras.Sequen
     if cfg.horizontal_flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
     if cfg.elastic * s:  # first, on the crisp image: the stroke bends, then the whole digit moves
-        layers.append(ElasticDistortion(cfg.elastic * s, SIMARD_SIGMA, seed=seed))
+        layers.append(ElasticDistortion(cfg.elastic * s, SIMARD_SIGMA, cfg.elastic_probability, seed=seed))
     if cfg.rotation_degrees:
         layers.append(keras.layers.RandomRotation(s * cfg.rotation_degrees / 360.0, **fill))
     if cfg.zoom:
@@ -94,11 +101,19 @@ def build_augmenter(cfg: AugmentConfig, seed: int | None = None) -> keras.Sequen
     return keras.Sequential(layers, name="augment")
 
 
+def training_augmentation(dataset: str, cfg: TrainConfig) -> AugmentConfig:
+    """The augmentation a training config asks for on `dataset`."""
+    return augment_policy(dataset, cfg.augment, cfg.elastic, cfg.elastic_probability)
+
+
 def with_augmentation(
-    model: keras.Model, strength: float, seed: int | None = None, dataset: str = "mnist", elastic: float = 0.0
+    model: keras.Model, strength: float | AugmentConfig, seed: int | None = None, dataset: str = "mnist"
 ) -> keras.Model:
-    """`model` behind `dataset`'s training-only augmenter (weights shared); `model` itself at strength 0."""
-    policy = augment_policy(dataset, strength, elastic)
+    """`model` behind a training-only augmenter (weights shared); `model` itself if it changes nothing.
+
+    `strength` scales `dataset`'s policy; an AugmentConfig is used as it is.
+    """
+    policy = strength if isinstance(strength, AugmentConfig) else augment_policy(dataset, strength)
     if not policy.changes_images:
         return model
     augmenter = build_augmenter(policy, seed=seed)

@@ -58,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--elastic", type=_alpha, metavar="ALPHA",
         help="add Simard's elastic distortion to the training-only augmentation: a smooth random field "
-        "(sigma 4 px) scaled by ALPHA (34: Simard's, about 1.4 px per pixel); 0: none",
+        "(sigma 4 px) scaled by ALPHA (34: Simard's, about 1.3 px per pixel); 0: none",
+    )
+    train.add_argument(
+        "--elastic-probability", type=_probability, metavar="P",
+        help="with --elastic: the share of training images distorted (default 1); the rest stay crisp",
     )
     train.add_argument("--members", type=_positive_int, help="ensemble size (>1 averages that many seeds)")
     train.add_argument("--dataset", choices=DATASETS, default="mnist")
@@ -169,7 +173,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     preset = PRESETS[args.preset].with_overrides(
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size,
-        augment=args.augment, elastic=args.elastic, members=args.members,
+        augment=args.augment, elastic=args.elastic, elastic_probability=args.elastic_probability,
+        members=args.members,
         weight_average=args.weight_average,
     )
     if args.mirror_average is not None:
@@ -355,6 +360,7 @@ _non_negative_int = _checked(int, lambda v: v >= 0, "must be 0 or more")
 _positive_float = _checked(float, lambda v: v > 0, "must be positive")
 _strength = _checked(float, lambda v: 0.0 <= v <= 2.0, "must be between 0 and 2")
 _alpha = _checked(float, lambda v: 0.0 <= v <= 100.0, "must be between 0 and 100")
+_probability = _checked(float, lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
 _decay = _checked(float, lambda v: 0.0 <= v < 1.0, "must be at least 0 and below 1")
 
 

@@ -51,14 +51,18 @@ def bilinear_sample(images: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor) -> tf.T
 
 
 class ElasticDistortion(keras.layers.Layer):
-    """Random elastic distortion of float [N,H,W,1] images in training; the identity otherwise."""
+    """Random elastic distortion of a `probability` share of float [N,H,W,1] images in training."""
 
-    def __init__(self, alpha: float = SIMARD_ALPHA, sigma: float = SIMARD_SIGMA, seed: int | None = None,
-                 **kwargs):
+    def __init__(self, alpha: float = SIMARD_ALPHA, sigma: float = SIMARD_SIGMA, probability: float = 1.0,
+                 seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        if alpha < 0 or sigma <= 0:
-            raise ValueError(f"elastic distortion needs alpha >= 0 and sigma > 0, got {alpha}, {sigma}")
-        self.alpha, self.sigma, self.seed = float(alpha), float(sigma), seed
+        if alpha < 0 or sigma <= 0 or not 0 <= probability <= 1:
+            raise ValueError(
+                f"elastic distortion needs alpha >= 0, sigma > 0 and a probability in [0, 1], "
+                f"got {alpha}, {sigma}, {probability}"
+            )
+        self.alpha, self.sigma, self.probability = float(alpha), float(sigma), float(probability)
+        self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         kernel = gaussian_kernel(self.sigma)
         # Depthwise filters smoothing both displacement channels, along rows then along columns.
@@ -73,7 +77,7 @@ class ElasticDistortion(keras.layers.Layer):
         return self.alpha * smooth
 
     def call(self, images: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        if not training or not self.alpha:
+        if not training or not self.alpha or not self.probability:
             return images
         shape = tf.shape(images)
         batch, height, width = shape[0], shape[1], shape[2]
@@ -82,10 +86,14 @@ class ElasticDistortion(keras.layers.Layer):
             tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij"
         )
         moved = bilinear_sample(images[..., 0], grid_rows + field[..., 0], grid_cols + field[..., 1])
+        if self.probability < 1:  # the others stay crisp, as the images served will be
+            chosen = keras.random.uniform((batch, 1, 1), seed=self.seed_generator) < self.probability
+            moved = tf.where(chosen, moved, images[..., 0])
         return moved[..., tf.newaxis]
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "alpha": self.alpha, "sigma": self.sigma, "seed": self.seed}
+        own = {"alpha": self.alpha, "sigma": self.sigma, "probability": self.probability, "seed": self.seed}
+        return {**super().get_config(), **own}

@@ -48,6 +48,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: float = 0.0  # strength of the dataset's training-only augmentation (trainer/augment.py); 0: none
     elastic: float = 0.0  # alpha of the elastic distortion added to that augmentation (34: Simard's); 0: none
+    elastic_probability: float = 1.0  # share of the training images that get the elastic distortion
     weight_average: float = 0.0  # decay of the weights' EMA that is validated and exported; 0: none
     members: int = 1  # > 1: an ensemble of this many seeds averaged inside one graph (trainer/ensemble.py)
 

@@ -28,7 +28,7 @@ from client.contract import (
 )
 from client.plots import plot_confusion_matrix, plot_misclassified, save_figure
 from client.stats import Interval, confusion_matrix
-from trainer.augment import augment_policy
+from trainer.augment import training_augmentation
 from trainer.averaging import AVERAGED_VAL
 from trainer.data import Dataset
 from trainer.train import SERVED_VAL, TrainResult
@@ -60,7 +60,7 @@ def model_card(result: TrainResult, dataset: Dataset) -> dict[str, Any]:
         "preset": result.preset.name,
         "description": result.preset.description,
         "config": result.preset.to_dict(),
-        "augmentation": augment_policy(dataset.name, train.augment, train.elastic).describe(),  # in training
+        "augmentation": training_augmentation(dataset.name, train).describe(),  # training only
         "test_time_augmentation": describe_tta(result.preset.model),  # inside the served graph
         "dataset": {
             "name": dataset.name,

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from client.stats import Interval, wilson_interval
-from trainer.augment import augment_policy, with_augmentation
+from trainer.augment import training_augmentation, with_augmentation
 from trainer.averaging import AVERAGED_VAL, WeightAverage
 from trainer.data import Dataset
 from trainer.model import build_model, compile_model, to_model_input
@@ -198,15 +198,13 @@ def train_model(
     if validate:
         validation = (to_model_input(dataset.x_train[split.val]).numpy(), dataset.y_train[split.val])
 
+    augmentation = training_augmentation(dataset.name, cfg)
     with distribution_strategy().scope():
         network = build_model(preset.model)
         # Augmentation wraps the network for fit only; `model` (what gets exported) never contains it.
-        fit_model = with_augmentation(
-            network, cfg.augment, seed=cfg.seed, dataset=dataset.name, elastic=cfg.elastic
-        )
+        fit_model = with_augmentation(network, augmentation, seed=cfg.seed)
         compile_model(fit_model, cfg, steps_per_epoch=math.ceil(len(train_idx) / cfg.batch_size))
     model = serving_network(preset.model, network)
-    augmentation = augment_policy(dataset.name, cfg.augment, cfg.elastic)
     log(
         f"{preset.name}: {model.count_params():,} params, {len(train_idx):,} train / {len(split.val):,} val "
         f"images of {dataset.name}, batch {cfg.batch_size}, {cfg.epochs} epochs"

@@ -22,7 +22,7 @@ from trainer.export import read_model_card
 from trainer.model import build_model, to_model_input
 from trainer.presets import get_preset
 
-# Ops a RandomRotation/Zoom/Translation leaves in a graph that applies it.
+# Ops a RandomRotation/Zoom/Translation or an ElasticDistortion leaves in a graph that applies it.
 AUGMENT_OPS = ("ImageProjectiveTransform", "RandomUniform", "StatelessRandom")
 
 
@@ -119,7 +119,7 @@ def test_op_check_sees_augmentation_in_a_graph_that_has_it(tmp_path, digits):
     """Control for the next test: the op scan does find augmentation when a graph applies it."""
     import keras
 
-    augmenter = build_augmenter(AugmentConfig(), seed=1)
+    augmenter = build_augmenter(AugmentConfig(elastic=34.0), seed=1)
     archive = keras.export.ExportArchive()
     archive.track(augmenter)
     archive.add_endpoint(
@@ -133,13 +133,18 @@ def test_trained_with_augmentation_exported_without_it(tmp_path, mnist_data):
     models_dir = tmp_path / "models"
     argv = [
         "train", "--preset", "fast", "--epochs", "1", "--limit-train", "1000", "--val-size", "500",
-        "--augment", "1", "--models-dir", str(models_dir), "--reports-dir", str(tmp_path / "reports"),
+        "--augment", "1", "--elastic", "34", "--elastic-probability", "0.5",
+        "--models-dir", str(models_dir), "--reports-dir", str(tmp_path / "reports"),
     ]
     assert main(argv) == 0
     version_dir = models_dir / DEFAULT_MODEL_NAME / "1"
     card = read_model_card(version_dir)
     assert card["config"]["train"]["augment"] == 1.0
-    assert card["augmentation"] == "rotation ±10°, zoom ±0.1, shift ±0.1"
+    assert card["config"]["train"]["elastic"] == 34.0
+    assert card["config"]["train"]["elastic_probability"] == 0.5
+    assert card["augmentation"] == (
+        "elastic distortion alpha=34 sigma=4 p=0.5, rotation ±10°, zoom ±0.1, shift ±0.1"
+    )
     assert augmentation_ops(version_dir) == set()
 
     loaded = tf.saved_model.load(str(version_dir))
