@@ -3,7 +3,7 @@
 Every image gets its own random displacement field: uniform noise in [-1, 1] per pixel and axis,
 smoothed by a Gaussian of width `sigma` pixels and scaled by `alpha`; the image is then resampled
 bilinearly at the displaced positions, with 0 (background) outside the frame. Simard's values for
-28x28 digits are sigma = 4, alpha = 34: each pixel moves about 1.4 px, smoothly, like a hand that
+28x28 digits are sigma = 4, alpha = 34: each pixel moves about 1.3 px, smoothly, like a hand that
 wobbles. Keras' own RandomElasticTransform draws one field for the whole batch, the same along x
 and y, so this layer draws its own.
 """
