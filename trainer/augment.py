@@ -73,8 +73,6 @@ def augment_policy(
 ) -> AugmentConfig:
     """The augmentation that suits `dataset` (digits' when unknown) at `strength`, with any elastic one."""
     policy = AUGMENT_POLICIES.get(dataset, AUGMENT_POLICIES["mnist"])
-    if not elastic:
-        return replace(policy, strength=strength)
     return replace(policy, strength=strength, elastic=elastic, elastic_probability=elastic_probability)
 
 
@@ -106,14 +104,8 @@ def training_augmentation(dataset: str, cfg: TrainConfig) -> AugmentConfig:
     return augment_policy(dataset, cfg.augment, cfg.elastic, cfg.elastic_probability)
 
 
-def with_augmentation(
-    model: keras.Model, strength: float | AugmentConfig, seed: int | None = None, dataset: str = "mnist"
-) -> keras.Model:
-    """`model` behind a training-only augmenter (weights shared); `model` itself if it changes nothing.
-
-    `strength` scales `dataset`'s policy; an AugmentConfig is used as it is.
-    """
-    policy = strength if isinstance(strength, AugmentConfig) else augment_policy(dataset, strength)
+def with_augmentation(model: keras.Model, policy: AugmentConfig, seed: int | None = None) -> keras.Model:
+    """`model` behind `policy`'s training-only augmenter (weights shared); `model` if it changes nothing."""
     if not policy.changes_images:
         return model
     augmenter = build_augmenter(policy, seed=seed)

@@ -174,8 +174,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     preset = PRESETS[args.preset].with_overrides(
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size,
         augment=args.augment, elastic=args.elastic, elastic_probability=args.elastic_probability,
-        members=args.members,
-        weight_average=args.weight_average,
+        members=args.members, weight_average=args.weight_average,
     )
     if args.mirror_average is not None:
         preset = preset.with_model(mirror_average=args.mirror_average)

@@ -23,7 +23,7 @@ import matplotlib
 import numpy as np
 
 from client.plots import save_figure
-from trainer.augment import with_augmentation
+from trainer.augment import augment_policy, with_augmentation
 from trainer.data import Dataset
 from trainer.model import build_model, compile_model, to_model_input
 from trainer.presets import ConvLayer, ModelConfig, Preset, TrainConfig
@@ -140,7 +140,7 @@ class DigitsTuner(keras_tuner.BayesianOptimization):
         cfg = preset.train
         keras.utils.set_random_seed(SEARCH_SEED)
         model = build_model(preset.model)
-        fit_model = with_augmentation(model, cfg.augment, seed=SEARCH_SEED, dataset=self.dataset)
+        fit_model = with_augmentation(model, augment_policy(self.dataset, cfg.augment), seed=SEARCH_SEED)
         compile_model(fit_model, cfg, steps_per_epoch=math.ceil(len(x_train) / cfg.batch_size))
         start = time.perf_counter()
         history = fit_model.fit(

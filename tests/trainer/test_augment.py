@@ -102,16 +102,16 @@ def test_digits_are_never_mirrored_clothes_are():
 
 def test_an_augmenter_that_would_change_nothing_is_not_added(monkeypatch):
     model = build_model(get_preset("seed-best").model)
-    assert with_augmentation(model, 1.0, dataset="fashion_mnist") is not model  # a flip alone is one
+    assert with_augmentation(model, augment_policy("fashion_mnist")) is not model  # a flip alone is one
     monkeypatch.setitem(AUGMENT_POLICIES, "fashion_mnist", AugmentConfig(rotation_degrees=0, zoom=0, shift=0))
-    assert with_augmentation(model, 1.0, dataset="fashion_mnist") is model
+    assert with_augmentation(model, augment_policy("fashion_mnist")) is model
     assert AugmentConfig(strength=0.0).describe() == "none"
 
 
 def test_wrapper_shares_weights_and_strength_zero_adds_nothing():
     model = build_model(get_preset("seed-best").model)
-    assert with_augmentation(model, 0.0) is model
-    wrapped = with_augmentation(model, 0.5)
+    assert with_augmentation(model, augment_policy("mnist", 0.0)) is model
+    wrapped = with_augmentation(model, augment_policy("mnist", 0.5))
     assert {id(v) for v in model.weights} <= {id(v) for v in wrapped.weights}
 
 
