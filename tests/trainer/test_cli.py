@@ -28,6 +28,7 @@ DIGITS_TRAIN = Path(sys.executable).with_name("digits-train")
         (["train", "--preset", "seed-best", "--val-size", "-1"], "must be 0 or more"),
         (["train", "--preset", "seed-best", "--limit-train", "-1"], "must be positive"),
         (["train", "--preset", "seed-best", "--dataset", "cifar10"], "invalid choice"),
+        (["train", "--preset", "best", "--label-smoothing", "1"], "below 1"),
         (["reproduce-seed", "--only", "seed-worst"], "invalid choice"),
     ],
 )
@@ -52,7 +53,8 @@ def test_train_smoke_exports_a_version_and_writes_the_report(tmp_path, mnist_dat
     env = {**os.environ, "DIGITS_DATA_DIR": str(Path(mnist_data.source).parent)}
     result = subprocess.run(
         [str(DIGITS_TRAIN), "train", "--preset", "seed-best", "--epochs", "2", "--batch-size", "50",
-         "--limit-train", "2000", "--val-size", "500", "--models-dir", str(tmp_path / "models"),
+         "--limit-train", "2000", "--val-size", "500", "--label-smoothing", "0.1",
+         "--models-dir", str(tmp_path / "models"),
          "--reports-dir", str(tmp_path / "reports"), "--model-name", "digits"],
         capture_output=True, text=True, timeout=300, env=env,
     )
@@ -63,6 +65,7 @@ def test_train_smoke_exports_a_version_and_writes_the_report(tmp_path, mnist_dat
     assert (version_dir / "saved_model.pb").is_file()
     card = json.loads((version_dir / "assets.extra" / "model_card.json").read_text())
     assert card["preset"] == "seed-best" and card["config"]["train"]["epochs"] == 2
+    assert card["config"]["train"]["label_smoothing"] == 0.1
     assert card["dataset"]["train_images"] == 2000 and card["dataset"]["val_images"] == 500
     low, high = card["metrics"]["test_accuracy_ci95"]
     assert low < card["metrics"]["test_accuracy"] < high
