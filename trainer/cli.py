@@ -21,7 +21,7 @@ from trainer.data import (
     default_data_dir,
     prepare_data,
 )
-from trainer.presets import PRESETS, SEED_PRESETS
+from trainer.presets import PRESETS, SEED_PRESETS, Preset
 
 if TYPE_CHECKING:  # the TensorFlow import waits until a command needs it
     from trainer.train import TrainResult
@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-smoothing", type=_smoothing, metavar="EPS",
         help="train against (1-EPS) * one-hot + EPS/10 instead of the one-hot labels (e.g. 0.1); "
         "0: plain one-hot (the default for every preset but fast)",
+    )
+    train.add_argument(
+        "--weight-decay", type=_smoothing, metavar="WD",
+        help="decoupled weight decay (AdamW: each step also shrinks every weight by rate * WD), for the "
+        "presets trained with Adam (e.g. 0.05); 0: none (the default)",
     )
     train.add_argument(
         "--weight-average", type=_decay, metavar="DECAY",
@@ -154,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "mirror_average", None) and args.dataset not in MIRROR_SYMMETRIC_DATASETS:
         symmetric = ", ".join(sorted(MIRROR_SYMMETRIC_DATASETS))
         parser.error(f"--mirror-average is for {symmetric} only: a mirrored digit is no digit")
+    if getattr(args, "weight_decay", None) and PRESETS[args.preset].train.optimizer not in ("adam", "adamw"):
+        parser.error(f"--weight-decay needs a preset trained with Adam; {args.preset} uses "
+                     f"{PRESETS[args.preset].train.optimizer}")
     try:
         return args.handler(args)
     except DataError as exc:
@@ -169,6 +177,19 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def preset_from_args(args: argparse.Namespace) -> Preset:
+    """The preset `digits-train train` trains: the named one with the command line's overrides."""
+    preset = PRESETS[args.preset].with_overrides(
+        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size,
+        augment=args.augment, elastic=args.elastic, elastic_probability=args.elastic_probability,
+        members=args.members, weight_average=args.weight_average, label_smoothing=args.label_smoothing,
+        weight_decay=args.weight_decay, optimizer="adamw" if args.weight_decay else None,
+    )
+    if args.mirror_average is not None:
+        preset = preset.with_model(mirror_average=args.mirror_average)
+    return preset
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from trainer.data import load_dataset
 
@@ -176,13 +197,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.data_dir, args.source, args.idx_dir)
     from trainer.train import train_model
 
-    preset = PRESETS[args.preset].with_overrides(
-        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size,
-        augment=args.augment, elastic=args.elastic, elastic_probability=args.elastic_probability,
-        members=args.members, weight_average=args.weight_average, label_smoothing=args.label_smoothing,
-    )
-    if args.mirror_average is not None:
-        preset = preset.with_model(mirror_average=args.mirror_average)
+    preset = preset_from_args(args)
     if preset.train.members > 1:
         from trainer.ensemble import train_ensemble
 
@@ -367,6 +382,7 @@ _alpha = _checked(float, lambda v: 0.0 <= v <= 100.0, "must be between 0 and 100
 _probability = _checked(float, lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
 _decay = _checked(float, lambda v: 0.0 <= v < 1.0, "must be at least 0 and below 1")
 _smoothing = _checked(float, lambda v: 0.0 <= v < 1.0, "must be at least 0 and below 1")
+"""A label smoothing or weight decay: 0 (none) up to, not including, 1."""
 
 
 def _val_size(text: str) -> int:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.cli import main
+from trainer.cli import build_parser, main, preset_from_args
+from trainer.presets import PRESETS
 
 DIGITS_TRAIN = Path(sys.executable).with_name("digits-train")
 
@@ -29,6 +30,8 @@ DIGITS_TRAIN = Path(sys.executable).with_name("digits-train")
         (["train", "--preset", "seed-best", "--limit-train", "-1"], "must be positive"),
         (["train", "--preset", "seed-best", "--dataset", "cifar10"], "invalid choice"),
         (["train", "--preset", "best", "--label-smoothing", "1"], "below 1"),
+        (["train", "--preset", "best", "--weight-decay", "-0.1"], "at least 0"),
+        (["train", "--preset", "seed-best", "--weight-decay", "0.05"], "needs a preset trained with Adam"),
         (["reproduce-seed", "--only", "seed-worst"], "invalid choice"),
     ],
 )
@@ -86,3 +89,15 @@ def test_reproduce_seed_quick_writes_the_table(tmp_path, mnist_data, capsys):
     table = (tmp_path / "reproduce_seed_quick.md").read_text()
     (row,) = [line for line in table.splitlines() if line.startswith("| seed-dense50")]
     assert "| 313,230 | 98.52% |" in row and "| 1 / 1 |" in row
+
+
+def test_training_flags_override_the_preset():
+    args = build_parser().parse_args(
+        ["train", "--preset", "best", "--label-smoothing", "0.1", "--weight-decay", "0.05", "--epochs", "3"]
+    )
+    preset = preset_from_args(args)
+    assert (preset.train.label_smoothing, preset.train.weight_decay) == (0.1, 0.05)
+    assert preset.train.optimizer == "adamw" and preset.train.epochs == 3
+    assert preset.train.learning_rate == PRESETS["best"].train.learning_rate  # the rest untouched
+    plain = preset_from_args(build_parser().parse_args(["train", "--preset", "best"]))
+    assert plain == PRESETS["best"]
