@@ -73,17 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
         "validation chose it; never for digits)",
     )
     train.add_argument(
-        "--label-smoothing", type=_smoothing, metavar="EPS",
+        "--label-smoothing", type=_below_one, metavar="EPS",
         help="train against (1-EPS) * one-hot + EPS/10 instead of the one-hot labels (e.g. 0.1); "
         "0: plain one-hot (the default for every preset but fast)",
     )
     train.add_argument(
-        "--weight-decay", type=_smoothing, metavar="WD",
+        "--weight-decay", type=_below_one, metavar="WD",
         help="decoupled weight decay (AdamW: each step also shrinks every weight by rate * WD), for the "
         "presets trained with Adam (e.g. 0.05); 0: none (the default)",
     )
     train.add_argument(
-        "--weight-average", type=_decay, metavar="DECAY",
+        "--weight-average", type=_below_one, metavar="DECAY",
         help="validate, choose and export an exponential moving average of the weights, updated every "
         "batch with this decay (e.g. 0.999, about 1,000 batches); 0: the trained weights (the default)",
     )
@@ -380,9 +380,8 @@ _positive_float = _checked(float, lambda v: v > 0, "must be positive")
 _strength = _checked(float, lambda v: 0.0 <= v <= 2.0, "must be between 0 and 2")
 _alpha = _checked(float, lambda v: 0.0 <= v <= 100.0, "must be between 0 and 100")
 _probability = _checked(float, lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
-_decay = _checked(float, lambda v: 0.0 <= v < 1.0, "must be at least 0 and below 1")
-_smoothing = _checked(float, lambda v: 0.0 <= v < 1.0, "must be at least 0 and below 1")
-"""A label smoothing or weight decay: 0 (none) up to, not including, 1."""
+_below_one = _checked(float, lambda v: 0.0 <= v < 1.0, "must be at least 0 and below 1")
+"""An EMA decay, a label smoothing or a weight decay: 0 (none) up to, not including, 1."""
 
 
 def _val_size(text: str) -> int:
