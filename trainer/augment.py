@@ -2,11 +2,13 @@
 
 The augmenter wraps the network for `fit` only; the network that gets exported never contains it,
 so the serving graph is exactly the deterministic classifier. What suits the data differs: digits
-are never mirrored (a mirrored 2 is no digit), clothes are (a mirrored shoe is a shoe).
+are never mirrored (a mirrored 2 is no digit), clothes are (a mirrored shoe is a shoe). A gate can
+switch the augmenter off for the last epochs of a fit (a clean finish on the images as they are).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import keras
@@ -104,10 +106,52 @@ def training_augmentation(dataset: str, cfg: TrainConfig) -> AugmentConfig:
     return augment_policy(dataset, cfg.augment, cfg.elastic, cfg.elastic_probability)
 
 
-def with_augmentation(model: keras.Model, policy: AugmentConfig, seed: int | None = None) -> keras.Model:
-    """`model` behind `policy`'s training-only augmenter (weights shared); `model` if it changes nothing."""
+class AugmentationGate(keras.layers.Layer):
+    """Its augmenter's output while `on` is 1, the input unchanged while it is 0.
+
+    `on` is a variable, so switching it reaches a training step that is already compiled. At 1 the
+    output is bit-identical to the augmenter's (x * 0 adds exact zeros), so a fit that switches it off
+    late follows the ungated fit exactly until then.
+    """
+
+    def __init__(self, augmenter: keras.layers.Layer, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.augmenter = augmenter
+        self.on = self.add_weight(shape=(), initializer="ones", trainable=False, name="on")
+
+    def call(self, images, training=None):
+        augmented = self.augmenter(images, training=training)
+        return self.on * augmented + (1.0 - self.on) * images
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+class AugmentationOff(keras.callbacks.Callback):
+    """Switches `gate` off at the start of epoch `from_epoch` (1-based) and says so in the log."""
+
+    def __init__(self, gate: AugmentationGate, from_epoch: int, log: Callable[[str], None] = print) -> None:
+        super().__init__()
+        self.gate, self.from_epoch, self.log = gate, from_epoch, log
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch + 1 == self.from_epoch:
+            self.gate.on.assign(0.0)
+            clean = "a clean finish on the images as they are"
+            self.log(f"augmentation off from epoch {self.from_epoch}: {clean}")
+
+
+def with_augmentation(
+    model: keras.Model, policy: AugmentConfig, seed: int | None = None, gated: bool = False
+) -> keras.Model:
+    """`model` behind `policy`'s training-only augmenter (weights shared); `model` if it changes nothing.
+
+    With `gated`, the augmenter sits in an `AugmentationGate` (the wrapper's layer called "gate").
+    """
     if not policy.changes_images:
         return model
-    augmenter = build_augmenter(policy, seed=seed)
+    augmenter: keras.layers.Layer = build_augmenter(policy, seed=seed)
+    if gated:
+        augmenter = AugmentationGate(augmenter, name="gate")
     inputs = keras.Input(shape=MODEL_INPUT_SHAPE, name="pixels")
     return keras.Model(inputs, model(augmenter(inputs)), name=f"{model.name}_augmented")

@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--elastic-probability", type=_probability, metavar="P",
         help="with --elastic: the share of training images distorted (default 1); the rest stay crisp",
     )
+    train.add_argument(
+        "--clean-epochs", type=_non_negative_int, metavar="N",
+        help="train the last N epochs on the images as they are, augmentation off (a clean finish); "
+        "0: augment to the end (the default)",
+    )
     train.add_argument("--members", type=_positive_int, help="ensemble size (>1 averages that many seeds)")
     train.add_argument("--dataset", choices=DATASETS, default="mnist")
     train.add_argument(
@@ -162,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "weight_decay", None) and PRESETS[args.preset].train.optimizer not in ("adam", "adamw"):
         parser.error(f"--weight-decay needs a preset trained with Adam; {args.preset} uses "
                      f"{PRESETS[args.preset].train.optimizer}")
+    if getattr(args, "clean_epochs", None):
+        _check_clean_epochs(parser, preset_from_args(args))
     try:
         return args.handler(args)
     except DataError as exc:
@@ -170,6 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("digits-train: interrupted", file=sys.stderr)
         return 130
+
+
+def _check_clean_epochs(parser: argparse.ArgumentParser, preset: Preset) -> None:
+    """--clean-epochs needs augmentation to switch off and epochs with it before the clean ones."""
+    cfg = preset.train
+    if not cfg.augment:
+        parser.error(f"--clean-epochs needs augmentation; {preset.name} trains with none (add --augment)")
+    if cfg.clean_epochs >= cfg.epochs:
+        parser.error(f"--clean-epochs must be fewer than the {cfg.epochs} epochs, got {cfg.clean_epochs}")
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -182,6 +198,7 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
     preset = PRESETS[args.preset].with_overrides(
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size,
         augment=args.augment, elastic=args.elastic, elastic_probability=args.elastic_probability,
+        clean_epochs=args.clean_epochs,
         members=args.members, weight_average=args.weight_average, label_smoothing=args.label_smoothing,
         weight_decay=args.weight_decay, optimizer="adamw" if args.weight_decay else None,
     )

@@ -47,6 +47,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # decoupled (AdamW); 0 with optimizer adamw is plain Adam
     label_smoothing: float = 0.0
     augment: float = 0.0  # strength of the dataset's training-only augmentation (trainer/augment.py); 0: none
+    clean_epochs: int = 0  # the last this many epochs train on the images as they are, augmentation off
     elastic: float = 0.0  # alpha of the elastic distortion added to that augmentation (34: Simard's); 0: none
     elastic_probability: float = 1.0  # share of the training images that get the elastic distortion
     weight_average: float = 0.0  # decay of the weights' EMA that is validated and exported; 0: none

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from client.stats import Interval, wilson_interval
-from trainer.augment import training_augmentation, with_augmentation
+from trainer.augment import AugmentationOff, training_augmentation, with_augmentation
 from trainer.averaging import AVERAGED_VAL, WeightAverage
 from trainer.data import Dataset
 from trainer.model import build_model, compile_model, to_model_input
@@ -199,16 +199,20 @@ def train_model(
         validation = (to_model_input(dataset.x_train[split.val]).numpy(), dataset.y_train[split.val])
 
     augmentation = training_augmentation(dataset.name, cfg)
+    if cfg.clean_epochs and not (augmentation.changes_images and cfg.clean_epochs < cfg.epochs):
+        raise ValueError(f"clean_epochs {cfg.clean_epochs} needs augmentation and more epochs than that "
+                         f"(augmentation: {augmentation.describe()}, epochs: {cfg.epochs})")
     with distribution_strategy().scope():
         network = build_model(preset.model)
         # Augmentation wraps the network for fit only; `model` (what gets exported) never contains it.
-        fit_model = with_augmentation(network, augmentation, seed=cfg.seed)
+        fit_model = with_augmentation(network, augmentation, seed=cfg.seed, gated=cfg.clean_epochs > 0)
         compile_model(fit_model, cfg, steps_per_epoch=math.ceil(len(train_idx) / cfg.batch_size))
     model = serving_network(preset.model, network)
     log(
         f"{preset.name}: {model.count_params():,} params, {len(train_idx):,} train / {len(split.val):,} val "
         f"images of {dataset.name}, batch {cfg.batch_size}, {cfg.epochs} epochs"
         + (f", augmentation {augmentation.describe()}" if augmentation.changes_images else "")
+        + (f" (off for the last {cfg.clean_epochs})" if cfg.clean_epochs else "")
     )
     mirrored, averaged = model is not network, cfg.weight_average > 0
     monitor = AVERAGED_VAL if averaged else SERVED_VAL if mirrored else "val_accuracy"
@@ -220,6 +224,9 @@ def train_model(
         callbacks.insert(0, WeightAverage(network, cfg.weight_average))
     if validate and mirrored:  # scores the training weights, before any average replaces them
         callbacks.insert(0, ServedValidation(model, *validation, key=SERVED_VAL))
+    if fit_model is not network and cfg.clean_epochs:
+        clean_from = cfg.epochs - cfg.clean_epochs + 1
+        callbacks.insert(0, AugmentationOff(fit_model.get_layer("gate"), clean_from, log))
     start = time.perf_counter()
     history = fit_model.fit(
         x_train,

@@ -12,6 +12,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from client.contract import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_PROBABILITIES, SIGNATURE_NAME
 from trainer.augment import (
     AUGMENT_POLICIES,
+    AugmentationGate,
     AugmentConfig,
     augment_policy,
     build_augmenter,
@@ -21,6 +22,7 @@ from trainer.cli import main
 from trainer.export import read_model_card
 from trainer.model import build_model, to_model_input
 from trainer.presets import get_preset
+from trainer.train import train_model
 
 # Ops a RandomRotation/Zoom/Translation or an ElasticDistortion leaves in a graph that applies it.
 AUGMENT_OPS = ("ImageProjectiveTransform", "RandomUniform", "StatelessRandom")
@@ -115,6 +117,29 @@ def test_wrapper_shares_weights_and_strength_zero_adds_nothing():
     assert {id(v) for v in model.weights} <= {id(v) for v in wrapped.weights}
 
 
+def test_gate_gives_the_augmenters_output_while_on_and_the_images_once_off(digits):
+    twin = build_augmenter(AugmentConfig(), seed=5)
+    gate = AugmentationGate(build_augmenter(AugmentConfig(), seed=5))
+    np.testing.assert_array_equal(gate(digits, training=True).numpy(), twin(digits, training=True).numpy())
+    gate.on.assign(0.0)
+    np.testing.assert_array_equal(gate(digits, training=True).numpy(), digits.numpy())
+
+
+def test_clean_finish_follows_the_augmented_fit_until_it_switches_off(mnist_data):
+    """Same seed, same first epochs to the bit; then the last epoch trains on the images as they are."""
+    lines: list[str] = []
+    preset = get_preset("best").with_overrides(epochs=3, val_size=300)
+    augmented = train_model(preset, mnist_data, limit_train=600, log=lambda line: None)
+    clean = train_model(preset.with_overrides(clean_epochs=1), mnist_data, limit_train=600, log=lines.append)
+    for key in ("loss", "val_loss"):
+        assert augmented.history[key][:2] == clean.history[key][:2]
+    # Clean images are easier than augmented ones: the training loss of the last epoch drops.
+    assert clean.history["loss"][2] < augmented.history["loss"][2]
+    assert "augmentation off from epoch 3: a clean finish on the images as they are" in lines
+    with pytest.raises(ValueError, match="clean_epochs 3 needs augmentation and more epochs"):
+        train_model(preset.with_overrides(clean_epochs=3), mnist_data, limit_train=600)
+
+
 def test_op_check_sees_augmentation_in_a_graph_that_has_it(tmp_path, digits):
     """Control for the next test: the op scan does find augmentation when a graph applies it."""
     import keras
@@ -132,8 +157,8 @@ def test_op_check_sees_augmentation_in_a_graph_that_has_it(tmp_path, digits):
 def test_trained_with_augmentation_exported_without_it(tmp_path, mnist_data):
     models_dir = tmp_path / "models"
     argv = [
-        "train", "--preset", "fast", "--epochs", "1", "--limit-train", "1000", "--val-size", "500",
-        "--augment", "1", "--elastic", "34", "--elastic-probability", "0.5",
+        "train", "--preset", "fast", "--epochs", "2", "--limit-train", "1000", "--val-size", "500",
+        "--augment", "1", "--elastic", "34", "--elastic-probability", "0.5", "--clean-epochs", "1",
         "--models-dir", str(models_dir), "--reports-dir", str(tmp_path / "reports"),
     ]
     assert main(argv) == 0
@@ -142,6 +167,7 @@ def test_trained_with_augmentation_exported_without_it(tmp_path, mnist_data):
     assert card["config"]["train"]["augment"] == 1.0
     assert card["config"]["train"]["elastic"] == 34.0
     assert card["config"]["train"]["elastic_probability"] == 0.5
+    assert card["config"]["train"]["clean_epochs"] == 1
     assert card["augmentation"] == (
         "elastic distortion alpha=34 sigma=4 p=0.5, rotation ±10°, zoom ±0.1, shift ±0.1"
     )

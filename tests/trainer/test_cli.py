@@ -32,6 +32,11 @@ DIGITS_TRAIN = Path(sys.executable).with_name("digits-train")
         (["train", "--preset", "best", "--label-smoothing", "1"], "below 1"),
         (["train", "--preset", "best", "--weight-decay", "-0.1"], "at least 0"),
         (["train", "--preset", "seed-best", "--weight-decay", "0.05"], "needs a preset trained with Adam"),
+        (["train", "--preset", "best", "--clean-epochs", "-1"], "must be 0 or more"),
+        (["train", "--preset", "best", "--clean-epochs", "30"], "fewer than the 30 epochs"),
+        (["train", "--preset", "best", "--epochs", "5", "--clean-epochs", "5"], "fewer than the 5 epochs"),
+        (["train", "--preset", "fast", "--clean-epochs", "1"], "needs augmentation"),
+        (["train", "--preset", "best", "--augment", "0", "--clean-epochs", "1"], "needs augmentation"),
         (["reproduce-seed", "--only", "seed-worst"], "invalid choice"),
     ],
 )
@@ -93,9 +98,11 @@ def test_reproduce_seed_quick_writes_the_table(tmp_path, mnist_data, capsys):
 
 def test_training_flags_override_the_preset():
     args = build_parser().parse_args(
-        ["train", "--preset", "best", "--label-smoothing", "0.1", "--weight-decay", "0.05", "--epochs", "3"]
+        ["train", "--preset", "best", "--label-smoothing", "0.1", "--weight-decay", "0.05", "--epochs", "3",
+         "--clean-epochs", "1"]
     )
     preset = preset_from_args(args)
+    assert preset.train.clean_epochs == 1
     assert (preset.train.label_smoothing, preset.train.weight_decay) == (0.1, 0.05)
     assert preset.train.optimizer == "adamw" and preset.train.epochs == 3
     assert preset.train.learning_rate == PRESETS["best"].train.learning_rate  # the rest untouched
