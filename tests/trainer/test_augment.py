@@ -128,7 +128,7 @@ def test_gate_gives_the_augmenters_output_while_on_and_the_images_once_off(digit
 def test_clean_finish_follows_the_augmented_fit_until_it_switches_off(mnist_data):
     """Same seed, same first epochs to the bit; then the last epoch trains on the images as they are."""
     lines: list[str] = []
-    preset = get_preset("best").with_overrides(epochs=3, val_size=300)
+    preset = get_preset("best").with_overrides(epochs=3, val_size=300, clean_epochs=0)
     augmented = train_model(preset, mnist_data, limit_train=600, log=lambda line: None)
     clean = train_model(preset.with_overrides(clean_epochs=1), mnist_data, limit_train=600, log=lines.append)
     for key in ("loss", "val_loss"):
@@ -136,8 +136,11 @@ def test_clean_finish_follows_the_augmented_fit_until_it_switches_off(mnist_data
     # Clean images are easier than augmented ones: the training loss of the last epoch drops.
     assert clean.history["loss"][2] < augmented.history["loss"][2]
     assert "augmentation off from epoch 3: a clean finish on the images as they are" in lines
-    with pytest.raises(ValueError, match="clean_epochs 3 needs augmentation and more epochs"):
+    with pytest.raises(ValueError, match="clean_epochs 3 leaves none of the 3 epochs augmented"):
         train_model(preset.with_overrides(clean_epochs=3), mnist_data, limit_train=600)
+    # Without augmentation there is nothing to switch off: the clean finish is no finish at all.
+    plain = preset.with_overrides(augment=0.0, epochs=1, clean_epochs=5)
+    assert train_model(plain, mnist_data, limit_train=600, log=lambda line: None).history["loss"]
 
 
 def test_op_check_sees_augmentation_in_a_graph_that_has_it(tmp_path, digits):

@@ -108,3 +108,20 @@ def test_training_flags_override_the_preset():
     assert preset.train.learning_rate == PRESETS["best"].train.learning_rate  # the rest untouched
     plain = preset_from_args(build_parser().parse_args(["train", "--preset", "best"]))
     assert plain == PRESETS["best"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "clean_epochs"),
+    [
+        (["--preset", "best"], 5),  # the last sixth of its 30 epochs, chosen on validation
+        (["--preset", "best", "--epochs", "12"], 2),  # a shortened run finishes clean for its last sixth too
+        (["--preset", "best", "--epochs", "1"], 0),  # one epoch: it stays augmented
+        (["--preset", "best", "--clean-epochs", "0"], 0),
+        (["--preset", "ensemble"], 5),
+        (["--preset", "best", "--dataset", "fashion_mnist"], 0),  # Fashion's recipe was chosen without one
+        (["--preset", "best", "--dataset", "fashion_mnist", "--clean-epochs", "3"], 3),
+        (["--preset", "fast"], 0),
+    ],
+)
+def test_the_clean_finish_is_the_presets_share_of_the_epochs_on_digits(argv, clean_epochs):
+    assert preset_from_args(build_parser().parse_args(["train", *argv])).train.clean_epochs == clean_epochs
