@@ -107,11 +107,11 @@ def training_augmentation(dataset: str, cfg: TrainConfig) -> AugmentConfig:
 
 
 class AugmentationGate(keras.layers.Layer):
-    """Its augmenter's output while `on` is 1, the input unchanged while it is 0.
+    """Its augmenter's output while `on` is 1, the input unchanged (and the augmenter skipped) at 0.
 
-    `on` is a variable, so switching it reaches a training step that is already compiled. At 1 the
-    output is bit-identical to the augmenter's (x * 0 adds exact zeros), so a fit that switches it off
-    late follows the ungated fit exactly until then.
+    `on` is a variable, so switching it reaches a training step that is already compiled. While on,
+    the output is the augmenter's own, so a fit that switches it off late follows the ungated fit
+    exactly until then.
     """
 
     def __init__(self, augmenter: keras.layers.Layer, **kwargs) -> None:
@@ -120,8 +120,8 @@ class AugmentationGate(keras.layers.Layer):
         self.on = self.add_weight(shape=(), initializer="ones", trainable=False, name="on")
 
     def call(self, images, training=None):
-        augmented = self.augmenter(images, training=training)
-        return self.on * augmented + (1.0 - self.on) * images
+        augmented = lambda: self.augmenter(images, training=training)  # noqa: E731
+        return keras.ops.cond(self.on > 0.5, augmented, lambda: images)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -21,7 +21,7 @@ from trainer.data import (
     default_data_dir,
     prepare_data,
 )
-from trainer.presets import PRESETS, SEED_PRESETS, Preset
+from trainer.presets import PRESETS, SEED_PRESETS, Preset, TrainConfig
 
 if TYPE_CHECKING:  # the TensorFlow import waits until a command needs it
     from trainer.train import TrainResult
@@ -206,16 +206,16 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
     if args.mirror_average is not None:
         preset = preset.with_model(mirror_average=args.mirror_average)
     if args.clean_epochs is None:
-        preset = preset.with_overrides(clean_epochs=_default_clean_epochs(PRESETS[args.preset], preset, args))
+        clean_epochs = _default_clean_epochs(PRESETS[args.preset].train, preset.train.epochs, args.dataset)
+        preset = preset.with_overrides(clean_epochs=clean_epochs)
     return preset
 
 
-def _default_clean_epochs(named: Preset, preset: Preset, args: argparse.Namespace) -> int:
-    """The preset's clean finish, as the same share of --epochs; none on data it was not chosen for."""
-    if args.dataset != "mnist":  # chosen on digits; Fashion-MNIST's recipe was measured without one
+def _default_clean_epochs(named: TrainConfig, epochs: int, dataset: str) -> int:
+    """The named preset's clean finish as the same share of `epochs`; none on data it was not chosen for."""
+    if dataset != "mnist":  # chosen on digits; Fashion-MNIST's recipe was measured without one
         return 0
-    share = named.train.clean_epochs / named.train.epochs
-    return min(round(share * preset.train.epochs), preset.train.epochs - 1)
+    return min(round(named.clean_epochs / named.epochs * epochs), epochs - 1)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -199,7 +199,10 @@ def train_model(
         validation = (to_model_input(dataset.x_train[split.val]).numpy(), dataset.y_train[split.val])
 
     augmentation = training_augmentation(dataset.name, cfg)
-    clean_epochs = cfg.clean_epochs if augmentation.changes_images else 0  # nothing to switch off
+    if cfg.clean_epochs and not augmentation.changes_images:  # nothing to switch off; the card says so
+        preset = preset.with_overrides(clean_epochs=0)
+        cfg = preset.train
+    clean_epochs = cfg.clean_epochs
     if clean_epochs >= cfg.epochs:
         raise ValueError(f"clean_epochs {clean_epochs} leaves none of the {cfg.epochs} epochs augmented")
     with distribution_strategy().scope():
