@@ -64,9 +64,9 @@ class Tally:
     sent: int = 0
     ok: int = 0
     wrong: int = 0
-    failed: int = 0  # failures that are bugs: outside the restart window, or accepted-then-failed
+    failed: int = 0  # failures that are bugs: outside a client's restart window, or reached a server
     accepted_then_failed: int = 0
-    refused_while_down: int = 0  # rejected before acceptance while the server restarted (retried)
+    refused_while_down: int = 0  # not accepted: sent in the restart window (retried)
     refusals: dict[str, int] = field(default_factory=dict)  # gRPC code -> count, while restarting
     versions: dict[int, int] = field(default_factory=dict)
     first_seen: dict[int, float] = field(default_factory=dict)
@@ -96,7 +96,13 @@ class Stream:
             self.requests.append(request)
         self.tally = Tally()
         self.stop = threading.Event()
-        self.sigterm_at: float | None = None  # monotonic time of SIGTERM; None outside the restart window
+        # The restart window is per client: from SIGTERM until that client is first answered by the
+        # restarted server. A channel whose connection attempts were refused while the server was down
+        # keeps failing calls fast ("failed to connect", with the last attempt's error) until its
+        # reconnect backoff (up to 500 ms + jitter) runs out, so other clients are served again first.
+        self.sigterm_at: float | None = None  # monotonic time of SIGTERM (None before it)
+        self.restarted_at: float | None = None  # when the restarted server was ready
+        self.reconnecting: set[int] = set()  # clients not yet answered by the restarted server
         self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(CLIENTS)]
 
     def start(self) -> None:
@@ -131,31 +137,33 @@ class Stream:
             try:
                 response = stub.Predict(self.requests[i], timeout=30)
             except grpc.RpcError as error:
-                self._failed(error, began)
+                self._failed(error, began, index)
                 time.sleep(0.1)  # a client backing off before it retries
                 continue
-            self._check(response, i)
+            self._check(response, i, began, index)
         channel.close()
 
-    def _failed(self, error, began: float) -> None:
+    def _failed(self, error, began: float, client: int) -> None:
         detail = f"{error.code().name}: {error.details()}"
         reached = not any(text in detail.lower() for text in NOT_ACCEPTED)
         tally = self.tally
         with tally.lock:
-            if self.sigterm_at is None:
+            restarted = self.restarted_at is not None and began >= self.restarted_at
+            if client not in self.reconnecting:  # before SIGTERM, or answered since the restart
                 tally.failed += 1
                 tally.note(f"failed outside a restart: {detail}")
             elif began < self.sigterm_at and reached:
                 tally.accepted_then_failed += 1
                 tally.note(f"accepted before SIGTERM, then failed: {detail}")
-            elif reached and error.code().name not in REFUSALS:
+            elif reached and (restarted or error.code().name not in REFUSALS):
+                # sent to the restarted (ready) server, or an error other than a refusal: a failure
                 tally.failed += 1
                 tally.note(f"failed during the restart: {detail}")
             else:
                 tally.refused_while_down += 1
                 tally.refusals[error.code().name] = tally.refusals.get(error.code().name, 0) + 1
 
-    def _check(self, response, i: int) -> None:
+    def _check(self, response, i: int, began: float, client: int) -> None:
         import numpy as np
 
         from client.contract import OUTPUT_CLASSES, OUTPUT_PROBABILITIES
@@ -173,6 +181,8 @@ class Stream:
             tally.ok += 1
             tally.versions[version] = tally.versions.get(version, 0) + 1
             tally.first_seen.setdefault(version, time.monotonic())
+            if self.restarted_at is not None and began >= self.restarted_at:
+                self.reconnecting.discard(client)  # sent after the restart and answered: back
             if not right:
                 tally.wrong += 1
                 tally.note(f"wrong answer for image {i} from version {version}")
@@ -180,6 +190,25 @@ class Stream:
     def wait_ok(self, count: int, deadline: float) -> bool:
         """Wait until `count` requests have succeeded (False at the deadline)."""
         while self.tally.ok < count:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def sigterm(self) -> None:
+        """Open every client's restart window; call just before sending SIGTERM."""
+        with self.tally.lock:
+            self.sigterm_at, self.restarted_at = time.monotonic(), None
+            self.reconnecting = set(range(CLIENTS))
+
+    def restarted(self) -> None:
+        """The restarted server is ready: each client's window closes once it is answered again."""
+        with self.tally.lock:
+            self.restarted_at = time.monotonic()
+
+    def wait_reconnected(self, deadline: float) -> bool:
+        """Wait until every client has been answered by the restarted server (False at the deadline)."""
+        while self.reconnecting:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
@@ -464,8 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         print("4. SIGTERM and restart", flush=True)
-        with stream.tally.lock:
-            stream.sigterm_at = time.monotonic()
+        stream.sigterm()
         server.signal(signal.SIGTERM)
         try:
             code = server.popen.wait(60)
@@ -475,12 +503,20 @@ def main(argv: list[str] | None = None) -> int:
         checks.add("SIGTERM: clean exit", code == 0, f"exit {code} after {stopped_s:.1f} s")
         server.stop()
         server = start_server("soak-serve-restarted")
+        stream.restarted()
+        ready_s = stream.restarted_at - stream.sigterm_at
         back_ok = stream.tally.ok
-        resumed = stream.wait_ok(back_ok + 200, time.monotonic() + 60)
+        back_by = time.monotonic() + 60
+        resumed = stream.wait_reconnected(back_by) and stream.wait_ok(back_ok + 200, back_by)
         downtime = time.monotonic() - stream.sigterm_at
-        with stream.tally.lock:
-            stream.sigterm_at = None
-        checks.add("clients served again after the restart", resumed, f"{downtime:.1f} s from SIGTERM")
+        missing = len(stream.reconnecting)
+        checks.add(
+            "clients served again after the restart",
+            resumed,
+            f"ready {ready_s:.1f} s from SIGTERM, all {CLIENTS} clients answered after {downtime:.1f} s"
+            if resumed
+            else f"{missing} of {CLIENTS} clients not answered by the restarted server, {downtime:.1f} s on",
+        )
         checks.add(
             "every request accepted before SIGTERM completed",
             stream.tally.accepted_then_failed == 0,

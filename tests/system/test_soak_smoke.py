@@ -1,5 +1,6 @@
 """`bench/soak.py --quick` as a test: a hot-swap, corrupt versions, abandoned requests and a SIGTERM restart
-while 16 clients stream requests; no failed request, no wrong answer, no accepted request lost."""
+while 16 clients stream requests; no failed request, no wrong answer, no accepted request lost. And how the
+soak tells a call refused while the server restarts from a failure, without a server."""
 
 from __future__ import annotations
 
@@ -42,3 +43,70 @@ def test_quick_soak_passes_every_check(mnist_model_dir):
     assert "PASS" in run.stdout, report
     for check in CHECKS:
         assert f"[ok] {check}" in run.stdout, report
+
+
+class _RpcError:
+    """What a client's `stub.Predict` raises: a code and details."""
+
+    def __init__(self, code: str, details: str):
+        import grpc
+
+        self._code, self._details = grpc.StatusCode[code], details
+
+    def code(self):
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+# A call on a channel whose last connection attempt was refused: it fails at once until the reconnect
+# backoff runs out, even when the server listens again by then.
+REFUSED = _RpcError(
+    "UNAVAILABLE",
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
+    "Failed to connect to remote host: Connection refused",
+)
+DROPPED = _RpcError("UNAVAILABLE", "Socket closed")  # reached a server, which went away mid-call
+
+
+def test_the_restart_window_closes_per_client_once_the_restarted_server_answers_it(bench_soak):
+    import numpy as np
+    from tensorflow_serving.apis import predict_pb2
+
+    from client.contract import IMAGE_SIZE, OUTPUT_CLASSES, OUTPUT_PROBABILITIES
+    from client.grpc_transport import ndarray_to_proto
+
+    probabilities, classes = np.full((1, 10), 0.1, np.float32), np.array([3], np.int64)
+    stream = bench_soak.Stream(
+        "127.0.0.1:1", np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.uint8), {1: (probabilities, classes)}, "m"
+    )
+    answer = predict_pb2.PredictResponse()
+    answer.model_spec.version.value = 1
+    answer.outputs[OUTPUT_PROBABILITIES].CopyFrom(ndarray_to_proto(probabilities))
+    answer.outputs[OUTPUT_CLASSES].CopyFrom(ndarray_to_proto(classes))
+    tally = stream.tally
+
+    before = bench_soak.time.monotonic()
+    stream._failed(REFUSED, before, client=0)  # refused while the server is up: a failure
+    assert (tally.failed, tally.refused_while_down) == (1, 0)
+
+    stream.sigterm()
+    stream._failed(DROPPED, before, client=1)  # in flight at SIGTERM, reached it, then lost
+    assert tally.accepted_then_failed == 1
+    stream._failed(REFUSED, bench_soak.time.monotonic(), client=2)  # sent while the server is down
+    assert (tally.failed, tally.refused_while_down) == (1, 1)
+
+    stream.restarted()
+    stream._check(answer, 0, before, client=4)  # answered, but sent before the restart: still restarting
+    stream._failed(REFUSED, bench_soak.time.monotonic(), client=4)
+    stream._failed(REFUSED, bench_soak.time.monotonic(), client=3)  # its channel still in reconnect backoff
+    assert (tally.failed, tally.refused_while_down) == (1, 3)
+    stream._failed(DROPPED, bench_soak.time.monotonic(), client=5)  # reached the restarted server: failed
+    assert tally.failed == 2
+
+    stream._check(answer, 0, bench_soak.time.monotonic(), client=3)  # client 3 is back...
+    assert 3 not in stream.reconnecting and 2 in stream.reconnecting
+    stream._failed(REFUSED, bench_soak.time.monotonic(), client=3)  # ...so a refusal now is a failure
+    assert (tally.failed, tally.refused_while_down, tally.ok, tally.wrong) == (3, 3, 2, 0)
+    assert stream.wait_reconnected(bench_soak.time.monotonic()) is False  # 14 clients not yet answered
