@@ -13,9 +13,10 @@ from dataclasses import dataclass, replace
 
 import keras
 
-from trainer.elastic import SIMARD_SIGMA, ElasticDistortion
 from trainer.model import MODEL_INPUT_SHAPE
 from trainer.presets import TrainConfig
+
+SIMARD_SIGMA = 4.0  # Simard's width of the elastic displacement field for 28x28 digits (trainer/elastic.py)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ def build_augmenter(cfg: AugmentConfig, seed: int | None = None) -> keras.Sequen
     if cfg.horizontal_flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
     if cfg.elastic * s:  # first, on the crisp image: the stroke bends, then the whole digit moves
+        from trainer.elastic import ElasticDistortion  # TensorFlow only; the default path runs on any backend
+
         layers.append(ElasticDistortion(cfg.elastic * s, SIMARD_SIGMA, cfg.elastic_probability, seed=seed))
     if cfg.rotation_degrees:
         layers.append(keras.layers.RandomRotation(s * cfg.rotation_degrees / 360.0, **fill))
@@ -120,6 +123,9 @@ class AugmentationGate(keras.layers.Layer):
         self.on = self.add_weight(shape=(), initializer="ones", trainable=False, name="on")
 
     def call(self, images, training=None):
+        if keras.backend.backend() != "tensorflow":
+            # JAX's cond cannot carry the augmenter's random-state update out of a branch: augment, select.
+            return keras.ops.where(self.on > 0.5, self.augmenter(images, training=training), images)
         augmented = lambda: self.augmenter(images, training=training)  # noqa: E731
         return keras.ops.cond(self.on > 0.5, augmented, lambda: images)
 

@@ -12,15 +12,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-AVERAGED_VAL = "val_averaged_accuracy"  # history key: validation accuracy with the averaged weights
-
 
 class WeightAverage(keras.callbacks.Callback):
     """Keep an EMA of `network`'s weights; lend it to the network between epochs, keep it at the end.
 
     At the end of each epoch the averaged weights replace the network's, so the callbacks after this one
-    (the validation that logs AVERAGED_VAL, KeepBestEpoch) see the averaged network. The training
-    weights come back when the next epoch begins; after the last epoch the average stays.
+    (the validation that logs trainer.train.AVERAGED_VAL, KeepBestEpoch) see the averaged network. The
+    training weights come back when the next epoch begins; after the last epoch the average stays.
     """
 
     def __init__(self, network: keras.Model, decay: float) -> None:

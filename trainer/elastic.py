@@ -16,7 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-SIMARD_SIGMA = 4.0
+from trainer.augment import SIMARD_SIGMA
+
 SIMARD_ALPHA = 34.0
 
 

@@ -1,10 +1,13 @@
-"""Build the Keras network a ModelConfig describes, and the one preprocessing step it expects."""
+"""Build the Keras network a ModelConfig describes, and the one preprocessing step it expects.
+
+Written in `keras.ops`, so the same network trains on any Keras backend (TensorFlow here and in the
+containers; JAX for the GPU check where no TensorFlow is installed: scripts/gpu_check.py).
+"""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from client.contract import IMAGE_SIZE, NUM_CLASSES, PIXEL_MAX
 from trainer.presets import ModelConfig, TrainConfig
@@ -13,9 +16,14 @@ from trainer.schedules import learning_rate
 MODEL_INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
 
 
-def to_model_input(images: np.ndarray | tf.Tensor) -> tf.Tensor:
+def to_model_input(images):
     """uint8 pixels [N,28,28] 0..255 -> float32 [N,28,28,1] in [0,1]; used in training and in the export."""
-    return tf.expand_dims(tf.cast(images, tf.float32) / float(PIXEL_MAX), axis=-1)
+    return keras.ops.expand_dims(keras.ops.cast(images, "float32") / float(PIXEL_MAX), axis=-1)
+
+
+def model_input_array(images: np.ndarray) -> np.ndarray:
+    """`to_model_input` as a NumPy array, for `fit` and `predict` on any backend."""
+    return keras.ops.convert_to_numpy(to_model_input(images))
 
 
 def build_model(cfg: ModelConfig, name: str = "digits_cnn") -> keras.Model:
@@ -68,8 +76,8 @@ def sparse_crossentropy(label_smoothing: float = 0.0):
     smoothed = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
 
     def loss(y_true, y_pred):
-        labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)  # [N] or [N,1] integer labels -> [N]
-        return smoothed(tf.one_hot(labels, NUM_CLASSES), y_pred)
+        labels = keras.ops.cast(keras.ops.reshape(y_true, [-1]), "int32")  # [N] or [N,1] labels -> [N]
+        return smoothed(keras.ops.one_hot(labels, NUM_CLASSES), y_pred)
 
     return loss
 

@@ -29,9 +29,8 @@ from client.contract import (
 from client.plots import plot_confusion_matrix, plot_misclassified, save_figure
 from client.stats import Interval, confusion_matrix
 from trainer.augment import training_augmentation
-from trainer.averaging import AVERAGED_VAL
 from trainer.data import Dataset
-from trainer.train import SERVED_VAL, TrainResult
+from trainer.train import AVERAGED_VAL, SERVED_VAL, TrainResult
 from trainer.tta import describe as describe_tta
 
 matplotlib.use("Agg")  # files only; never needs a display

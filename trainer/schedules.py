@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import keras
-import tensorflow as tf
 
 from trainer.presets import TrainConfig
 
@@ -24,12 +23,13 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         self.warmup_fraction = float(warmup_fraction)
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
+        ops = keras.ops
+        step = ops.cast(step, "float32")
         warmup = max(self.total_steps * self.warmup_fraction, 1.0)
         rising = self.peak * (START_FRACTION + (1.0 - START_FRACTION) * step / warmup)
-        progress = tf.clip_by_value((step - warmup) / max(self.total_steps - warmup, 1.0), 0.0, 1.0)
-        falling = self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
-        return tf.where(step < warmup, rising, falling)
+        progress = ops.clip((step - warmup) / max(self.total_steps - warmup, 1.0), 0.0, 1.0)
+        falling = self.peak * 0.5 * (1.0 + ops.cos(math.pi * progress))
+        return ops.where(step < warmup, rising, falling)
 
     def get_config(self) -> dict:
         return {"peak": self.peak, "total_steps": self.total_steps, "warmup_fraction": self.warmup_fraction}

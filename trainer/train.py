@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -9,18 +10,17 @@ from dataclasses import dataclass, field
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from client.stats import Interval, wilson_interval
 from trainer.augment import AugmentationOff, training_augmentation, with_augmentation
-from trainer.averaging import AVERAGED_VAL, WeightAverage
 from trainer.data import Dataset
-from trainer.model import build_model, compile_model, to_model_input
+from trainer.model import build_model, compile_model, model_input_array
 from trainer.presets import Preset
 from trainer.tta import for_dataset, serving_network
 
 PREDICT_BATCH = 1_000
 SERVED_VAL = "val_served_accuracy"  # history key: validation accuracy of a mirror-averaged model
+AVERAGED_VAL = "val_averaged_accuracy"  # history key: validation accuracy with the averaged weights
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def limit_indices(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarr
 
 def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
     """The softmax [N,10] `model` gives each uint8 [N,28,28] image."""
-    return model.predict(to_model_input(images), batch_size=PREDICT_BATCH, verbose=0)
+    return model.predict(model_input_array(images), batch_size=PREDICT_BATCH, verbose=0)
 
 
 def predict_classes(model: keras.Model, images: np.ndarray) -> np.ndarray:
@@ -98,11 +98,18 @@ def predict_classes(model: keras.Model, images: np.ndarray) -> np.ndarray:
     return predict_probabilities(model, images).argmax(axis=1)
 
 
-def distribution_strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy across several GPUs; otherwise the default (one GPU if present, else CPU)."""
+def distribution_scope() -> contextlib.AbstractContextManager:
+    """Build and compile in this: MirroredStrategy across several GPUs, else the default (GPU or CPU).
+
+    On a Keras backend other than TensorFlow, nothing: the backend places the work itself.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
     if len(tf.config.list_physical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+        return tf.distribute.MirroredStrategy().scope()
+    return tf.distribute.get_strategy().scope()
 
 
 class ServedValidation(keras.callbacks.Callback):
@@ -191,12 +198,12 @@ def train_model(
     keras.utils.set_random_seed(cfg.seed)
     split = stratified_split(dataset.y_train, cfg.val_size, cfg.seed)
     train_idx = limit_indices(split.train, limit_train, cfg.seed)
-    x_train = to_model_input(dataset.x_train[train_idx]).numpy()
+    x_train = model_input_array(dataset.x_train[train_idx])
     y_train = dataset.y_train[train_idx]
     validate = split.val.size > 0  # val_size 0: nothing held out, nothing to choose with
     validation = None
     if validate:
-        validation = (to_model_input(dataset.x_train[split.val]).numpy(), dataset.y_train[split.val])
+        validation = (model_input_array(dataset.x_train[split.val]), dataset.y_train[split.val])
 
     augmentation = training_augmentation(dataset.name, cfg)
     if cfg.clean_epochs and not augmentation.changes_images:  # nothing to switch off; the card says so
@@ -205,7 +212,7 @@ def train_model(
     clean_epochs = cfg.clean_epochs
     if clean_epochs >= cfg.epochs:
         raise ValueError(f"clean_epochs {clean_epochs} leaves none of the {cfg.epochs} epochs augmented")
-    with distribution_strategy().scope():
+    with distribution_scope():
         network = build_model(preset.model)
         # Augmentation wraps the network for fit only; `model` (what gets exported) never contains it.
         fit_model = with_augmentation(network, augmentation, seed=cfg.seed, gated=clean_epochs > 0)
@@ -224,6 +231,8 @@ def train_model(
     if validate and averaged:  # scores the average, which the callback before it lends the network
         callbacks.insert(0, ServedValidation(model, *validation, key=AVERAGED_VAL))
     if averaged:
+        from trainer.averaging import WeightAverage  # TensorFlow only: a tf.function after every batch
+
         callbacks.insert(0, WeightAverage(network, cfg.weight_average))
     if validate and mirrored:  # scores the training weights, before any average replaces them
         callbacks.insert(0, ServedValidation(model, *validation, key=SERVED_VAL))

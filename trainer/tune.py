@@ -25,7 +25,7 @@ import numpy as np
 from client.plots import save_figure
 from trainer.augment import augment_policy, with_augmentation
 from trainer.data import Dataset
-from trainer.model import build_model, compile_model, to_model_input
+from trainer.model import build_model, compile_model, model_input_array
 from trainer.presets import ConvLayer, ModelConfig, Preset, TrainConfig
 from trainer.train import TrainResult, limit_indices, stratified_split, train_model
 
@@ -161,8 +161,8 @@ def run_search(
     """Search until the budget or max_trials runs out (resuming `directory`); all trials, best first."""
     split = stratified_split(dataset.y_train, cfg.val_size, SEARCH_SEED)
     train_idx = limit_indices(split.train, cfg.limit_train, SEARCH_SEED)
-    x_train = to_model_input(dataset.x_train[train_idx]).numpy()
-    x_val = to_model_input(dataset.x_train[split.val]).numpy()
+    x_train = model_input_array(dataset.x_train[train_idx])
+    x_val = model_input_array(dataset.x_train[split.val])
     tuner = DigitsTuner(cfg, Path(directory), dataset.name, log)
     done = len(tuner.oracle.trials)
     if done:

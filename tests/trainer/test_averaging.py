@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from client.contract import DEFAULT_MODEL_NAME
-from trainer.averaging import AVERAGED_VAL, WeightAverage
+from trainer.averaging import WeightAverage
 from trainer.cli import main
 from trainer.data import Dataset
 from trainer.export import read_model_card
 from trainer.model import build_model, compile_model, to_model_input
 from trainer.presets import get_preset
 from trainer.restore import restore_model
-from trainer.train import predict_classes, stratified_split, train_model
+from trainer.train import AVERAGED_VAL, predict_classes, stratified_split, train_model
 
 DECAY = 0.9
 

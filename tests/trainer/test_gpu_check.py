@@ -1,0 +1,88 @@
+"""scripts/gpu_check.py, the prepared GPU check: it trains, records, and re-scores what it trained.
+
+The lent GPU machine has JAX and no TensorFlow, so the training path must not need TensorFlow (the
+import test below); the check itself runs here on the TensorFlow backend, on a small subset.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, data_dir
+
+CHECK = REPO_ROOT / "scripts" / "gpu_check.py"
+# What the check imports to train a preset; what they import in turn is followed below.
+TRAINING_PATH = ("trainer.train", "scripts.gpu_check")
+
+
+def _check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(CHECK), *args], capture_output=True, text=True, timeout=300,
+                          cwd=REPO_ROOT)
+
+
+def _module_imports(module: str) -> set[str]:
+    """The modules `module`'s source imports at load time (not inside functions)."""
+    tree = ast.parse((REPO_ROOT / (module.replace(".", "/") + ".py")).read_text())
+    imported: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    return imported
+
+
+def test_the_training_path_loads_no_tensorflow():
+    seen, todo = set(), list(TRAINING_PATH)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for name in _module_imports(module):
+            assert name.split(".")[0] != "tensorflow", f"{module} imports {name} at load time"
+            if name.split(".")[0] in ("trainer", "client") and name != "client":
+                todo.append(name)
+    assert {"trainer.model", "trainer.augment", "trainer.schedules", "trainer.data"} <= seen
+
+
+@pytest.fixture(scope="module")
+def check_out(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("gpu-check")
+    run = _check("run", "fast:42", "fast:43", "--limit-train", "600", "--deadline-s", "1",
+                 "--data-dir", str(data_dir()), "--out", str(out))
+    return out, run
+
+
+def test_run_records_each_finished_run_and_skips_what_would_pass_the_deadline(check_out):
+    out, run = check_out
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+    assert "epoch   4/4" in run.stdout  # progress per epoch
+    assert "skipping fast:43" in run.stdout  # fast:42 took longer than the 1 s deadline
+    (result,) = json.loads((out / "results.json").read_text())
+    assert (result["preset"], result["seed"], result["backend"]) == ("fast", 42, "tensorflow")
+    assert result["seconds"] > 0 and 0 < result["test_errors"] < 10_000
+    assert abs(result["test_accuracy"] - (1 - result["test_errors"] / 10_000)) < 1e-9
+
+
+def test_verify_rescores_the_weights_and_catches_a_false_record(check_out):
+    out, _ = check_out
+    verified = _check("verify", str(out), "--data-dir", str(data_dir()))
+    assert verified.returncode == 0, verified.stdout + verified.stderr[-2000:]
+    assert "10000/10000" in verified.stdout  # the same prediction for every test image
+
+    results = json.loads((out / "results.json").read_text())
+    results[0]["test_errors"] += 1
+    (out / "results.json").write_text(json.dumps(results))
+    assert _check("verify", str(out), "--data-dir", str(data_dir())).returncode == 1
+
+
+def test_run_names_a_bad_preset():
+    run = _check("run", "no-such-preset:1", "--out", "unused")
+    assert run.returncode == 2 and "expected PRESET:SEED" in run.stderr
