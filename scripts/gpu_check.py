@@ -4,10 +4,12 @@
 names (the lent machine has JAX and no TensorFlow), and after every run rewrites results.json and
 weights.npz in --out, so a run cut short by its time limit still leaves what finished.
 `verify` rebuilds each network here (TensorFlow), loads the weights the GPU trained and counts the test
-errors again: what the check reports must be what the weights do.
+errors again: what the check reports must be what the weights do. With --export it also exports each
+verified network as the next version, with a model card that says where it trained, so `digits-train
+combine` can average networks trained there into an ensemble.
 
     KERAS_BACKEND=jax python scripts/gpu_check.py run fast:42 best:42 --data-dir data --out OUT
-    python scripts/gpu_check.py verify OUT
+    python scripts/gpu_check.py verify OUT [--export models]
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.data import load_dataset  # noqa: E402
+from client.contract import DEFAULT_MODEL_NAME  # noqa: E402
+from client.stats import wilson_interval  # noqa: E402
+from trainer.data import Dataset, load_dataset  # noqa: E402
 from trainer.model import build_model  # noqa: E402
 from trainer.presets import get_preset  # noqa: E402
-from trainer.train import predict_classes, train_model  # noqa: E402
+from trainer.train import TrainResult, predict_classes, train_model  # noqa: E402
 from trainer.tta import for_dataset, serving_network  # noqa: E402
 
 RESULTS, WEIGHTS = "results.json", "weights.npz"
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         if done and max(done) * 1.2 > left:  # would not finish before the deadline: leave it out
             print(f"skipping {name}:{seed}: {left:.0f}s left, a run took {max(done):.0f}s", flush=True)
             continue
-        preset = get_preset(name).with_overrides(seed=seed)
+        preset = get_preset(name).with_overrides(seed=seed, **_val_size(args.val_size))
         print(f"--- {name} seed {seed}", flush=True)
         result = train_model(preset, dataset, args.limit_train, log=lambda line: print(line, flush=True))
         epochs = result.epoch_seconds
@@ -89,14 +93,24 @@ def run(args: argparse.Namespace) -> int:
             "median_epoch_seconds": round(statistics.median(epochs[1:] or epochs), 3),
             "best_epoch": result.best_epoch, "val_accuracy": result.val_accuracy,
             "test_accuracy": result.test_accuracy.value, "test_errors": result.test_errors,
+            "val_size": result.val_size, "train_size": result.train_size, "keras_version": keras.__version__,
+            "epoch_seconds": [round(t, 3) for t in epochs], "history": result.history,
         })
         for i, array in enumerate(result.model.get_weights()):
             weights[f"{name}-{seed}/{i:03d}"] = array
         weights[f"{name}-{seed}/predictions"] = result.test_predictions
         (out / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
         np.savez(out / WEIGHTS, **weights)
-    print(json.dumps(results, indent=2))
+    for r in results:
+        print(f"{r['preset']}:{r['seed']}  fit {r['seconds']:.1f}s (first epoch "
+              f"{r['first_epoch_seconds']:.1f}s, then {r['median_epoch_seconds']:.2f}s median)  "
+              f"test {r['test_accuracy']:.2%}, "
+              f"{r['test_errors']} errors  [{r['device']}]")
     return 0 if results else 1
+
+
+def _val_size(value: int | None) -> dict[str, int]:
+    return {} if value is None else {"val_size": value}
 
 
 def verify(args: argparse.Namespace) -> int:
@@ -109,7 +123,8 @@ def verify(args: argparse.Namespace) -> int:
           f"{'same predictions':>16}")
     for r in results:
         key = f"{r['preset']}-{r['seed']}"
-        preset = for_dataset(get_preset(r["preset"]), dataset.name)
+        preset = get_preset(r["preset"]).with_overrides(seed=r["seed"], **_val_size(r.get("val_size")))
+        preset = for_dataset(preset, dataset.name)
         model = serving_network(preset.model, build_model(preset.model))
         model.set_weights([stored[f"{key}/{i:03d}"] for i in range(len(model.weights))])
         predictions = predict_classes(model, dataset.x_test)
@@ -118,7 +133,32 @@ def verify(args: argparse.Namespace) -> int:
         failed += errors != r["test_errors"]
         print(f"{key:<10} {r['device'][:22]:<22} {r['seconds']:>7.1f} {r['median_epoch_seconds']:>8.2f} "
               f"{r['test_errors']:>12} {errors:>5} {agree:>10}/{len(predictions)}")
+        if args.export and errors == r["test_errors"]:
+            exported = export_run(r, model, preset, predictions, dataset, args.export, args.model_name)
+            print(f"{'':<10} exported: {exported}")
     return 1 if failed else 0
+
+
+def export_run(
+    record: dict, model: keras.Model, preset, predictions: np.ndarray, dataset: Dataset, models_dir: str,
+    model_name: str,
+) -> Path:
+    """Export a verified network as the next version, its card saying where and how it trained."""
+    from trainer.export import export_model
+    from trainer.report import model_card
+
+    correct = int(np.sum(predictions == dataset.y_test))
+    result = TrainResult(
+        model=model, preset=preset, dataset=dataset.name, history=record["history"],
+        best_epoch=record["best_epoch"], val_accuracy=record["val_accuracy"],
+        test_accuracy=wilson_interval(correct, len(dataset.y_test)),
+        test_errors=len(dataset.y_test) - correct, test_predictions=predictions,
+        train_size=record["train_size"], val_size=record["val_size"], seconds=record["seconds"],
+        epoch_seconds=record["epoch_seconds"],
+    )
+    trained_on = {key: record[key] for key in ("backend", "device", "keras_version")}
+    card = {**model_card(result, dataset), "trained_on": trained_on}
+    return export_model(model, models_dir, model_name, card, warmup_images=dataset.x_test)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--deadline-s", type=float, default=float("inf"),
                        help="start no run likely to end past this many seconds")
     train.add_argument("--limit-train", type=int, help="train on this many images only (a rehearsal)")
+    train.add_argument("--val-size", type=int, help="the hold-out (default: the preset's; 0 for a final fit)")
     check = commands.add_parser("verify", help="re-score the weights a `run` wrote, here")
     check.add_argument("out", help="the folder `run` wrote")
+    check.add_argument("--export", metavar="MODELS_DIR", help="export each verified network under it")
+    check.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     for command in (train, check):
         command.add_argument("--data-dir", default="data")
     args = parser.parse_args(argv)

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT, data_dir
+from trainer.cli import main
+from trainer.export import read_model_card
 
 CHECK = REPO_ROOT / "scripts" / "gpu_check.py"
 # What the check imports to train a preset; what they import in turn is followed below.
@@ -55,27 +57,53 @@ def test_the_training_path_loads_no_tensorflow():
 @pytest.fixture(scope="module")
 def check_out(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("gpu-check")
-    run = _check("run", "fast:42", "fast:43", "--limit-train", "600", "--deadline-s", "1",
+    run = _check("run", "fast:42", "fast:43", "--limit-train", "600", "--val-size", "1000",
                  "--data-dir", str(data_dir()), "--out", str(out))
     return out, run
 
 
-def test_run_records_each_finished_run_and_skips_what_would_pass_the_deadline(check_out):
+def test_run_records_each_run(check_out):
     out, run = check_out
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
     assert "epoch   4/4" in run.stdout  # progress per epoch
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["preset"], r["seed"], r["backend"]) for r in results] == [
+        ("fast", 42, "tensorflow"), ("fast", 43, "tensorflow")]
+    for result in results:
+        assert (result["train_size"], result["val_size"]) == (600, 1000)
+        assert result["seconds"] > 0 and 0 < result["test_errors"] < 10_000
+        assert abs(result["test_accuracy"] - (1 - result["test_errors"] / 10_000)) < 1e-9
+        assert len(result["epoch_seconds"]) == len(result["history"]["val_accuracy"]) == 4
+
+
+def test_run_starts_nothing_that_would_pass_the_deadline(tmp_path):
+    run = _check("run", "fast:42", "fast:43", "--limit-train", "300", "--deadline-s", "1",
+                 "--data-dir", str(data_dir()), "--out", str(tmp_path))
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
     assert "skipping fast:43" in run.stdout  # fast:42 took longer than the 1 s deadline
-    (result,) = json.loads((out / "results.json").read_text())
-    assert (result["preset"], result["seed"], result["backend"]) == ("fast", 42, "tensorflow")
-    assert result["seconds"] > 0 and 0 < result["test_errors"] < 10_000
-    assert abs(result["test_accuracy"] - (1 - result["test_errors"] / 10_000)) < 1e-9
+    assert [r["seed"] for r in json.loads((tmp_path / "results.json").read_text())] == [42]
 
 
-def test_verify_rescores_the_weights_and_catches_a_false_record(check_out):
+def test_verified_networks_export_as_members_that_combine_accepts(check_out, tmp_path):
     out, _ = check_out
-    verified = _check("verify", str(out), "--data-dir", str(data_dir()))
+    models = tmp_path / "models"
+    verified = _check("verify", str(out), "--data-dir", str(data_dir()), "--export", str(models))
     assert verified.returncode == 0, verified.stdout + verified.stderr[-2000:]
-    assert "10000/10000" in verified.stdout  # the same prediction for every test image
+    assert verified.stdout.count("10000/10000") == 2  # the same prediction for every test image
+    results = json.loads((out / "results.json").read_text())
+    for version, result in zip(("1", "2"), results, strict=True):
+        card = read_model_card(models / "mnist" / version)
+        assert card["trained_on"]["backend"] == result["backend"]
+        assert card["metrics"]["test_errors"] == result["test_errors"]
+        assert card["config"]["train"]["seed"] == result["seed"]
+    combined = [str(models / "mnist" / "1"), str(models / "mnist" / "2")]
+    common = ["--data-dir", str(data_dir()), "--models-dir", str(models), "--reports-dir", str(tmp_path)]
+    assert main(["combine", *combined, *common]) == 0
+    assert read_model_card(models / "mnist" / "3")["preset"] == "combined"
+
+
+def test_verify_catches_a_false_record(check_out):
+    out, _ = check_out
 
     results = json.loads((out / "results.json").read_text())
     results[0]["test_errors"] += 1
