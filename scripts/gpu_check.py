@@ -31,7 +31,7 @@ from client.contract import DEFAULT_MODEL_NAME  # noqa: E402
 from client.stats import wilson_interval  # noqa: E402
 from trainer.data import Dataset, load_dataset  # noqa: E402
 from trainer.model import build_model  # noqa: E402
-from trainer.presets import get_preset  # noqa: E402
+from trainer.presets import Preset, get_preset  # noqa: E402
 from trainer.train import TrainResult, predict_classes, train_model  # noqa: E402
 from trainer.tta import for_dataset, serving_network  # noqa: E402
 
@@ -140,8 +140,8 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def export_run(
-    record: dict, model: keras.Model, preset, predictions: np.ndarray, dataset: Dataset, models_dir: str,
-    model_name: str,
+    record: dict, model: keras.Model, preset: Preset, predictions: np.ndarray, dataset: Dataset,
+    models_dir: str, model_name: str,
 ) -> Path:
     """Export a verified network as the next version, its card saying where and how it trained."""
     from trainer.export import export_model

@@ -23,13 +23,12 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         self.warmup_fraction = float(warmup_fraction)
 
     def __call__(self, step):
-        ops = keras.ops
-        step = ops.cast(step, "float32")
+        step = keras.ops.cast(step, "float32")
         warmup = max(self.total_steps * self.warmup_fraction, 1.0)
         rising = self.peak * (START_FRACTION + (1.0 - START_FRACTION) * step / warmup)
-        progress = ops.clip((step - warmup) / max(self.total_steps - warmup, 1.0), 0.0, 1.0)
-        falling = self.peak * 0.5 * (1.0 + ops.cos(math.pi * progress))
-        return ops.where(step < warmup, rising, falling)
+        progress = keras.ops.clip((step - warmup) / max(self.total_steps - warmup, 1.0), 0.0, 1.0)
+        falling = self.peak * 0.5 * (1.0 + keras.ops.cos(math.pi * progress))
+        return keras.ops.where(step < warmup, rising, falling)
 
     def get_config(self) -> dict:
         return {"peak": self.peak, "total_steps": self.total_steps, "warmup_fraction": self.warmup_fraction}
