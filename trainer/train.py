@@ -209,20 +209,19 @@ def train_model(
     if cfg.clean_epochs and not augmentation.changes_images:  # nothing to switch off; the card says so
         preset = preset.with_overrides(clean_epochs=0)
         cfg = preset.train
-    clean_epochs = cfg.clean_epochs
-    if clean_epochs >= cfg.epochs:
-        raise ValueError(f"clean_epochs {clean_epochs} leaves none of the {cfg.epochs} epochs augmented")
+    if cfg.clean_epochs >= cfg.epochs:
+        raise ValueError(f"clean_epochs {cfg.clean_epochs} leaves none of the {cfg.epochs} epochs augmented")
     with distribution_scope():
         network = build_model(preset.model)
         # Augmentation wraps the network for fit only; `model` (what gets exported) never contains it.
-        fit_model = with_augmentation(network, augmentation, seed=cfg.seed, gated=clean_epochs > 0)
+        fit_model = with_augmentation(network, augmentation, seed=cfg.seed, gated=cfg.clean_epochs > 0)
         compile_model(fit_model, cfg, steps_per_epoch=math.ceil(len(train_idx) / cfg.batch_size))
     model = serving_network(preset.model, network)
     log(
         f"{preset.name}: {model.count_params():,} params, {len(train_idx):,} train / {len(split.val):,} val "
         f"images of {dataset.name}, batch {cfg.batch_size}, {cfg.epochs} epochs"
         + (f", augmentation {augmentation.describe()}" if augmentation.changes_images else "")
-        + (f" (off for the last {clean_epochs})" if clean_epochs else "")
+        + (f" (off for the last {cfg.clean_epochs})" if cfg.clean_epochs else "")
     )
     mirrored, averaged = model is not network, cfg.weight_average > 0
     monitor = AVERAGED_VAL if averaged else SERVED_VAL if mirrored else "val_accuracy"
@@ -236,8 +235,9 @@ def train_model(
         callbacks.insert(0, WeightAverage(network, cfg.weight_average))
     if validate and mirrored:  # scores the training weights, before any average replaces them
         callbacks.insert(0, ServedValidation(model, *validation, key=SERVED_VAL))
-    if clean_epochs:
-        callbacks.insert(0, AugmentationOff(fit_model.get_layer("gate"), cfg.epochs - clean_epochs + 1, log))
+    if cfg.clean_epochs:
+        clean_from = cfg.epochs - cfg.clean_epochs + 1
+        callbacks.insert(0, AugmentationOff(fit_model.get_layer("gate"), clean_from, log))
     start = time.perf_counter()
     history = fit_model.fit(
         x_train,
