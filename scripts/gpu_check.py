@@ -2,7 +2,7 @@
 
 `run` trains each PRESET:SEED with trainer.train.train_model on the Keras backend that KERAS_BACKEND
 names (the lent machine has JAX and no TensorFlow), and after every run rewrites results.json and
-weights.npz in --out, so a run cut short by its time limit still leaves what finished.
+its weights file in --out, so a run cut short by its time limit still leaves what finished.
 `verify` rebuilds each network here (TensorFlow), loads the weights the GPU trained and counts the test
 errors again: what the check reports must be what the weights do. With --export it also exports each
 verified network as the next version, with a model card that says where it trained, so `digits-train
@@ -35,7 +35,13 @@ from trainer.presets import Preset, get_preset  # noqa: E402
 from trainer.train import TrainResult, predict_classes, train_model  # noqa: E402
 from trainer.tta import for_dataset, serving_network  # noqa: E402
 
-RESULTS, WEIGHTS = "results.json", "weights.npz"
+RESULTS = "results.json"
+
+
+def weights_file(run_index: int, runs_per_file: int) -> str:
+    """weights.npz holds the first runs' weights, weights-2.npz the next ones, and so on."""
+    part = run_index // runs_per_file
+    return "weights.npz" if part == 0 else f"weights-{part + 1}.npz"
 
 
 def accelerator() -> str:
@@ -96,11 +102,13 @@ def run(args: argparse.Namespace) -> int:
             "val_size": result.val_size, "train_size": result.train_size, "keras_version": keras.__version__,
             "epoch_seconds": [round(t, 3) for t in epochs], "history": result.history,
         })
+        if (len(results) - 1) % args.runs_per_file == 0:
+            weights = {}
         for i, array in enumerate(result.model.get_weights()):
             weights[f"{name}-{seed}/{i:03d}"] = array
         weights[f"{name}-{seed}/predictions"] = result.test_predictions
         (out / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
-        np.savez(out / WEIGHTS, **weights)
+        np.savez(out / weights_file(len(results) - 1, args.runs_per_file), **weights)
     for r in results:
         print(f"{r['preset']}:{r['seed']}  fit {r['seconds']:.1f}s (first epoch "
               f"{r['first_epoch_seconds']:.1f}s, then {r['median_epoch_seconds']:.2f}s median)  "
@@ -116,7 +124,9 @@ def _val_size(value: int | None) -> dict[str, int]:
 def verify(args: argparse.Namespace) -> int:
     out = Path(args.out)
     results = json.loads((out / RESULTS).read_text())
-    stored = np.load(out / WEIGHTS)
+    stored = {}
+    for path in sorted(out.glob("weights*.npz")):
+        stored.update(np.load(path))
     dataset = load_dataset("mnist", args.data_dir)
     failed = 0
     print(f"{'run':<10} {'device':<22} {'fit s':>7} {'epoch s':>8} {'errors there':>12} {'here':>5} "
@@ -166,11 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("run", help="train PRESET:SEED runs on this machine's backend")
     train.add_argument("runs", nargs="+", type=parse_run, metavar="PRESET:SEED")
-    train.add_argument("--out", required=True, help="folder for results.json and weights.npz")
+    train.add_argument("--out", required=True, help="folder for results.json and the weights files")
     train.add_argument("--deadline-s", type=float, default=float("inf"),
                        help="start no run likely to end past this many seconds")
     train.add_argument("--limit-train", type=int, help="train on this many images only (a rehearsal)")
     train.add_argument("--val-size", type=int, help="the hold-out (default: the preset's; 0 for a final fit)")
+    train.add_argument("--runs-per-file", type=int, default=6,
+                       help="runs per weights file (the device tool returns files of at most 16 MiB; "
+                            "six `best` networks take about 9 MiB)")
     check = commands.add_parser("verify", help="re-score the weights a `run` wrote, here")
     check.add_argument("out", help="the folder `run` wrote")
     check.add_argument("--export", metavar="MODELS_DIR", help="export each verified network under it")

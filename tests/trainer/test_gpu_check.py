@@ -58,7 +58,7 @@ def test_the_training_path_loads_no_tensorflow():
 def check_out(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("gpu-check")
     run = _check("run", "fast:42", "fast:43", "--limit-train", "600", "--val-size", "1000",
-                 "--data-dir", str(data_dir()), "--out", str(out))
+                 "--runs-per-file", "1", "--data-dir", str(data_dir()), "--out", str(out))
     return out, run
 
 
@@ -66,6 +66,7 @@ def test_run_records_each_run(check_out):
     out, run = check_out
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
     assert "epoch   4/4" in run.stdout  # progress per epoch
+    assert sorted(path.name for path in out.glob("weights*.npz")) == ["weights-2.npz", "weights.npz"]
     results = json.loads((out / "results.json").read_text())
     assert [(r["preset"], r["seed"], r["backend"]) for r in results] == [
         ("fast", 42, "tensorflow"), ("fast", 43, "tensorflow")]
