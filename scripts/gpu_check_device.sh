@@ -32,5 +32,6 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 if [[ $# -eq 0 || "$1" == --* ]]; then
     set -- fast:42 best:42 fast:43 fast:44 best:43 best:44 --deadline-s 400 "$@"
 fi
-timeout -s INT "${CHECK_SECONDS:-470}" python3 scripts/gpu_check.py run "$@" --data-dir data --out "$out" \
-    2>&1 | grep -v "^WARNING: All log messages" | tee "$out/log.txt"
+# INT first, so the run in progress ends as Python would; KILL 15 s later if a thread holds it up.
+timeout -s INT -k 15 "${CHECK_SECONDS:-470}" python3 scripts/gpu_check.py run "$@" --data-dir data \
+    --out "$out" 2>&1 | grep --line-buffered -v "^WARNING: All log messages" | tee "$out/log.txt"
