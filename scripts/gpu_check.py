@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         preset = get_preset(name).with_overrides(seed=seed, **_val_size(args.val_size))
         print(f"--- {name} seed {seed}", flush=True)
-        result = train_model(preset, dataset, args.limit_train, log=lambda line: print(line, flush=True))
+        result = train_model(preset, dataset, args.limit_train, log=lambda line: print(
+            f"[{time.perf_counter() - start:6.1f} s] {line}", flush=True))
         epochs = result.epoch_seconds
         results.append({
             "preset": name, "seed": seed, "backend": keras.backend.backend(), "device": where,
