@@ -101,6 +101,12 @@ def build_augmenter(cfg: AugmentConfig, seed: int | None = None) -> keras.Sequen
         # Keras draws each image's chance from U(low, high): equal bounds make it exactly p.
         p = cfg.erase_probability
         layers.append(keras.layers.RandomErasing(factor=(p, p), value_range=(0.0, 1.0), seed=seed))
+    if keras.backend.backend() == "jax":
+        # Keras marks rotation, zoom and translation as not jit-compatible (TensorFlow's image ops are
+        # not), which makes the whole JAX training step run op by op: `best` on the lent H200 did not
+        # finish one epoch in 170 s. On JAX they are jax.numpy and compile.
+        for layer in layers[1:]:
+            layer.supports_jit = True
     return keras.Sequential(layers, name="augment")
 
 
