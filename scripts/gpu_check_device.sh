@@ -30,7 +30,8 @@ python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir 
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KERAS_BACKEND=${KERAS_BACKEND:-jax}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 if [[ $# -eq 0 || "$1" == --* ]]; then
-    set -- fast:42 best:42 fast:43 fast:44 best:43 best:44 --deadline-s 400 "$@"
+    # The check (three seeds of each preset), then `best` members for the ensemble while time lasts.
+    set -- fast:42 fast:43 fast:44 best:{42..53} --deadline-s 400 "$@"
 fi
 # INT first, so the run in progress ends as Python would; KILL 15 s later if a thread holds it up.
 timeout -s INT -k 15 "${CHECK_SECONDS:-470}" python3 scripts/gpu_check.py run "$@" --data-dir data \
