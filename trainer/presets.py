@@ -179,10 +179,10 @@ MODERN_PRESETS = (
     ),
     Preset(
         name="ensemble",
-        description="three `best` members (seeds 42..44, each with its own validation split) averaged "
-        "inside one exported graph; --members N for more",
+        description="six `best` members (seeds 42..47, each with its own validation split) averaged "
+        "inside one exported graph; --members N for another count",
         model=_DEOTTE_NET,
-        train=replace(_BEST_TRAIN, members=3),
+        train=replace(_BEST_TRAIN, members=6),
         tags=("modern", "ensemble"),
     ),
 )
