@@ -28,11 +28,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from client.contract import DEFAULT_MODEL_NAME  # noqa: E402
-from client.stats import wilson_interval  # noqa: E402
 from trainer.data import Dataset, load_dataset  # noqa: E402
 from trainer.model import build_model  # noqa: E402
 from trainer.presets import Preset, get_preset  # noqa: E402
-from trainer.train import TrainResult, predict_classes, train_model  # noqa: E402
+from trainer.train import TrainResult, predict_classes, score_predictions, train_model  # noqa: E402
 from trainer.tta import for_dataset, serving_network  # noqa: E402
 
 RESULTS = "results.json"
@@ -158,12 +157,11 @@ def export_run(
     from trainer.export import export_model
     from trainer.report import model_card
 
-    correct = int(np.sum(predictions == dataset.y_test))
+    accuracy, errors = score_predictions(predictions, dataset.y_test)
     result = TrainResult(
         model=model, preset=preset, dataset=dataset.name, history=record["history"],
         best_epoch=record["best_epoch"], val_accuracy=record["val_accuracy"],
-        test_accuracy=wilson_interval(correct, len(dataset.y_test)),
-        test_errors=len(dataset.y_test) - correct, test_predictions=predictions,
+        test_accuracy=accuracy, test_errors=errors, test_predictions=predictions,
         train_size=record["train_size"], val_size=record["val_size"], seconds=record["seconds"],
         epoch_seconds=record["epoch_seconds"],
     )

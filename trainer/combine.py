@@ -16,12 +16,17 @@ from typing import Any
 import keras
 import numpy as np
 
-from client.stats import wilson_interval
 from trainer.data import Dataset
 from trainer.ensemble import average_models, mean_val_accuracy
 from trainer.presets import Preset
 from trainer.restore import MEMBER_CONFIGS, RestoreError, restore_model
-from trainer.train import TrainResult, predict_classes, predict_probabilities, stratified_split
+from trainer.train import (
+    TrainResult,
+    predict_classes,
+    predict_probabilities,
+    score_predictions,
+    stratified_split,
+)
 
 COMBINED_PRESET = "combined"
 
@@ -103,9 +108,7 @@ def combine_exports(
     model = average_models([model for _, model, _ in sources], name=COMBINED_PRESET)
     # The graph averages the members' softmax, so their predictions above already give its own.
     predictions = np.mean(member_probabilities, axis=0).argmax(axis=1)
-    correct = int(np.sum(predictions == dataset.y_test))
-    errors = len(dataset.y_test) - correct
-    accuracy = wilson_interval(correct, len(dataset.y_test))
+    accuracy, errors = score_predictions(predictions, dataset.y_test)
     errors_by_size = errors_as_members_are_added(member_probabilities, dataset.y_test)
     by_size = ", ".join(f"{k}: {e}" for k, e in enumerate(errors_by_size, start=1))
     log(f"test errors of the first k members averaged: {by_size}")

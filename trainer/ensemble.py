@@ -12,11 +12,10 @@ from dataclasses import dataclass, replace
 import keras
 import numpy as np
 
-from client.stats import wilson_interval
 from trainer.data import Dataset
 from trainer.model import MODEL_INPUT_SHAPE
 from trainer.presets import Preset
-from trainer.train import TrainResult, predict_classes, train_model
+from trainer.train import TrainResult, predict_classes, score_predictions, train_model
 
 
 @dataclass(frozen=True)
@@ -70,10 +69,8 @@ def train_ensemble(
 
     # Scored on test once, after every member made its own choices on its own validation split.
     predictions = predict_classes(model, dataset.x_test)
-    correct = int(np.sum(predictions == dataset.y_test))
-    accuracy = wilson_interval(correct, len(dataset.y_test))
+    accuracy, errors = score_predictions(predictions, dataset.y_test)
     singles = ", ".join(f"{m.test_accuracy.value:.2%}" for m in members)
-    errors = len(dataset.y_test) - correct
     log(f"ensemble of {count}: test accuracy {accuracy} ({errors} errors); members alone {singles}")
     first = members[0]
     combined = replace(

@@ -98,6 +98,12 @@ def predict_classes(model: keras.Model, images: np.ndarray) -> np.ndarray:
     return predict_probabilities(model, images).argmax(axis=1)
 
 
+def score_predictions(predictions: np.ndarray, labels: np.ndarray) -> tuple[Interval, int]:
+    """Accuracy of `predictions` against `labels` with its 95% Wilson interval, and the error count."""
+    correct = int(np.sum(predictions == labels))
+    return wilson_interval(correct, len(labels)), len(labels) - correct
+
+
 def distribution_scope() -> contextlib.AbstractContextManager:
     """Build and compile in this: MirroredStrategy across several GPUs, else the default (GPU or CPU).
 
@@ -254,12 +260,10 @@ def train_model(
 
     # The test set is touched once, after every choice is made.
     predictions = predict_classes(model, dataset.x_test)
-    correct = int(np.sum(predictions == dataset.y_test))
-    test_accuracy = wilson_interval(correct, len(dataset.y_test))
+    test_accuracy, errors = score_predictions(predictions, dataset.y_test)
     served = (" mirror-averaged" if mirrored else "") + (" weight-averaged" if averaged else "")
     kept = f"best epoch {best_epoch} (val_acc{served} {val_accuracy:.4f})" if validate else (
         f"last epoch {best_epoch} kept (no validation hold-out)")
-    errors = len(dataset.y_test) - correct
     log(f"{kept}; test accuracy{served} {test_accuracy}, {errors} errors; trained in {seconds:.1f}s")
     return TrainResult(
         model=model,
