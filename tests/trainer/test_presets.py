@@ -49,3 +49,11 @@ def test_overrides_replace_only_given_fields():
     assert preset.train.epochs == 3
     assert preset.train.seed == get_preset("seed-best").train.seed
     assert get_preset("seed-best").train.epochs == 40  # registry entry untouched
+
+
+def test_m5_is_the_papers_network_with_bests_training():
+    model = build_model(get_preset("m5").model)
+    last_map = [layer for layer in model.layers if layer.name.startswith("conv2d")][-1]
+    assert tuple(last_map.output.shape[1:]) == (8, 8, 160)  # five unpadded 5x5 convolutions: 28 -> 8
+    assert model.count_params() == 1_129_610
+    assert get_preset("m5").train == get_preset("best").train
