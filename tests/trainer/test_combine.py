@@ -89,6 +89,22 @@ def test_combined_version_serves_the_average_of_every_member(exports, mnist_data
     assert [m["seed"] for m in read_model_card(models / "6")["members"]] == [1, 42, 43, 2]
 
 
+def test_members_of_different_networks_combine_into_one_version(exports, tmp_path, mnist_data):
+    root, _ = exports
+    common = ["--models-dir", str(tmp_path / "models"), "--reports-dir", str(tmp_path / "reports")]
+    models = tmp_path / "models" / DEFAULT_MODEL_NAME
+    shutil.copytree(root / "models" / DEFAULT_MODEL_NAME / "1", models / "1")  # seed-best
+    assert main(["train", "--preset", "fast", "--epochs", "1", "--limit-train", "500", "--val-size", "300",
+                 *common]) == 0
+    assert main(["combine", str(models / "1"), str(models / "2"), *common]) == 0
+
+    images = mnist_data.x_test[:64]
+    seed_best, fast, combined = (probabilities(models / v, images) for v in ("1", "2", "3"))
+    np.testing.assert_allclose(combined, (seed_best + fast) / 2, atol=1e-5)
+    card = read_model_card(models / "3")
+    assert [m["preset"] for m in card["members"]] == ["seed-best", "fast"]
+
+
 def test_members_curve_scores_the_running_mean_in_the_order_given():
     labels = np.array([0, 1, 2])
     sure = np.eye(3)[[0, 1, 2]]  # right on all three
