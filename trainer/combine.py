@@ -57,6 +57,7 @@ class CombineResult:
     combined: TrainResult
     members: tuple[MemberScore, ...]
     errors_by_size: tuple[int, ...]  # test errors of the first k members averaged, k = 1..N
+    shared_errors: np.ndarray  # [N, N] shared_error_ratios of the members' test errors
 
     def card_fields(self) -> dict[str, Any]:
         """What a combined model card adds: each member's recipe (to rebuild it), its scores, the curve."""
@@ -64,6 +65,7 @@ class CombineResult:
             MEMBER_CONFIGS: [member.preset.to_dict() for member in self.members],
             "members": [member.to_dict() for member in self.members],
             "test_errors_by_members": list(self.errors_by_size),
+            "shared_errors": np.round(self.shared_errors, 4).tolist(),
         }
 
 
@@ -75,6 +77,21 @@ def errors_as_members_are_added(probabilities: Sequence[np.ndarray], labels: np.
         running += member
         errors.append(int(np.sum((running / count).argmax(axis=1) != labels)))
     return tuple(errors)
+
+
+def shared_error_ratios(wrong: Sequence[np.ndarray]) -> np.ndarray:
+    """For each pair of members (boolean masks of the test images each gets wrong), the images both get
+    wrong over the geometric mean of their error counts: 1 if they fail on the same images, 0 if on
+    none in common. Members that fail together gain little from being averaged."""
+    masks = np.asarray(wrong, dtype=np.float64)
+    both = masks @ masks.T
+    scale = np.sqrt(np.outer(np.diag(both), np.diag(both)))
+    return np.divide(both, scale, out=np.zeros_like(both), where=scale > 0)
+
+
+def mean_over_pairs(ratios: np.ndarray) -> float:
+    """The mean of a symmetric pair-by-pair matrix, diagonal left out."""
+    return float(ratios[np.triu_indices(len(ratios), k=1)].mean())
 
 
 def combine_exports(
@@ -112,6 +129,9 @@ def combine_exports(
     errors_by_size = errors_as_members_are_added(member_probabilities, dataset.y_test)
     by_size = ", ".join(f"{k}: {e}" for k, e in enumerate(errors_by_size, start=1))
     log(f"test errors of the first k members averaged: {by_size}")
+    shared = shared_error_ratios([p.argmax(axis=1) != dataset.y_test for p in member_probabilities])
+    log(f"errors two members share, on average over the pairs: {mean_over_pairs(shared):.2f} "
+        "(1: the same images, 0: none in common; each pair in the model card)")
     log(f"ensemble of {len(sources)}: test accuracy {accuracy} ({errors} errors)")
 
     first = sources[0][2]
@@ -137,7 +157,9 @@ def combine_exports(
         val_size=first.train.val_size,
         seconds=float(sum(card.get("training_seconds", 0.0) for card in cards)),
     )
-    return CombineResult(combined=result, members=tuple(members), errors_by_size=errors_by_size)
+    return CombineResult(
+        combined=result, members=tuple(members), errors_by_size=errors_by_size, shared_errors=shared
+    )
 
 
 def _own_split_accuracy(model: keras.Model, preset: Preset, dataset: Dataset) -> float | None:

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from client.contract import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_PROBABILITIES, SIGNATURE_NAME
 from trainer.cli import main
-from trainer.combine import errors_as_members_are_added
+from trainer.combine import errors_as_members_are_added, mean_over_pairs, shared_error_ratios
 from trainer.export import ASSETS_EXTRA, MODEL_CARD_FILE, read_model_card
 from trainer.presets import PRESETS, Preset
 from trainer.restore import RestoreError, restore_model
@@ -83,6 +83,9 @@ def test_combined_version_serves_the_average_of_every_member(exports, mnist_data
     curve = card["test_errors_by_members"]
     assert len(curve) == 3 and (report / "members.png").is_file()
     assert curve[0] == card["members"][0]["test_errors"] and curve[-1] == card["metrics"]["test_errors"]
+    # Members 2 and 3 came from one ensemble; each pair's shared errors are in the card.
+    shared = np.array(card["shared_errors"])
+    assert shared.shape == (3, 3) and np.allclose(shared, shared.T) and np.allclose(np.diag(shared), 1)
 
     # A combined version is itself a source: its card lists every member's recipe.
     assert main(["combine", str(models / "5"), str(models / "2"), *common]) == 0
@@ -103,6 +106,17 @@ def test_members_of_different_networks_combine_into_one_version(exports, tmp_pat
     np.testing.assert_allclose(combined, (seed_best + fast) / 2, atol=1e-5)
     card = read_model_card(models / "3")
     assert [m["preset"] for m in card["members"]] == ["seed-best", "fast"]
+
+
+def test_shared_errors_count_the_images_two_members_both_get_wrong():
+    a = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0], bool)  # 4 errors
+    b = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0], bool)  # 2 errors, both in common with a
+    c = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1], bool)  # 5 errors, none in common
+    ratios = shared_error_ratios([a, b, c, np.zeros(9, bool)])
+    assert ratios[0, 1] == ratios[1, 0] == pytest.approx(2 / np.sqrt(4 * 2))
+    assert ratios[0, 2] == ratios[1, 2] == 0 and ratios[0, 0] == 1
+    assert ratios[3, 3] == 0  # a member with no errors shares none
+    assert mean_over_pairs(ratios[:3, :3]) == pytest.approx((2 / np.sqrt(8)) / 3)
 
 
 def test_members_curve_scores_the_running_mean_in_the_order_given():
