@@ -111,11 +111,12 @@ def combine_exports(
     if len(sources) < 2:
         raise RestoreError(f"an ensemble needs at least two members; {paths[0]} holds one network")
 
-    members, member_probabilities = [], []
+    members, member_probabilities, member_wrong = [], [], []
     for index, (source, model, preset) in enumerate(sources, start=1):
         val = _own_split_accuracy(model, preset, dataset)
         member_probabilities.append(predict_probabilities(model, dataset.x_test))
-        wrong = int(np.sum(member_probabilities[-1].argmax(axis=1) != dataset.y_test))
+        member_wrong.append(member_probabilities[-1].argmax(axis=1) != dataset.y_test)
+        wrong = int(member_wrong[-1].sum())
         test = 1 - wrong / len(dataset.y_test)
         members.append(MemberScore(source, preset, val_accuracy=val, test_accuracy=test, test_errors=wrong))
         val_text = "no hold-out" if val is None else f"val_acc {val:.4f} (own split)"
@@ -129,7 +130,7 @@ def combine_exports(
     errors_by_size = errors_as_members_are_added(member_probabilities, dataset.y_test)
     by_size = ", ".join(f"{k}: {e}" for k, e in enumerate(errors_by_size, start=1))
     log(f"test errors of the first k members averaged: {by_size}")
-    shared = shared_error_ratios([p.argmax(axis=1) != dataset.y_test for p in member_probabilities])
+    shared = shared_error_ratios(member_wrong)
     log(f"errors two members share, on average over the pairs: {mean_over_pairs(shared):.2f} "
         "(1: the same images, 0: none in common; each pair in the model card)")
     log(f"ensemble of {len(sources)}: test accuracy {accuracy} ({errors} errors)")
