@@ -1,4 +1,4 @@
-"""Training-only data augmentation: random flips, rotation, zoom, shift, elastic distortion and erasing.
+"""Training-only data augmentation: flips, rotation, zoom, shift, elastic and grid distortion, erasing.
 
 The augmenter wraps the network for `fit` only; the network that gets exported never contains it,
 so the serving graph is exactly the deterministic classifier. What suits the data differs: digits
@@ -13,10 +13,12 @@ from dataclasses import dataclass, replace
 
 import keras
 
+from trainer.grid_distortion import GridDistortion
 from trainer.model import MODEL_INPUT_SHAPE
 from trainer.presets import TrainConfig
 
 SIMARD_SIGMA = 4.0  # Simard's width of the elastic displacement field for 28x28 digits (trainer/elastic.py)
+GRID_CELLS = 4  # cells along each side of the grid distortion's grid
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class AugmentConfig:
     elastic: float = 0.0  # alpha of Simard's elastic distortion (trainer/elastic.py; 34: his); 0: none
     elastic_probability: float = 1.0  # share of the training images that get it
     erase: float = 0.0  # probability of random erasing (Zhong et al.): a patch of 2-33% of the image -> noise
+    grid: int = 0  # pixels each inner point of a 4x4 grid may move (trainer/grid_distortion.py); 0: none
     strength: float = 1.0
 
     def __post_init__(self) -> None:
@@ -47,7 +50,8 @@ class AugmentConfig:
         share = f" p={self.elastic_probability:g}" if self.elastic_probability < 1 else ""
         elastic = [f"elastic distortion alpha={alpha:g} sigma={SIMARD_SIGMA:g}{share}"] if alpha else []
         erase = [f"random erasing p={self.erase_probability:g}"] if self.erase_probability else []
-        return flip + elastic + moves + erase
+        grid = [f"grid distortion ±{self.grid * s:g} px ({GRID_CELLS}x{GRID_CELLS} cells)"] if self.grid * s else []
+        return flip + elastic + grid + moves + erase
 
     @property
     def erase_probability(self) -> float:
@@ -69,18 +73,28 @@ AUGMENT_POLICIES: dict[str, AugmentConfig] = {
     "mnist": AugmentConfig(),
     "fashion_mnist": AugmentConfig(rotation_degrees=0.0, zoom=0.0, shift=0.0, horizontal_flip=True),
 }
+# Named ones a preset asks for by TrainConfig.augment_policy, whatever the dataset.
+NAMED_POLICIES: dict[str, AugmentConfig] = {
+    # T. Doucet's random 25x25 crop of a 28x28 digit: up to 1.5 px each way, before a network that zooms
+    # into the central 25x25 (ModelConfig.centre_crop); then his 10-degree rotation and 1-px grid distortion.
+    "shift-rotate-grid": AugmentConfig(rotation_degrees=10.0, zoom=0.0, shift=1.5 / 28, grid=1),
+}
 
 
 def augment_policy(
-    dataset: str, strength: float = 1.0, elastic: float = 0.0, elastic_probability: float = 1.0
+    dataset: str, strength: float = 1.0, elastic: float = 0.0, elastic_probability: float = 1.0,
+    name: str = "",
 ) -> AugmentConfig:
-    """The augmentation that suits `dataset` (digits' when unknown) at `strength`, with any elastic one."""
-    policy = AUGMENT_POLICIES.get(dataset, AUGMENT_POLICIES["mnist"])
+    """The augmentation called `name`, or else the one that suits `dataset` (digits' when unknown), at
+    `strength`, with any elastic one."""
+    if name and name not in NAMED_POLICIES:
+        raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(NAMED_POLICIES)}")
+    policy = NAMED_POLICIES[name] if name else AUGMENT_POLICIES.get(dataset, AUGMENT_POLICIES["mnist"])
     return replace(policy, strength=strength, elastic=elastic, elastic_probability=elastic_probability)
 
 
 def build_augmenter(cfg: AugmentConfig, seed: int | None = None) -> keras.Sequential:
-    """Random flip, elastic distortion, rotation, zoom, shift and erasing of float [N,28,28,1] images."""
+    """Random flip, elastic and grid distortion, rotation, zoom, shift and erasing of float [N,28,28,1] images."""
     s = cfg.strength
     # Background is 0 (ink bright on dark), so pad with a constant 0, never by reflection.
     fill = {"fill_mode": "constant", "fill_value": 0.0, "seed": seed}
@@ -91,6 +105,8 @@ def build_augmenter(cfg: AugmentConfig, seed: int | None = None) -> keras.Sequen
         from trainer.elastic import ElasticDistortion  # TensorFlow only; the default path runs on any backend
 
         layers.append(ElasticDistortion(cfg.elastic * s, SIMARD_SIGMA, cfg.elastic_probability, seed=seed))
+    if cfg.grid * s:
+        layers.append(GridDistortion(cfg.grid, GRID_CELLS, scale=s, seed=seed))
     if cfg.rotation_degrees:
         layers.append(keras.layers.RandomRotation(s * cfg.rotation_degrees / 360.0, **fill))
     if cfg.zoom:
@@ -112,7 +128,7 @@ def build_augmenter(cfg: AugmentConfig, seed: int | None = None) -> keras.Sequen
 
 def training_augmentation(dataset: str, cfg: TrainConfig) -> AugmentConfig:
     """The augmentation a training config asks for on `dataset`."""
-    return augment_policy(dataset, cfg.augment, cfg.elastic, cfg.elastic_probability)
+    return augment_policy(dataset, cfg.augment, cfg.elastic, cfg.elastic_probability, cfg.augment_policy)
 
 
 class AugmentationGate(keras.layers.Layer):

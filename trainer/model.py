@@ -26,23 +26,78 @@ def model_input_array(images: np.ndarray) -> np.ndarray:
     return keras.ops.convert_to_numpy(to_model_input(images))
 
 
+@keras.saving.register_keras_serializable(package="digits")
+class ResidualConv(keras.layers.Layer):
+    """BatchNormalization, then x + activation(Conv2D(x)): a residual block that keeps its input's shape."""
+
+    def __init__(self, filters: int, kernel_size: int, activation: str = "relu", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.activation = filters, kernel_size, activation
+        self.norm = keras.layers.BatchNormalization()
+        self.conv = keras.layers.Conv2D(filters, kernel_size, padding="same", activation=activation)
+
+    def build(self, input_shape) -> None:
+        if input_shape[-1] != self.filters:
+            raise ValueError(f"a residual layer keeps its input's {input_shape[-1]} channels, not {self.filters}")
+        self.norm.build(input_shape)
+        self.conv.build(input_shape)
+
+    def call(self, inputs, training=None):
+        normed = self.norm(inputs, training=training)
+        return normed + self.conv(normed)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "activation": self.activation}
+
+
+@keras.saving.register_keras_serializable(package="digits")
+class PerImageStandardization(keras.layers.Layer):
+    """Each image shifted to zero mean and scaled to unit deviation (at least 1/sqrt(pixels), so a
+    blank image stays finite), as tf.image.per_image_standardization does."""
+
+    def call(self, images):
+        pixels = float(np.prod(images.shape[1:]))
+        mean = keras.ops.mean(images, axis=(1, 2, 3), keepdims=True)
+        std = keras.ops.std(images, axis=(1, 2, 3), keepdims=True)
+        return (images - mean) / keras.ops.maximum(std, 1.0 / pixels**0.5)
+
+
+def _input_steps(cfg: ModelConfig) -> list[keras.layers.Layer]:
+    """The fixed steps before the first convolution: centre crop and zoom back, standardisation."""
+    steps: list[keras.layers.Layer] = []
+    if cfg.centre_crop:
+        steps += [keras.layers.CenterCrop(cfg.centre_crop, cfg.centre_crop),
+                  keras.layers.Resizing(MODEL_INPUT_SHAPE[0], MODEL_INPUT_SHAPE[1], interpolation="bilinear")]
+    if cfg.standardize:
+        steps.append(PerImageStandardization())
+    return steps
+
+
 def build_model(cfg: ModelConfig, name: str = "digits_cnn") -> keras.Model:
     """The Sequential CNN of `cfg` (uncompiled): input float [N,28,28,1], output softmax [N,10]."""
     layers: list[keras.layers.Layer] = [keras.Input(shape=MODEL_INPUT_SHAPE, name="pixels")]
+    layers += _input_steps(cfg)
     for conv in cfg.conv_layers:
-        layers.append(
-            keras.layers.Conv2D(
-                conv.filters, conv.kernel_size, strides=conv.strides, padding=conv.padding,
-                activation=cfg.activation,
+        if conv.residual:
+            layers.append(ResidualConv(conv.filters, conv.kernel_size, activation=cfg.activation))
+        else:
+            layers.append(
+                keras.layers.Conv2D(
+                    conv.filters, conv.kernel_size, strides=conv.strides, padding=conv.padding,
+                    activation=cfg.activation,
+                )
             )
-        )
         if conv.pool_size:
-            layers.append(keras.layers.MaxPooling2D(conv.pool_size))
+            layers.append(keras.layers.MaxPooling2D(conv.pool_size, padding=conv.pool_padding))
         if conv.batch_norm:
             layers.append(keras.layers.BatchNormalization())
         if conv.dropout:
             layers.append(keras.layers.Dropout(conv.dropout))
-    layers.append(keras.layers.Flatten())
+    layers.append(keras.layers.GlobalAveragePooling2D() if cfg.global_pool else keras.layers.Flatten())
     if cfg.dropout:
         layers.append(keras.layers.Dropout(cfg.dropout))
     for units in cfg.dense_units:
@@ -65,7 +120,9 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int | None = None) -> kera
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; known: {', '.join(optimizers)}")
     rate = learning_rate(cfg, steps_per_epoch)
     if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=rate, weight_decay=cfg.weight_decay)
+        return keras.optimizers.AdamW(learning_rate=rate, weight_decay=cfg.weight_decay, beta_2=cfg.beta_2)
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=rate, beta_2=cfg.beta_2)
     return optimizers[cfg.optimizer](learning_rate=rate)
 
 
