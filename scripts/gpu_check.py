@@ -20,6 +20,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -93,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         result = train_model(preset, dataset, args.limit_train, log=lambda line: print(
             f"[{time.perf_counter() - start:6.1f} s] {line}", flush=True))
         epochs = result.epoch_seconds
+        float32_errors = result.test_errors
+        if args.half_weights:
+            result = with_half_weights(result, dataset)
         results.append({
             "preset": name, "seed": seed, "backend": keras.backend.backend(), "device": where,
             "seconds": round(result.seconds, 2), "first_epoch_seconds": round(epochs[0], 2),
@@ -101,11 +105,13 @@ def run(args: argparse.Namespace) -> int:
             "test_accuracy": result.test_accuracy.value, "test_errors": result.test_errors,
             "val_size": result.val_size, "train_size": result.train_size, "keras_version": keras.__version__,
             "epoch_seconds": [round(t, 3) for t in epochs], "history": result.history,
+            "weights_dtype": "float16" if args.half_weights else "float32",
+            "float32_test_errors": float32_errors,
         })
         if (len(results) - 1) % args.runs_per_file == 0:
             weights = {}
         for i, array in enumerate(result.model.get_weights()):
-            weights[f"{name}-{seed}/{i:03d}"] = array
+            weights[f"{name}-{seed}/{i:03d}"] = _half(array) if args.half_weights else array  # exact: rounded
         weights[f"{name}-{seed}/predictions"] = result.test_predictions
         (out / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
         np.savez(out / weights_file(len(results) - 1, args.runs_per_file), **weights)
@@ -115,6 +121,22 @@ def run(args: argparse.Namespace) -> int:
               f"test {r['test_accuracy']:.2%}, "
               f"{r['test_errors']} errors  [{r['device']}]")
     return 0 if results else 1
+
+
+def with_half_weights(result: TrainResult, dataset: Dataset) -> TrainResult:
+    """`result` with its network's weights rounded to float16 and its test score measured again on them.
+
+    Half the bytes to bring back (the device tool returns files of at most 16 MiB, 64 MiB in all: one
+    `resnet` network is 19 MB in float32); what is recorded and verified is the rounded network.
+    """
+    result.model.set_weights([_half(w) for w in result.model.get_weights()])
+    predictions = predict_classes(result.model, dataset.x_test)
+    accuracy, errors = score_predictions(predictions, dataset.y_test)
+    return replace(result, test_accuracy=accuracy, test_errors=errors, test_predictions=predictions)
+
+
+def _half(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.float16) if np.issubdtype(array.dtype, np.floating) else array
 
 
 def _val_size(value: int | None) -> dict[str, int]:
@@ -136,7 +158,7 @@ def verify(args: argparse.Namespace) -> int:
         preset = get_preset(r["preset"]).with_overrides(seed=r["seed"], **_val_size(r.get("val_size")))
         preset = for_dataset(preset, dataset.name)
         model = serving_network(preset.model, build_model(preset.model))
-        model.set_weights([stored[f"{key}/{i:03d}"] for i in range(len(model.weights))])
+        model.set_weights([_widened(stored[f"{key}/{i:03d}"]) for i in range(len(model.weights))])
         predictions = predict_classes(model, dataset.x_test)
         errors = int(np.sum(predictions != dataset.y_test))
         agree = int(np.sum(predictions == stored[f"{key}/predictions"]))
@@ -147,6 +169,10 @@ def verify(args: argparse.Namespace) -> int:
             exported = export_run(r, model, preset, predictions, dataset, args.export, args.model_name)
             print(f"{'':<10} exported: {exported}")
     return 1 if failed else 0
+
+
+def _widened(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.float32) if array.dtype == np.float16 else array
 
 
 def export_run(
@@ -180,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="start no run likely to end past this many seconds")
     train.add_argument("--limit-train", type=int, help="train on this many images only (a rehearsal)")
     train.add_argument("--val-size", type=int, help="the hold-out (default: the preset's; 0 for a final fit)")
+    train.add_argument("--half-weights", action="store_true",
+                       help="round each trained network's weights to float16, score it again, and keep "
+                            "those (for networks too big to bring back in float32)")
     train.add_argument("--runs-per-file", type=int, default=6,
                        help="runs per weights file (the device tool returns files of at most 16 MiB; "
                             "six `best` networks take about 9 MiB)")

@@ -45,12 +45,13 @@ class AugmentConfig:
         ranges = (("rotation", self.rotation_degrees, "°"), ("zoom", self.zoom, ""),
                   ("shift", self.shift, ""))
         flip = ["left-right flip"] if self.horizontal_flip and s > 0 else []
-        moves = [f"{name} ±{value * s:g}{unit}" for name, value, unit in ranges if value * s]
+        moves = [f"{name} ±{value * s:.3g}{unit}" for name, value, unit in ranges if value * s]
         alpha = self.elastic * s
         share = f" p={self.elastic_probability:g}" if self.elastic_probability < 1 else ""
         elastic = [f"elastic distortion alpha={alpha:g} sigma={SIMARD_SIGMA:g}{share}"] if alpha else []
         erase = [f"random erasing p={self.erase_probability:g}"] if self.erase_probability else []
-        grid = [f"grid distortion ±{self.grid * s:g} px ({GRID_CELLS}x{GRID_CELLS} cells)"] if self.grid * s else []
+        cells = f"{GRID_CELLS}x{GRID_CELLS} cells"
+        grid = [f"grid distortion ±{self.grid * s:g} px ({cells})"] if self.grid * s else []
         return flip + elastic + grid + moves + erase
 
     @property
@@ -94,7 +95,7 @@ def augment_policy(
 
 
 def build_augmenter(cfg: AugmentConfig, seed: int | None = None) -> keras.Sequential:
-    """Random flip, elastic and grid distortion, rotation, zoom, shift and erasing of float [N,28,28,1] images."""
+    """Random flip, elastic and grid distortion, rotation, zoom, shift and erasing of [N,28,28,1] images."""
     s = cfg.strength
     # Background is 0 (ink bright on dark), so pad with a constant 0, never by reflection.
     fill = {"fill_mode": "constant", "fill_value": 0.0, "seed": seed}

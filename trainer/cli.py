@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--augment",
         type=_strength,
         help="strength of the training-only augmentation, 0 (off) to 2; at 1, digits get Deotte's "
-        "rotation/zoom/shift and Fashion-MNIST a left-right flip",
+        "rotation/zoom/shift and Fashion-MNIST a left-right flip, unless the preset names its own "
+        "(resnet: shift, rotation and grid distortion)",
     )
     train.add_argument(
         "--elastic", type=_alpha, metavar="ALPHA",

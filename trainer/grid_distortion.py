@@ -53,11 +53,11 @@ class GridDistortion(keras.layers.Layer):
         field = self.displacement(count, height, width)
         rows = np.arange(height, dtype=np.float32)[:, None] + field[:, 0]
         cols = np.arange(width, dtype=np.float32)[None, :] + field[:, 1]
-        batch = keras.ops.broadcast_to(
-            keras.ops.cast(keras.ops.reshape(keras.ops.arange(count), (-1, 1, 1)), "float32"), keras.ops.shape(rows)
-        )
+        index = keras.ops.cast(keras.ops.reshape(keras.ops.arange(count), (-1, 1, 1)), "float32")
+        batch = keras.ops.broadcast_to(index, keras.ops.shape(rows))  # integer: no mixing across images
         warped = keras.ops.image.map_coordinates(
-            images[..., 0], keras.ops.stack([batch, rows, cols]), order=1, fill_mode="constant", fill_value=0.0
+            images[..., 0], keras.ops.stack([batch, rows, cols]), order=1, fill_mode="constant",
+            fill_value=0.0,
         )
         return keras.ops.expand_dims(warped, -1)
 

@@ -38,7 +38,8 @@ class ResidualConv(keras.layers.Layer):
 
     def build(self, input_shape) -> None:
         if input_shape[-1] != self.filters:
-            raise ValueError(f"a residual layer keeps its input's {input_shape[-1]} channels, not {self.filters}")
+            channels = input_shape[-1]
+            raise ValueError(f"a residual layer keeps its input's {channels} channels, not {self.filters}")
         self.norm.build(input_shape)
         self.conv.build(input_shape)
 

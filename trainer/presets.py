@@ -18,16 +18,16 @@ class ConvLayer:
     kernel_size: int
     pool_size: int = 0  # 0: no pooling after this convolution
     padding: str = "valid"
-    pool_padding: str = "valid"  # "same" rounds an odd size up (7 -> 4), as PyTorch's ceil_mode does
-    residual: bool = False
     strides: int = 1
     batch_norm: bool = False  # after the activation (and pooling), as in Deotte's Keras MNIST nets
     dropout: float = 0.0  # rate of a Dropout closing this block; 0: no layer
+    pool_padding: str = "valid"  # "same" rounds an odd size up (7 -> 4), as PyTorch's ceil_mode does
+    residual: bool = False
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture: input steps -> conv stack -> Flatten (or global average) -> Dropout -> dense -> softmax."""
+    """Architecture: input steps, convolutions, Flatten or global pooling, Dropout, dense, softmax."""
 
     conv_layers: tuple[ConvLayer, ...]
     dense_units: tuple[int, ...]

@@ -41,7 +41,9 @@ class DecayThenAnneal(keras.optimizers.schedules.LearningRateSchedule):
     """`peak` times `decay` per epoch, smoothly, for decay_steps; then a cosine down to ANNEAL_FLOOR of
     the rate reached, over anneal_steps (T. Doucet's MNIST schedule)."""
 
-    def __init__(self, peak: float, steps_per_epoch: int, decay: float, decay_steps: int, anneal_steps: int) -> None:
+    def __init__(
+        self, peak: float, steps_per_epoch: int, decay: float, decay_steps: int, anneal_steps: int
+    ) -> None:
         self.peak = float(peak)
         self.steps_per_epoch = max(int(steps_per_epoch), 1)
         self.decay = float(decay)
@@ -53,7 +55,8 @@ class DecayThenAnneal(keras.optimizers.schedules.LearningRateSchedule):
         epochs = keras.ops.minimum(step, float(self.decay_steps)) / self.steps_per_epoch
         decayed = self.peak * keras.ops.exp(epochs * math.log(self.decay))
         progress = keras.ops.clip((step - self.decay_steps) / self.anneal_steps, 0.0, 1.0)
-        return decayed * (ANNEAL_FLOOR + (1.0 - ANNEAL_FLOOR) * 0.5 * (1.0 + keras.ops.cos(math.pi * progress)))
+        cosine = 0.5 * (1.0 + keras.ops.cos(math.pi * progress))
+        return decayed * (ANNEAL_FLOOR + (1.0 - ANNEAL_FLOOR) * cosine)
 
     def get_config(self) -> dict:
         return {"peak": self.peak, "steps_per_epoch": self.steps_per_epoch, "decay": self.decay,

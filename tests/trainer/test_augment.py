@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
+from saved_model_ops import augmentation_ops
 
 from client.contract import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_PROBABILITIES, SIGNATURE_NAME
 from trainer.augment import (
@@ -24,25 +22,6 @@ from trainer.export import read_model_card
 from trainer.model import build_model, to_model_input
 from trainer.presets import get_preset
 from trainer.train import train_model
-
-# Ops a RandomRotation/Zoom/Translation or an ElasticDistortion leaves in a graph that applies it.
-AUGMENT_OPS = ("ImageProjectiveTransform", "RandomUniform", "StatelessRandom")
-
-
-def graph_ops(saved_model_dir: Path) -> set[str]:
-    """Every op type in a SavedModel: its graphs and all the functions in their libraries."""
-    proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString((saved_model_dir / "saved_model.pb").read_bytes())
-    ops = set()
-    for meta_graph in proto.meta_graphs:
-        ops.update(node.op for node in meta_graph.graph_def.node)
-        for function in meta_graph.graph_def.library.function:
-            ops.update(node.op for node in function.node_def)
-    return ops
-
-
-def augmentation_ops(saved_model_dir: Path) -> set[str]:
-    return {op for op in graph_ops(saved_model_dir) if op.startswith(AUGMENT_OPS)}
 
 
 @pytest.fixture(scope="module")

@@ -115,3 +115,19 @@ def test_verify_catches_a_false_record(check_out):
 def test_run_names_a_bad_preset():
     run = _check("run", "no-such-preset:1", "--out", "unused")
     assert run.returncode == 2 and "expected PRESET:SEED" in run.stderr
+
+
+def test_half_weights_bring_back_half_the_bytes_and_verify_as_rounded(tmp_path):
+    import numpy as np
+
+    run = _check("run", "fast:44", "--limit-train", "600", "--val-size", "1000", "--half-weights",
+                 "--data-dir", str(data_dir()), "--out", str(tmp_path))
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+    [result] = json.loads((tmp_path / "results.json").read_text())
+    assert result["weights_dtype"] == "float16"
+    assert abs(result["test_errors"] - result["float32_test_errors"]) < 100  # rounding moves a few, if any
+    stored = np.load(tmp_path / "weights.npz")
+    weights = [key for key in stored.files if not key.endswith("predictions")]
+    assert {stored[key].dtype for key in weights} == {np.dtype("float16")}
+    verified = _check("verify", str(tmp_path), "--data-dir", str(data_dir()))
+    assert verified.returncode == 0 and "10000/10000" in verified.stdout, verified.stdout + verified.stderr

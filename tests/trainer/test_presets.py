@@ -1,11 +1,14 @@
-"""The tutorial's six presets build exactly the networks the tutorial summarised."""
+"""The tutorial's six presets build exactly the networks the tutorial summarised; the newer ones theirs."""
 
 from __future__ import annotations
 
+import keras
+import numpy as np
 import pytest
 
-from trainer.model import build_model
-from trainer.presets import PRESETS, SEED_PRESETS, get_preset
+from trainer.model import ResidualConv, build_model
+from trainer.presets import PRESETS, SEED_PRESETS, ConvLayer, ModelConfig, get_preset
+from trainer.schedules import learning_rate
 
 TUTORIAL_PARAMS = {
     "seed-baseline": 626_280,
@@ -57,3 +60,69 @@ def test_m5_is_the_papers_network_with_bests_training():
     assert tuple(last_map.output.shape[1:]) == (8, 8, 160)  # five unpadded 5x5 convolutions: 28 -> 8
     assert model.count_params() == 1_129_610
     assert get_preset("m5").train == get_preset("best").train
+
+
+def test_resnet_is_doucets_network_and_recipe():
+    preset = get_preset("resnet")
+    model = build_model(preset.model)
+    assert model.count_params() == 4_736_522
+    maps = [tuple(layer.output.shape[1:]) for layer in model.layers if isinstance(layer, ResidualConv)]
+    assert maps == [(28, 28, 128), (14, 14, 128), (7, 7, 256), (4, 4, 512)]  # 7 -> 4: pooling rounds up
+    assert isinstance(model.layers[-2], keras.layers.GlobalAveragePooling2D)
+    train = preset.train
+    assert (train.epochs, train.batch_size, train.optimizer, train.learning_rate) == (11, 100, "adam", 4e-4)
+    assert (train.schedule, train.beta_2) == ("exponential-anneal", 0.99)
+    assert train.augment_policy == "shift-rotate-grid"
+    assert train.lr_decay**10 == pytest.approx(0.1)  # tenfold over the 10 decaying epochs
+
+
+def test_a_residual_layer_keeps_its_inputs_channels():
+    cfg = ModelConfig((ConvLayer(8, 3, padding="same"), ConvLayer(16, 3, residual=True)), ())
+    with pytest.raises(ValueError, match="8 channels, not 16"):
+        build_model(cfg)
+
+
+def test_the_input_steps_zoom_into_the_centre_and_standardise_each_image():
+    cfg = ModelConfig((ConvLayer(4, 3),), (), centre_crop=25, standardize=True)
+    steps = keras.Sequential(build_model(cfg).layers[:3])  # crop, resize, standardise
+    framed = np.zeros((2, 28, 28, 1), np.float32)
+    framed[:, 0, :] = framed[:, :, 0] = 1.0  # ink only on the outer rows and columns: cropped away
+    framed[1, 10:18, 10:18] = 0.5
+    out = np.asarray(steps(framed))
+    np.testing.assert_array_equal(out[0], 0.0)  # blank after the crop: zero, not NaN
+    assert np.isclose(out[1].mean(), 0.0, atol=1e-5) and np.isclose(out[1].std(), 1.0, atol=1e-3)
+    ink_rows = np.flatnonzero((out[1] > out[1].min() + 1e-3).any(axis=(1, 2)))
+    assert len(ink_rows) > 8  # the centre 8x8 square, zoomed by 28/25
+
+
+def test_exponential_anneal_decays_smoothly_then_anneals_to_a_thousandth():
+    cfg = get_preset("resnet").train
+    rate = learning_rate(cfg, steps_per_epoch=100)
+    at = lambda step: float(rate(step))  # noqa: E731
+    assert at(0) == pytest.approx(4e-4)
+    assert at(50) == pytest.approx(4e-4 * cfg.lr_decay**0.5, rel=1e-4)  # within an epoch, not a staircase
+    assert at(1000) == pytest.approx(4e-5, rel=1e-4)  # after the 10 decaying epochs
+    assert at(1100) == pytest.approx(4e-8, rel=1e-3)
+    steps = [at(step) for step in range(0, 1101, 25)]
+    assert all(later < earlier for earlier, later in zip(steps, steps[1:], strict=False))
+
+
+def test_resnet_trains_and_exports_its_zoom_without_its_augmentation(tmp_path, mnist_data):
+    from saved_model_ops import augmentation_ops
+
+    from client.contract import DEFAULT_MODEL_NAME
+    from trainer.cli import main
+    from trainer.export import check_export, read_model_card
+    from trainer.restore import restore_model
+
+    models_dir = tmp_path / "models"
+    argv = ["train", "--preset", "resnet", "--epochs", "1", "--limit-train", "300", "--val-size", "100",
+            "--models-dir", str(models_dir), "--reports-dir", str(tmp_path / "reports")]
+    assert main(argv) == 0
+    version_dir = models_dir / DEFAULT_MODEL_NAME / "1"
+    assert read_model_card(version_dir)["augmentation"] == (
+        "grid distortion ±1 px (4x4 cells), rotation ±10°, shift ±0.0536"
+    )
+    assert augmentation_ops(version_dir) == set()
+    # Rebuilt from the model card (crop, zoom and standardisation included), it serves what the export does.
+    check_export(version_dir, restore_model(version_dir).model, mnist_data.x_test[:64])
