@@ -119,12 +119,10 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int | None = None) -> kera
     }
     if cfg.optimizer not in optimizers:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; known: {', '.join(optimizers)}")
-    rate = learning_rate(cfg, steps_per_epoch)
+    options = {"beta_2": cfg.beta_2} if cfg.optimizer in ("adam", "adamw") else {}
     if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=rate, weight_decay=cfg.weight_decay, beta_2=cfg.beta_2)
-    if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=rate, beta_2=cfg.beta_2)
-    return optimizers[cfg.optimizer](learning_rate=rate)
+        options["weight_decay"] = cfg.weight_decay
+    return optimizers[cfg.optimizer](learning_rate=learning_rate(cfg, steps_per_epoch), **options)
 
 
 def sparse_crossentropy(label_smoothing: float = 0.0):
