@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import keras
 
+from trainer.cropped_rotation import CroppedRotation
 from trainer.grid_distortion import GridDistortion
 from trainer.model import MODEL_INPUT_SHAPE
 from trainer.presets import TrainConfig
@@ -26,6 +27,8 @@ class AugmentConfig:
     """Augmentation ranges at strength 1.0 (Deotte's MNIST recipe); `strength` scales all of them."""
 
     rotation_degrees: float = 10.0
+    rotation_crop: bool = False  # zoom each rotation until its frame fills the image (Augmentor's rotate;
+    # trainer/cropped_rotation.py) instead of leaving empty corners
     zoom: float = 0.10  # +-10% scale
     shift: float = 0.10  # +-10% of the image size, in each direction
     horizontal_flip: bool = False  # mirror left-right with probability 1/2 (at any strength > 0)
@@ -42,7 +45,8 @@ class AugmentConfig:
     def transforms(self) -> list[str]:
         """The transforms applied at this strength, in words; empty when the augmenter is the identity."""
         s = self.strength
-        ranges = (("rotation", self.rotation_degrees, "°"), ("zoom", self.zoom, ""),
+        rotation = "cropped rotation" if self.rotation_crop else "rotation"
+        ranges = ((rotation, self.rotation_degrees, "°"), ("zoom", self.zoom, ""),
                   ("shift", self.shift, ""))
         flip = ["left-right flip"] if self.horizontal_flip and s > 0 else []
         moves = [f"{name} ±{value * s:.3g}{unit}" for name, value, unit in ranges if value * s]
@@ -79,6 +83,9 @@ NAMED_POLICIES: dict[str, AugmentConfig] = {
     # T. Doucet's random 25x25 crop of a 28x28 digit: up to 1.5 px each way, before a network that zooms
     # into the central 25x25 (ModelConfig.centre_crop); then his 10-degree rotation and 1-px grid distortion.
     "shift-rotate-grid": AugmentConfig(rotation_degrees=10.0, zoom=0.0, shift=1.5 / 28, grid=1),
+    # The same with his rotation as Augmentor does it: zoomed until the rotated frame fills the image.
+    "shift-rotate-crop-grid": AugmentConfig(rotation_degrees=10.0, rotation_crop=True, zoom=0.0,
+                                            shift=1.5 / 28, grid=1),
 }
 
 
@@ -108,7 +115,9 @@ def build_augmenter(cfg: AugmentConfig, seed: int | None = None) -> keras.Sequen
         layers.append(ElasticDistortion(cfg.elastic * s, SIMARD_SIGMA, cfg.elastic_probability, seed=seed))
     if cfg.grid * s:
         layers.append(GridDistortion(cfg.grid, GRID_CELLS, scale=s, seed=seed))
-    if cfg.rotation_degrees:
+    if cfg.rotation_degrees and cfg.rotation_crop:
+        layers.append(CroppedRotation(s * cfg.rotation_degrees, seed=seed))
+    elif cfg.rotation_degrees:
         layers.append(keras.layers.RandomRotation(s * cfg.rotation_degrees / 360.0, **fill))
     if cfg.zoom:
         layers.append(keras.layers.RandomZoom(s * cfg.zoom, **fill))

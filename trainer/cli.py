@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(resnet: shift, rotation and grid distortion)",
     )
     train.add_argument(
+        "--augment-policy", metavar="NAME",
+        help="a named training-only augmentation (trainer/augment.py) instead of the preset's: e.g. "
+        "shift-rotate-crop-grid, T. Doucet's with each rotation zoomed until its frame fills the image",
+    )
+    train.add_argument(
         "--elastic", type=_alpha, metavar="ALPHA",
         help="add Simard's elastic distortion to the training-only augmentation: a smooth random field "
         "(sigma 4 px) scaled by ALPHA (34: Simard's, about 1.3 px per pixel); 0: none",
@@ -171,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{PRESETS[args.preset].train.optimizer}")
     if getattr(args, "clean_epochs", None):
         _check_clean_epochs(parser, preset_from_args(args))
+    if getattr(args, "augment_policy", None):
+        _check_augment_policy(parser, preset_from_args(args))
     try:
         return args.handler(args)
     except DataError as exc:
@@ -190,6 +197,17 @@ def _check_clean_epochs(parser: argparse.ArgumentParser, preset: Preset) -> None
         parser.error(f"--clean-epochs must be fewer than the {cfg.epochs} epochs, got {cfg.clean_epochs}")
 
 
+def _check_augment_policy(parser: argparse.ArgumentParser, preset: Preset) -> None:
+    """--augment-policy names a known augmentation, for a training that augments."""
+    from trainer.augment import NAMED_POLICIES  # imports Keras: only when the option is used
+
+    name = preset.train.augment_policy
+    if name not in NAMED_POLICIES:
+        parser.error(f"unknown --augment-policy {name!r}; known: {', '.join(NAMED_POLICIES)}")
+    if not preset.train.augment:
+        parser.error(f"--augment-policy needs augmentation; {preset.name} trains with none (add --augment)")
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     prepare_data(args.data_dir)
     return 0
@@ -199,7 +217,8 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
     """The preset `digits-train train` trains: the named one with the command line's overrides."""
     preset = PRESETS[args.preset].with_overrides(
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size,
-        augment=args.augment, elastic=args.elastic, elastic_probability=args.elastic_probability,
+        augment=args.augment, augment_policy=args.augment_policy, elastic=args.elastic,
+        elastic_probability=args.elastic_probability,
         clean_epochs=args.clean_epochs,
         members=args.members, weight_average=args.weight_average, label_smoothing=args.label_smoothing,
         weight_decay=args.weight_decay, optimizer="adamw" if args.weight_decay else None,
