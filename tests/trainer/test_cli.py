@@ -37,6 +37,8 @@ DIGITS_TRAIN = Path(sys.executable).with_name("digits-train")
         (["train", "--preset", "best", "--epochs", "5", "--clean-epochs", "5"], "fewer than the 5 epochs"),
         (["train", "--preset", "fast", "--clean-epochs", "1"], "needs augmentation"),
         (["train", "--preset", "best", "--augment", "0", "--clean-epochs", "1"], "needs augmentation"),
+        (["train", "--preset", "resnet", "--augment-policy", "nope"], "known: shift-rotate-grid"),
+        (["train", "--preset", "fast", "--augment-policy", "shift-rotate-grid"], "needs augmentation"),
         (["reproduce-seed", "--only", "seed-worst"], "invalid choice"),
     ],
 )
@@ -108,6 +110,13 @@ def test_training_flags_override_the_preset():
     assert preset.train.learning_rate == PRESETS["best"].train.learning_rate  # the rest untouched
     plain = preset_from_args(build_parser().parse_args(["train", "--preset", "best"]))
     assert plain == PRESETS["best"]
+
+
+def test_a_named_augmentation_replaces_the_presets():
+    argv = ["train", "--preset", "resnet", "--augment-policy", "shift-rotate-crop-grid"]
+    assert preset_from_args(build_parser().parse_args(argv)).train.augment_policy == "shift-rotate-crop-grid"
+    resnet = preset_from_args(build_parser().parse_args(["train", "--preset", "resnet"]))
+    assert resnet.train.augment_policy == PRESETS["resnet"].train.augment_policy
 
 
 @pytest.mark.parametrize(
