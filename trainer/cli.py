@@ -199,11 +199,12 @@ def _check_clean_epochs(parser: argparse.ArgumentParser, preset: Preset) -> None
 
 def _check_augment_policy(parser: argparse.ArgumentParser, preset: Preset) -> None:
     """--augment-policy names a known augmentation, for a training that augments."""
-    from trainer.augment import NAMED_POLICIES  # imports Keras: only when the option is used
+    from trainer.augment import augment_policy  # imports Keras: only when the option is used
 
-    name = preset.train.augment_policy
-    if name not in NAMED_POLICIES:
-        parser.error(f"unknown --augment-policy {name!r}; known: {', '.join(NAMED_POLICIES)}")
+    try:
+        augment_policy("mnist", name=preset.train.augment_policy)
+    except ValueError as exc:
+        parser.error(f"--augment-policy: {exc}")
     if not preset.train.augment:
         parser.error(f"--augment-policy needs augmentation; {preset.name} trains with none (add --augment)")
 
