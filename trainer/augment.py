@@ -89,15 +89,20 @@ NAMED_POLICIES: dict[str, AugmentConfig] = {
 }
 
 
+def named_policy(name: str) -> AugmentConfig:
+    """The augmentation called `name` in NAMED_POLICIES, or a ValueError listing the known ones."""
+    if name not in NAMED_POLICIES:
+        raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(NAMED_POLICIES)}")
+    return NAMED_POLICIES[name]
+
+
 def augment_policy(
     dataset: str, strength: float = 1.0, elastic: float = 0.0, elastic_probability: float = 1.0,
     name: str = "",
 ) -> AugmentConfig:
     """The augmentation called `name`, or else the one that suits `dataset` (digits' when unknown), at
     `strength`, with any elastic one."""
-    if name and name not in NAMED_POLICIES:
-        raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(NAMED_POLICIES)}")
-    policy = NAMED_POLICIES[name] if name else AUGMENT_POLICIES.get(dataset, AUGMENT_POLICIES["mnist"])
+    policy = named_policy(name) if name else AUGMENT_POLICIES.get(dataset, AUGMENT_POLICIES["mnist"])
     return replace(policy, strength=strength, elastic=elastic, elastic_probability=elastic_probability)
 
 

@@ -199,10 +199,10 @@ def _check_clean_epochs(parser: argparse.ArgumentParser, preset: Preset) -> None
 
 def _check_augment_policy(parser: argparse.ArgumentParser, preset: Preset) -> None:
     """--augment-policy names a known augmentation, for a training that augments."""
-    from trainer.augment import augment_policy  # imports Keras: only when the option is used
+    from trainer.augment import named_policy  # imports Keras: only when the option is used
 
     try:
-        augment_policy("mnist", name=preset.train.augment_policy)
+        named_policy(preset.train.augment_policy)
     except ValueError as exc:
         parser.error(f"--augment-policy: {exc}")
     if not preset.train.augment:

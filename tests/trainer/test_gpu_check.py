@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT, data_dir
@@ -118,8 +119,6 @@ def test_run_names_a_bad_preset():
 
 
 def test_half_weights_bring_back_half_the_bytes_and_verify_as_rounded(tmp_path):
-    import numpy as np
-
     run = _check("run", "fast:44", "--limit-train", "600", "--val-size", "1000", "--half-weights",
                  "--data-dir", str(data_dir()), "--out", str(tmp_path))
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
