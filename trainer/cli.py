@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         "on Fashion-MNIST",
     )
     train.add_argument("--members", type=_positive_int, help="ensemble size (>1 averages that many seeds)")
+    train.add_argument(
+        "--members-dir", type=Path, metavar="DIR",
+        help="for an ensemble: keep each member in DIR as it finishes (default MODELS_DIR/.members, which "
+        "servers never read), and reuse the members an interrupted or earlier run of the same recipe on "
+        "the same data left there",
+    )
     train.add_argument("--dataset", choices=DATASETS, default="mnist")
     train.add_argument(
         "--mirror-average", action=argparse.BooleanOptionalAction,
@@ -178,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         _check_clean_epochs(parser, preset_from_args(args))
     if getattr(args, "augment_policy", None):
         _check_augment_policy(parser, preset_from_args(args))
+    if getattr(args, "members_dir", None) and preset_from_args(args).train.members == 1:
+        parser.error(f"--members-dir is for ensembles; {args.preset} trains one network (add --members N)")
     try:
         return args.handler(args)
     except DataError as exc:
@@ -249,8 +257,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     preset = preset_from_args(args)
     if preset.train.members > 1:
         from trainer.ensemble import train_ensemble
+        from trainer.member_store import MEMBERS_FOLDER, MemberStore, MemberStoreError
 
-        result = train_ensemble(preset, dataset, limit_train=args.limit_train, log=_log).combined
+        store = MemberStore(args.members_dir or Path(args.models_dir) / MEMBERS_FOLDER)
+        try:
+            ensemble = train_ensemble(preset, dataset, limit_train=args.limit_train, log=_log, store=store)
+        except MemberStoreError as exc:
+            print(f"digits-train: train: {exc}", file=sys.stderr)
+            return 1
+        result = ensemble.combined
     else:
         result = train_model(preset, dataset, limit_train=args.limit_train, log=_log)
     _report_and_export(result, dataset, args)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -16,6 +17,9 @@ from trainer.data import Dataset
 from trainer.model import MODEL_INPUT_SHAPE
 from trainer.presets import Preset
 from trainer.train import TrainResult, predict_classes, score_predictions, train_model
+
+if TYPE_CHECKING:
+    from trainer.member_store import MemberStore
 
 
 @dataclass(frozen=True)
@@ -58,13 +62,31 @@ def train_ensemble(
     dataset: Dataset,
     limit_train: int | None = None,
     log: Callable[[str], None] = print,
+    store: MemberStore | None = None,
 ) -> EnsembleResult:
-    """Train `preset.train.members` members (each keeps its best validation epoch), then average them."""
+    """Train `preset.train.members` members (each keeps its best validation epoch), then average them.
+
+    With a `store`, each member is saved as it finishes, and members saved there by an earlier run of
+    the same recipe on the same data are reused instead of trained again.
+    """
     count = preset.train.members
     members = []
     for index in range(count):
+        recipe = member_preset(preset, index)
+        saved = store.load(recipe, dataset, limit_train) if store else None
+        if saved is not None:
+            log(
+                f"ensemble member {index + 1}/{count}: seed {recipe.train.seed} reused from "
+                f"{store.folder(recipe, dataset, limit_train)} (test accuracy {saved.test_accuracy}, "
+                f"{saved.test_errors} errors)"
+            )
+            members.append(saved)
+            continue
         log(f"ensemble member {index + 1}/{count}")
-        members.append(train_model(member_preset(preset, index), dataset, limit_train=limit_train, log=log))
+        member = train_model(recipe, dataset, limit_train=limit_train, log=log)
+        if store:
+            log(f"member saved in {store.save(recipe, member, dataset, limit_train)}")
+        members.append(member)
     model = average_models([member.model for member in members], name=f"{preset.name.replace('-', '_')}")
 
     # Scored on test once, after every member made its own choices on its own validation split.

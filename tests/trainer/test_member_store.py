@@ -1,0 +1,115 @@
+"""An ensemble keeps each member as it finishes; a rerun resumes from them instead of training them again."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from client.contract import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_PROBABILITIES, SIGNATURE_NAME
+from trainer import ensemble
+from trainer.cli import build_parser, main, preset_from_args
+from trainer.ensemble import member_preset
+from trainer.export import existing_versions
+from trainer.member_store import MEMBER_RECORD, MEMBER_WEIGHTS, MEMBERS_FOLDER, MemberStore
+from trainer.model import to_model_input
+
+TINY = ["--preset", "seed-best", "--epochs", "1", "--limit-train", "500", "--val-size", "300"]
+LIMIT_TRAIN = 500
+
+
+class TrainingSpy:
+    """Stands in for train_model inside train_ensemble: records the seeds it trains, and can stop
+    the run with Ctrl-C when a given number of members have finished."""
+
+    def __init__(self, interrupt_after: int | None = None) -> None:
+        self.seeds: list[int] = []
+        self.interrupt_after = interrupt_after
+        self.real = ensemble.train_model
+
+    def __call__(self, preset, *args, **kwargs):
+        if len(self.seeds) == self.interrupt_after:
+            raise KeyboardInterrupt
+        self.seeds.append(preset.train.seed)
+        return self.real(preset, *args, **kwargs)
+
+
+def train(argv: list[str], spy: TrainingSpy) -> int:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ensemble, "train_model", spy)
+        return main(["train", *argv])
+
+
+def dirs(tmp_path) -> list[str]:
+    return ["--models-dir", str(tmp_path / "models"), "--reports-dir", str(tmp_path / "reports")]
+
+
+def saved_seeds(tmp_path) -> list[str]:
+    return sorted(path.name for path in (tmp_path / "models" / MEMBERS_FOLDER).glob("*/seed-*"))
+
+
+def test_an_interrupted_ensemble_resumes_with_the_members_it_finished(tmp_path, capsys, mnist_data):
+    argv = [*TINY, "--members", "3", *dirs(tmp_path)]
+    first = TrainingSpy(interrupt_after=2)
+    assert train(argv, first) == 130  # Ctrl-C while the third member trains
+    assert first.seeds == [42, 43]
+    assert saved_seeds(tmp_path) == ["seed-42", "seed-43"]
+    assert existing_versions(tmp_path / "models" / DEFAULT_MODEL_NAME) == []
+    capsys.readouterr()
+
+    second = TrainingSpy()
+    assert train(argv, second) == 0
+    assert second.seeds == [44]  # only the member that had not finished
+    log = capsys.readouterr().out
+    assert "seed 42 reused from" in log and "seed 43 reused from" in log
+    assert saved_seeds(tmp_path) == ["seed-42", "seed-43", "seed-44"]
+
+    # The export averages the two kept members and the new one.
+    preset = preset_from_args(build_parser().parse_args(["train", *argv]))
+    store = MemberStore(tmp_path / "models" / MEMBERS_FOLDER)
+    members = [store.load(member_preset(preset, i), mnist_data, LIMIT_TRAIN) for i in range(3)]
+    images = mnist_data.x_test[:64]
+    expected = np.mean([m.model.predict(to_model_input(images), verbose=0) for m in members], axis=0)
+    served = tf.saved_model.load(str(tmp_path / "models" / DEFAULT_MODEL_NAME / "1"))
+    got = served.signatures[SIGNATURE_NAME](**{INPUT_NAME: tf.constant(images)})[OUTPUT_PROBABILITIES]
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+
+    # Another recipe in the same folder trains its own members; it never takes these.
+    other = TrainingSpy()
+    assert train([*TINY, "--epochs", "2", "--members", "2", *dirs(tmp_path)], other) == 0
+    assert other.seeds == [42, 43]
+    assert len(list((tmp_path / "models" / MEMBERS_FOLDER).iterdir())) == 2
+
+
+def test_a_damaged_member_is_refused_and_nothing_is_exported(tmp_path, capsys):
+    argv = [*TINY, "--members", "2", *dirs(tmp_path)]
+    assert train(argv, TrainingSpy()) == 0
+    base = tmp_path / "models" / DEFAULT_MODEL_NAME
+    (folder,) = (tmp_path / "models" / MEMBERS_FOLDER).glob("*/seed-43")
+    weights = (folder / MEMBER_WEIGHTS).read_bytes()
+    capsys.readouterr()
+
+    (folder / MEMBER_WEIGHTS).write_bytes(weights[: len(weights) // 2])  # a disk filled up mid-write
+    assert train(argv, TrainingSpy()) == 1
+    error = capsys.readouterr().err
+    assert str(folder) in error and "delete it to train this member again" in error
+
+    (folder / MEMBER_WEIGHTS).write_bytes(weights)
+    record = json.loads((folder / MEMBER_RECORD).read_text())
+    (folder / MEMBER_RECORD).write_text(json.dumps({**record, "test_errors": record["test_errors"] + 1}))
+    assert train(argv, TrainingSpy()) == 1
+    assert "its record says" in capsys.readouterr().err
+    assert existing_versions(base) == [1]  # neither attempt exported anything
+
+    (folder / MEMBER_RECORD).write_text(json.dumps(record))
+    again = TrainingSpy()
+    assert train(argv, again) == 0 and again.seeds == []  # repaired: both reused
+    assert existing_versions(base) == [1, 2]
+
+
+def test_members_dir_is_refused_for_one_network(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *TINY, "--members-dir", str(tmp_path), *dirs(tmp_path)])
+    assert exit_info.value.code == 2

@@ -1,0 +1,134 @@
+"""Finished ensemble members kept on disk, so that an interrupted ensemble resumes where it stopped.
+
+`--preset ensemble` trains six networks one after the other: hours on a laptop CPU. Each member is
+saved as it finishes, in `<root>/<recipe>-<data>-<key>/seed-<S>/` (root: `models/.members` by
+default): its weights and a record of its recipe, data and scores. A rerun of the same recipe on the
+same data reuses the members it finds there and trains only the rest. Another recipe, training subset
+or dataset hashes to another folder, so a member is never reused for a recipe it was not trained with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from trainer.data import Dataset
+from trainer.model import build_model
+from trainer.presets import Preset
+from trainer.train import TrainResult, predict_classes, score_predictions
+from trainer.tta import serving_network
+
+MEMBERS_FOLDER = ".members"  # under the models directory: kept with the models, served by no server
+MEMBER_WEIGHTS = "member.weights.h5"
+MEMBER_RECORD = "member.json"
+_DELETE_TO_RETRAIN = "delete it to train this member again"
+
+
+class MemberStoreError(ValueError):
+    """A saved member that cannot be reused: unreadable, damaged, or not what its record says."""
+
+
+@dataclass(frozen=True)
+class MemberStore:
+    """Where the members of ensembles are kept: one folder per recipe and data, one per seed in it."""
+
+    root: Path
+
+    def folder(self, member: Preset, dataset: Dataset, limit_train: int | None) -> Path:
+        """The folder of the member trained with `member`'s recipe and seed on this data."""
+        recipe = {
+            "preset": replace(member, train=replace(member.train, seed=0)).to_dict(),  # seeds share it
+            "dataset": dataset.name,
+            "sha256": dataset.checksums(),
+            "limit_train": limit_train,
+        }
+        key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+        return self.root / f"{member.name}-{dataset.name}-{key}" / f"seed-{member.train.seed}"
+
+    def load(self, member: Preset, dataset: Dataset, limit_train: int | None) -> TrainResult | None:
+        """The saved member for this recipe, seed and data, rebuilt and re-scored; None if none is saved."""
+        folder = self.folder(member, dataset, limit_train)
+        if not folder.is_dir():
+            return None
+        try:
+            record = json.loads((folder / MEMBER_RECORD).read_text())
+            if record["requested"] != _as_json(member.to_dict()) or record["dataset"] != dataset.name:
+                raise MemberStoreError("its record names another recipe or dataset")
+            preset = Preset.from_dict(record["preset"])
+            model = serving_network(preset.model, build_model(preset.model))
+            model.load_weights(folder / MEMBER_WEIGHTS)
+        except MemberStoreError as exc:
+            raise MemberStoreError(f"{folder}: {exc}; {_DELETE_TO_RETRAIN}") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise MemberStoreError(f"{folder}: cannot be reused ({exc}); {_DELETE_TO_RETRAIN}") from None
+        predictions = predict_classes(model, dataset.x_test)
+        accuracy, errors = score_predictions(predictions, dataset.y_test)
+        if errors != record["test_errors"]:
+            raise MemberStoreError(
+                f"{folder}: its weights give {errors} test errors, its record says {record['test_errors']}; "
+                f"{_DELETE_TO_RETRAIN}"
+            )
+        return TrainResult(
+            model=model,
+            preset=preset,
+            dataset=dataset.name,
+            history=record["history"],
+            best_epoch=record["best_epoch"],
+            val_accuracy=record["val_accuracy"],
+            test_accuracy=accuracy,
+            test_errors=errors,
+            test_predictions=predictions,
+            train_size=record["train_size"],
+            val_size=record["val_size"],
+            seconds=record["seconds"],
+            epoch_seconds=record["epoch_seconds"],
+        )
+
+    def save(self, member: Preset, result: TrainResult, dataset: Dataset, limit_train: int | None) -> Path:
+        """Keep a finished member: written beside its folder and renamed into place, so a member that
+        is there is whole."""
+        folder = self.folder(member, dataset, limit_train)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            result.model.save_weights(tmp / MEMBER_WEIGHTS)
+            (tmp / MEMBER_RECORD).write_text(json.dumps(_record(member, result), indent=2) + "\n")
+            os.chmod(tmp, 0o755)  # mkdtemp makes 0700
+            os.rename(tmp, folder)  # fails if another run saved this member first: theirs is kept
+        except OSError:
+            if not folder.is_dir():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+
+
+def _as_json(value: Any) -> Any:
+    """`value` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def _record(member: Preset, result: TrainResult) -> dict[str, Any]:
+    """What a saved member needs besides its weights: what was asked, what was built, how it scored."""
+    return {
+        "requested": member.to_dict(),
+        "preset": result.preset.to_dict(),
+        "dataset": result.dataset,
+        "keras_version": keras.__version__,
+        "best_epoch": result.best_epoch,
+        "val_accuracy": result.val_accuracy,
+        "test_errors": result.test_errors,
+        "train_size": result.train_size,
+        "val_size": result.val_size,
+        "seconds": result.seconds,
+        "epoch_seconds": result.epoch_seconds,
+        "history": result.history,
+    }
