@@ -1,0 +1,127 @@
+"""A cheaper `fast`? Screen cheaper variants on validation, then confirm the best against `fast` itself.
+
+    .venv/bin/python scripts/fast_search.py screen    # 16 variants x seeds 42, 43
+    .venv/bin/python scripts/fast_search.py confirm   # each family's best and `fast`, seeds 44-48
+
+Two families cost less per image than `fast`: its own network trained 3 epochs instead of 4, and a
+narrower one (48 filters in the second convolution, dense 128) trained 4. Each is tried with 8 settings
+of the knobs that cost no time (optimiser, peak rate, label smoothing). Every run goes through the
+trainer (`train_model`, per-epoch validation included); only validation accuracy and fit seconds are
+printed: test accuracies go to the JSON, to be read after the decision (docs/results.md, "A cheaper
+`fast`?"). Results in bench/results/fast_search_<phase>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from trainer.presets import ConvLayer, ModelConfig, Preset, get_preset  # noqa: E402
+
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+SCREEN_SEEDS = (42, 43)
+CONFIRM_SEEDS = (44, 45, 46, 47, 48)
+KNOBS = {  # name: TrainConfig overrides; k0 is fast's own setting
+    "k0": {},
+    "k1": {"learning_rate": 0.02},
+    "k2": {"learning_rate": 0.045},
+    "k3": {"label_smoothing": 0.1},
+    "k4": {"label_smoothing": 0.0},
+    "k5": {"optimizer": "adam", "learning_rate": 0.003},
+    "k6": {"optimizer": "adam", "learning_rate": 0.005},
+    "k7": {"optimizer": "adam", "learning_rate": 0.01},
+}
+
+
+def family(name: str) -> Preset:
+    """`three`: fast's network for 3 epochs; `narrow`: 8/48 filters and dense 128 for fast's 4."""
+    fast = get_preset("fast")
+    if name == "three":
+        return fast.with_overrides(epochs=3)
+    narrow = ModelConfig(
+        (ConvLayer(8, 4, pool_size=2, batch_norm=True), ConvLayer(48, 4, pool_size=2, batch_norm=True)),
+        (128,),
+        dense_batch_norm=True,
+    )
+    return replace(fast, model=narrow)
+
+
+def candidate(name: str) -> Preset:
+    """`fast`, or `<family>-<knob>` such as `three-k5`."""
+    if name == "fast":
+        return get_preset("fast")
+    family_name, knob = name.split("-")
+    return family(family_name).with_overrides(**KNOBS[knob])
+
+
+def run(name: str, seed: int, dataset) -> dict:
+    from trainer.train import train_model
+
+    cpu = time.process_time()
+    result = train_model(candidate(name).with_overrides(seed=seed), dataset, log=lambda message: None)
+    row = {"candidate": name, "seed": seed, "val": result.val_accuracy,
+           "fit_seconds": round(result.seconds, 2),
+           "cpu_seconds": round(time.process_time() - cpu, 2), "best_epoch": result.best_epoch,
+           "test": result.test_accuracy.value}
+    print(f"{name:>10} seed {seed}: val {100 * row['val']:.2f}%  fit {row['fit_seconds']:5.1f} s  "
+          f"cpu {row['cpu_seconds']:5.1f} s  epoch {row['best_epoch']}", flush=True)
+    return row
+
+
+def screen(dataset) -> list[dict]:
+    names = [f"{fam}-{knob}" for fam in ("three", "narrow") for knob in KNOBS]
+    rows = [run(name, seed, dataset) for seed in SCREEN_SEEDS for name in names]
+    print()
+    for name in names:
+        vals = [r["val"] for r in rows if r["candidate"] == name]
+        print(f"{name:>10}: mean val {100 * statistics.fmean(vals):.3f}%")
+    return rows
+
+
+def best_of_screen(fam: str) -> str:
+    """The family's variant with the highest mean screening validation accuracy (the first on a tie)."""
+    rows = json.loads((RESULTS_DIR / "fast_search_screen.json").read_text())
+    names = [f"{fam}-{knob}" for knob in KNOBS]
+    return max(names, key=lambda n: statistics.fmean(r["val"] for r in rows if r["candidate"] == n))
+
+
+def confirm(dataset) -> list[dict]:
+    names = ["fast", best_of_screen("three"), best_of_screen("narrow")]
+    rows = [run(name, seed, dataset) for seed in CONFIRM_SEEDS for name in names]
+    print()
+    for name in names:
+        mine = [r for r in rows if r["candidate"] == name]
+        print(f"{name:>10}: mean val {100 * statistics.fmean(r['val'] for r in mine):.3f}%  median fit "
+              f"{statistics.median(r['fit_seconds'] for r in mine):.1f} s")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("phase", choices=("screen", "confirm"))
+    parser.add_argument("--data-dir", default=os.environ.get("DIGITS_DATA_DIR", str(REPO_ROOT / "data")))
+    args = parser.parse_args(argv)
+    from trainer.data import load_dataset
+
+    dataset = load_dataset("mnist", args.data_dir)
+    rows = screen(dataset) if args.phase == "screen" else confirm(dataset)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / f"fast_search_{args.phase}.json"
+    out.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
