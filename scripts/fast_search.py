@@ -91,7 +91,9 @@ def screen(dataset) -> list[dict]:
 def best_of_screen(fam: str) -> str:
     """The family's variant with the highest mean screening validation accuracy (the first on a tie)."""
     rows = json.loads((RESULTS_DIR / "fast_search_screen.json").read_text())
-    names = [f"{fam}-{knob}" for knob in KNOBS]
+    names = [f"{fam}-{knob}" for knob in KNOBS if any(r["candidate"] == f"{fam}-{knob}" for r in rows)]
+    if not names:
+        raise SystemExit(f"fast_search: the screen has no {fam} variant; run the screen first")
     return max(names, key=lambda n: statistics.fmean(r["val"] for r in rows if r["candidate"] == n))
 
 

@@ -1,0 +1,59 @@
+"""scripts/fast_search.py: its variants cost less than `fast` and differ from it only where stated."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from trainer.model import build_model
+from trainer.presets import get_preset
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fast_search.py"
+
+
+@pytest.fixture(scope="module")
+def search():
+    spec = importlib.util.spec_from_file_location("fast_search", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_families_cost_less_than_fast(search):
+    fast = get_preset("fast")
+    three, narrow = search.family("three"), search.family("narrow")
+    assert three.model == fast.model and three.train.epochs < fast.train.epochs
+    assert narrow.train == fast.train
+    assert build_model(narrow.model).count_params() < build_model(fast.model).count_params()
+
+
+@pytest.mark.parametrize("family", ["three", "narrow"])
+def test_knobs_change_only_what_costs_no_time(search, family):
+    base = asdict(search.family(family))
+    free = {"optimizer", "learning_rate", "label_smoothing"}
+    for knob in search.KNOBS:
+        variant = asdict(search.candidate(f"{family}-{knob}"))
+        changed = {key for key in base["train"] if variant["train"][key] != base["train"][key]}
+        assert variant["model"] == base["model"] and changed <= free, knob
+    assert search.candidate("three-k0") == search.family("three")
+
+
+def test_confirm_takes_each_familys_best_screened_variant(search, tmp_path, monkeypatch):
+    rows = [{"candidate": name, "val": val} for name, val in
+            [("three-k1", 0.992), ("three-k1", 0.994), ("three-k3", 0.9935), ("three-k3", 0.9935),
+             ("narrow-k0", 0.990), ("narrow-k2", 0.991)]]
+    (tmp_path / "fast_search_screen.json").write_text(json.dumps(rows))
+    monkeypatch.setattr(search, "RESULTS_DIR", tmp_path)
+    assert search.best_of_screen("three") == "three-k3"
+    assert search.best_of_screen("narrow") == "narrow-k2"
+
+
+def test_confirm_refuses_a_screen_without_the_family(search, tmp_path, monkeypatch):
+    (tmp_path / "fast_search_screen.json").write_text(json.dumps([{"candidate": "three-k0", "val": 0.99}]))
+    monkeypatch.setattr(search, "RESULTS_DIR", tmp_path)
+    with pytest.raises(SystemExit, match="no narrow variant"):
+        search.best_of_screen("narrow")
