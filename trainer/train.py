@@ -48,6 +48,7 @@ class TrainResult:
     val_size: int
     seconds: float
     epoch_seconds: list[float] = field(default_factory=list)
+    epoch_cpu_seconds: list[float] = field(default_factory=list)  # this process's CPU time (all threads)
 
     @property
     def params(self) -> int:
@@ -159,15 +160,17 @@ class EpochProgress(keras.callbacks.Callback):
         super().__init__()
         self.epochs, self.log, self.monitor = epochs, log, monitor
         self.seconds: list[float] = []
+        self.cpu_seconds: list[float] = []
         self._best = -1.0
-        self._start = 0.0
+        self._start = self._cpu_start = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._start = time.perf_counter()
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         self.seconds.append(time.perf_counter() - self._start)
+        self.cpu_seconds.append(time.process_time() - self._cpu_start)
         nan = float("nan")
         line = (f"epoch {epoch + 1:>3}/{self.epochs}  loss {logs.get('loss', nan):.4f}  "
                 f"acc {logs.get('accuracy', nan):.4f}")
@@ -279,4 +282,5 @@ def train_model(
         val_size=len(split.val),
         seconds=seconds,
         epoch_seconds=progress.seconds,
+        epoch_cpu_seconds=progress.cpu_seconds,
     )

@@ -35,6 +35,11 @@ def bench_soak() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
+def bench_train() -> ModuleType:
+    return load_bench_module("train_bench")
+
+
+@pytest.fixture(scope="session")
 def test_digits(mnist_data, mnist_model_dir):
     """(images uint8 [8,28,28], the served version's in-process classes [8]) for checking answers."""
     import tensorflow as tf

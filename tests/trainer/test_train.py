@@ -50,6 +50,8 @@ def test_no_hold_out_fits_every_image_and_keeps_the_last_epoch(mnist_data):
     assert result.val_accuracy is None and result.best_epoch == 3
     assert sorted(result.history) == ["accuracy", "loss"]  # nothing computed on held-out images
     assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["1/3", "2/3", "3/3"]
+    assert len(result.epoch_seconds) == len(result.epoch_cpu_seconds) == 3
+    assert all(cpu > 0 for cpu in result.epoch_cpu_seconds)  # the benchmark's CPU ratio sums these
     assert "last epoch 3 kept (no validation hold-out)" in lines[-1]
     served = predict_classes(result.model, small.x_test)
     assert np.array_equal(served, result.test_predictions) and result.test_accuracy.value > 0.8
