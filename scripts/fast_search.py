@@ -65,6 +65,7 @@ def candidate(name: str) -> Preset:
 
 
 def run(name: str, seed: int, dataset) -> dict:
+    """Train one candidate with one seed; print its validation accuracy and seconds (never its test)."""
     from trainer.train import train_model
 
     cpu = time.process_time()
@@ -79,6 +80,7 @@ def run(name: str, seed: int, dataset) -> dict:
 
 
 def screen(dataset) -> list[dict]:
+    """Every variant of both families on the screening seeds, seed by seed."""
     names = [f"{fam}-{knob}" for fam in ("three", "narrow") for knob in KNOBS]
     rows = [run(name, seed, dataset) for seed in SCREEN_SEEDS for name in names]
     print()
@@ -98,6 +100,7 @@ def best_of_screen(fam: str) -> str:
 
 
 def confirm(dataset) -> list[dict]:
+    """`fast` and each family's survivor, in turn for each confirming seed."""
     names = ["fast", best_of_screen("three"), best_of_screen("narrow")]
     rows = [run(name, seed, dataset) for seed in CONFIRM_SEEDS for name in names]
     print()
