@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from client.contract import IMAGE_SIZE, NUM_CLASSES, PIXEL_MAX
+from trainer.batch_norm import BatchNormalization
 from trainer.presets import ModelConfig, TrainConfig
 from trainer.schedules import learning_rate
 
@@ -33,7 +34,7 @@ class ResidualConv(keras.layers.Layer):
     def __init__(self, filters: int, kernel_size: int, activation: str = "relu", **kwargs) -> None:
         super().__init__(**kwargs)
         self.filters, self.kernel_size, self.activation = filters, kernel_size, activation
-        self.norm = keras.layers.BatchNormalization()
+        self.norm = BatchNormalization()
         self.conv = keras.layers.Conv2D(filters, kernel_size, padding="same", activation=activation)
 
     def build(self, input_shape) -> None:
@@ -95,7 +96,7 @@ def build_model(cfg: ModelConfig, name: str = "digits_cnn") -> keras.Model:
         if conv.pool_size:
             layers.append(keras.layers.MaxPooling2D(conv.pool_size, padding=conv.pool_padding))
         if conv.batch_norm:
-            layers.append(keras.layers.BatchNormalization())
+            layers.append(BatchNormalization())
         if conv.dropout:
             layers.append(keras.layers.Dropout(conv.dropout))
     layers.append(keras.layers.GlobalAveragePooling2D() if cfg.global_pool else keras.layers.Flatten())
@@ -104,7 +105,7 @@ def build_model(cfg: ModelConfig, name: str = "digits_cnn") -> keras.Model:
     for units in cfg.dense_units:
         layers.append(keras.layers.Dense(units, activation=cfg.activation))
         if cfg.dense_batch_norm:
-            layers.append(keras.layers.BatchNormalization())
+            layers.append(BatchNormalization())
     layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities"))
     return keras.Sequential(layers, name=name)
 
