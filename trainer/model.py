@@ -10,7 +10,6 @@ import keras
 import numpy as np
 
 from client.contract import IMAGE_SIZE, NUM_CLASSES, PIXEL_MAX
-from trainer.batch_norm import BatchNormalization
 from trainer.presets import ModelConfig, TrainConfig
 from trainer.schedules import learning_rate
 
@@ -34,7 +33,7 @@ class ResidualConv(keras.layers.Layer):
     def __init__(self, filters: int, kernel_size: int, activation: str = "relu", **kwargs) -> None:
         super().__init__(**kwargs)
         self.filters, self.kernel_size, self.activation = filters, kernel_size, activation
-        self.norm = BatchNormalization()
+        self.norm = keras.layers.BatchNormalization()
         self.conv = keras.layers.Conv2D(filters, kernel_size, padding="same", activation=activation)
 
     def build(self, input_shape) -> None:
@@ -96,7 +95,7 @@ def build_model(cfg: ModelConfig, name: str = "digits_cnn") -> keras.Model:
         if conv.pool_size:
             layers.append(keras.layers.MaxPooling2D(conv.pool_size, padding=conv.pool_padding))
         if conv.batch_norm:
-            layers.append(BatchNormalization())
+            layers.append(keras.layers.BatchNormalization())
         if conv.dropout:
             layers.append(keras.layers.Dropout(conv.dropout))
     layers.append(keras.layers.GlobalAveragePooling2D() if cfg.global_pool else keras.layers.Flatten())
@@ -105,7 +104,7 @@ def build_model(cfg: ModelConfig, name: str = "digits_cnn") -> keras.Model:
     for units in cfg.dense_units:
         layers.append(keras.layers.Dense(units, activation=cfg.activation))
         if cfg.dense_batch_norm:
-            layers.append(BatchNormalization())
+            layers.append(keras.layers.BatchNormalization())
     layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities"))
     return keras.Sequential(layers, name=name)
 
