@@ -62,7 +62,7 @@ test-all: data browsers tools  ## every test, the slow full-data ones too
 lint: setup  ## ruff
 	$(BIN)/ruff check trainer serving client tests bench scripts
 
-bench: data  ## both benchmarks: both run, and it fails if either misses a target
+bench:  ## both benchmarks: both run, and it fails if either misses a target
 	@status=0; $(MAKE) --no-print-directory bench-train || status=1; \
 	$(MAKE) --no-print-directory bench-serve || status=1; exit $$status
 

@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     reference_of_means = extrapolate_runs(references, full_epochs, statistics.fmean)
     ratio_of_means = statistics.fmean(fit_seconds) / reference_of_means
     reference_cpu = extrapolate_runs(references, full_epochs, field="epoch_cpu_seconds")
-    fit_cpu_seconds = [sum(c.epoch_cpu_seconds) for c in candidates]
-    cpu_ratio = statistics.median(fit_cpu_seconds) / reference_cpu
+    median_cpu_seconds = statistics.median(sum(c.epoch_cpu_seconds) for c in candidates)
+    cpu_ratio = median_cpu_seconds / reference_cpu
     summary = {
         "references": [asdict(r) for r in references],
         "reference_extrapolated_seconds": round(reference_full, 1),
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": round(ratio, 4),
         "ratio_of_means": round(ratio_of_means, 4),
         "reference_extrapolated_cpu_seconds": round(reference_cpu, 1),
-        "candidate_median_cpu_seconds": round(statistics.median(fit_cpu_seconds), 1),
+        "candidate_median_cpu_seconds": round(median_cpu_seconds, 1),
         "cpu_ratio": round(cpu_ratio, 4),
         "targets": {"ratio": TARGET_RATIO, "accuracy": TARGET_ACCURACY},
         "met": {"ratio": ratio <= TARGET_RATIO, "accuracy": mean_accuracy >= TARGET_ACCURACY},
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'CPU ratio':>10}: {cpu_ratio:.3f} (process CPU: {args.candidate} "
-        f"{summary['candidate_median_cpu_seconds']:.1f} s against {REFERENCE}'s {reference_cpu:.1f} s; "
+        f"{median_cpu_seconds:.1f} s against {REFERENCE}'s {reference_cpu:.1f} s; "
         "time spent waiting for a core does not count here)"
     )
     print(f"written: {args.out}")

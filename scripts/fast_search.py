@@ -79,24 +79,28 @@ def run(name: str, seed: int, dataset) -> dict:
     return row
 
 
+def rows_of(rows: list[dict], name: str) -> list[dict]:
+    """The rows of candidate `name`."""
+    return [row for row in rows if row["candidate"] == name]
+
+
 def screen(dataset) -> list[dict]:
     """Every variant of both families on the screening seeds, seed by seed."""
     names = [f"{fam}-{knob}" for fam in ("three", "narrow") for knob in KNOBS]
     rows = [run(name, seed, dataset) for seed in SCREEN_SEEDS for name in names]
     print()
     for name in names:
-        vals = [r["val"] for r in rows if r["candidate"] == name]
-        print(f"{name:>10}: mean val {100 * statistics.fmean(vals):.3f}%")
+        print(f"{name:>10}: mean val {100 * statistics.fmean(r['val'] for r in rows_of(rows, name)):.3f}%")
     return rows
 
 
 def best_of_screen(fam: str) -> str:
     """The family's variant with the highest mean screening validation accuracy (the first on a tie)."""
     rows = json.loads((RESULTS_DIR / "fast_search_screen.json").read_text())
-    names = [f"{fam}-{knob}" for knob in KNOBS if any(r["candidate"] == f"{fam}-{knob}" for r in rows)]
+    names = [f"{fam}-{knob}" for knob in KNOBS if rows_of(rows, f"{fam}-{knob}")]
     if not names:
         raise SystemExit(f"fast_search: the screen has no {fam} variant; run the screen first")
-    return max(names, key=lambda n: statistics.fmean(r["val"] for r in rows if r["candidate"] == n))
+    return max(names, key=lambda n: statistics.fmean(r["val"] for r in rows_of(rows, n)))
 
 
 def confirm(dataset) -> list[dict]:
@@ -105,7 +109,7 @@ def confirm(dataset) -> list[dict]:
     rows = [run(name, seed, dataset) for seed in CONFIRM_SEEDS for name in names]
     print()
     for name in names:
-        mine = [r for r in rows if r["candidate"] == name]
+        mine = rows_of(rows, name)
         print(f"{name:>10}: mean val {100 * statistics.fmean(r['val'] for r in mine):.3f}%  median fit "
               f"{statistics.median(r['fit_seconds'] for r in mine):.1f} s")
     return rows

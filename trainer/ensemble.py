@@ -105,5 +105,6 @@ def train_ensemble(
         test_predictions=predictions,
         seconds=sum(m.seconds for m in members),
         epoch_seconds=[s for m in members for s in m.epoch_seconds],
+        epoch_cpu_seconds=[s for m in members for s in m.epoch_cpu_seconds],
     )
     return EnsembleResult(combined=combined, members=tuple(members))

@@ -90,6 +90,7 @@ class MemberStore:
             val_size=record["val_size"],
             seconds=record["seconds"],
             epoch_seconds=record["epoch_seconds"],
+            epoch_cpu_seconds=record.get("epoch_cpu_seconds", []),  # absent from older records
         )
 
     def save(self, member: Preset, result: TrainResult, dataset: Dataset, limit_train: int | None) -> Path:
@@ -130,5 +131,6 @@ def _record(member: Preset, result: TrainResult) -> dict[str, Any]:
         "val_size": result.val_size,
         "seconds": result.seconds,
         "epoch_seconds": result.epoch_seconds,
+        "epoch_cpu_seconds": result.epoch_cpu_seconds,
         "history": result.history,
     }
