@@ -1,4 +1,5 @@
-"""bench/train_bench.py's extrapolation: seed-best's 40 epochs from a few timed ones, wall or CPU."""
+"""bench/train_bench.py: seed-best's 40 epochs extrapolated from a few timed ones (wall or CPU), the
+tutorial's code as the reference, and the ratios against it."""
 
 from __future__ import annotations
 
@@ -21,3 +22,29 @@ def test_first_epoch_as_measured_the_rest_at_the_median_of_later_epochs(bench_tr
 def test_two_epochs_at_least(bench_train):
     with pytest.raises(ValueError, match="at least 2 epochs"):
         bench_train.extrapolate([5.0], 40)
+
+
+def test_the_tutorials_code_fits_every_training_image_and_validates_on_the_test_set(bench_train, mnist_data):
+    """The reference the target names: all training images per epoch, scored on the test set each epoch."""
+    from trainer.data import Dataset
+    from trainer.presets import get_preset
+
+    small = Dataset("mnist", mnist_data.x_train[:1000], mnist_data.y_train[:1000],
+                    mnist_data.x_test[:400], mnist_data.y_test[:400])
+    preset = get_preset("seed-best").with_overrides(epochs=2)
+    lines: list[str] = []
+    run = bench_train.time_tutorial_recipe(preset, small, lines.append)
+    assert (run.epochs, len(run.epoch_seconds), len(run.epoch_cpu_seconds)) == (2, 2, 2)
+    assert run.val_accuracy is None and 0.5 < run.test_accuracy <= 1.0  # 2 epochs on 1,000 images learn
+    # Its validation data is the test set: the last epoch's line shows the accuracy it reports.
+    assert f"val_acc {run.test_accuracy:.4f}" in lines[-1]
+
+
+def test_ratios_against_a_reference(bench_train):
+    reference = [run_time(bench_train, [5.0, 2.0, 2.0], [6.0, 3.0, 3.0])]
+    candidates = [run_time(bench_train, [3.0, 3.0], [4.0, 4.0]),
+                  run_time(bench_train, [4.0, 4.0], [5.0, 5.0])]
+    compared = bench_train.compare(reference, candidates, 40)
+    assert compared["extrapolated_seconds"] == pytest.approx(5.0 + 39 * 2.0)
+    assert compared["ratio"] == pytest.approx(7.0 / 83.0, abs=1e-4)  # median of fits 6 and 8
+    assert compared["cpu_ratio"] == pytest.approx(9.0 / (6.0 + 39 * 3.0), abs=1e-4)
