@@ -2,13 +2,14 @@
 
     .venv/bin/python scripts/fast_search.py screen    # 16 variants x seeds 42, 43
     .venv/bin/python scripts/fast_search.py confirm   # each family's best and `fast`, seeds 44-48
+    .venv/bin/python scripts/fast_search.py precision # `fast` in float32 and in bfloat16, seeds 44-48
 
 Two families cost less per image than `fast`: its own network trained 3 epochs instead of 4, and a
 narrower one (48 filters in the second convolution, dense 128) trained 4. Each is tried with 8 settings
 of the knobs that cost no time (optimiser, peak rate, label smoothing). Every run goes through the
 trainer (`train_model`, per-epoch validation included); only validation accuracy and fit seconds are
 printed: test accuracies go to the JSON, to be read after the decision (docs/results.md, "A cheaper
-`fast`?"). Results in bench/results/fast_search_<phase>.json.
+`fast`?" and "`fast` in bfloat16?"). Results in bench/results/fast_search_<phase>.json.
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ def family(name: str) -> Preset:
 
 
 def candidate(name: str) -> Preset:
-    """`fast`, or `<family>-<knob>` such as `three-k5`."""
+    """`fast`, `fast-<precision>` such as `fast-bfloat16`, or `<family>-<knob>` such as `three-k5`."""
     if name == "fast":
         return get_preset("fast")
+    if name.startswith("fast-"):
+        return get_preset("fast").with_overrides(precision=name.removeprefix("fast-"))
     family_name, knob = name.split("-")
     return family(family_name).with_overrides(**KNOBS[knob])
 
@@ -115,16 +118,32 @@ def confirm(dataset) -> list[dict]:
     return rows
 
 
+def precision(dataset) -> list[dict]:
+    """`fast` in float32 and in mixed bfloat16, in turn for each confirming seed."""
+    names = ["fast-float32", "fast-bfloat16"]
+    rows = [run(name, seed, dataset) for seed in CONFIRM_SEEDS for name in names]
+    print()
+    for name in names:
+        mine = rows_of(rows, name)
+        print(f"{name:>13}: mean val {100 * statistics.fmean(r['val'] for r in mine):.3f}%  median fit "
+              f"{statistics.median(r['fit_seconds'] for r in mine):.1f} s  median cpu "
+              f"{statistics.median(r['cpu_seconds'] for r in mine):.1f} s")
+    return rows
+
+
+PHASES = {"screen": screen, "confirm": confirm, "precision": precision}
+
+
 def main(argv: list[str] | None = None) -> int:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
-    parser.add_argument("phase", choices=("screen", "confirm"))
+    parser.add_argument("phase", choices=sorted(PHASES))
     parser.add_argument("--data-dir", default=os.environ.get("DIGITS_DATA_DIR", str(REPO_ROOT / "data")))
     args = parser.parse_args(argv)
     from trainer.data import load_dataset
 
     dataset = load_dataset("mnist", args.data_dir)
-    rows = screen(dataset) if args.phase == "screen" else confirm(dataset)
+    rows = PHASES[args.phase](dataset)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"fast_search_{args.phase}.json"
     out.write_text(json.dumps(rows, indent=2) + "\n")

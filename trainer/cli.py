@@ -21,6 +21,7 @@ from trainer.data import (
     default_data_dir,
     prepare_data,
 )
+from trainer.precision import PRECISIONS
 from trainer.presets import PRESETS, SEED_PRESETS, Preset, TrainConfig
 
 if TYPE_CHECKING:  # the TensorFlow import waits until a command needs it
@@ -104,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--weight-average", type=_below_one, metavar="DECAY",
         help="validate, choose and export an exponential moving average of the weights, updated every "
         "batch with this decay (e.g. 0.999, about 1,000 batches); 0: the trained weights (the default)",
+    )
+    train.add_argument(
+        "--precision", choices=PRECISIONS,
+        help="training arithmetic: float32, or bfloat16 (mixed: bfloat16 compute, float32 weights; the "
+        "exported model computes in float32 either way); auto: bfloat16 on a CPU-only machine whose CPU "
+        "has native bfloat16 (avx512_bf16 or amx_bf16), else float32. Default: the preset's",
     )
     _add_data_dir(train)
     train.add_argument(
@@ -231,6 +238,7 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
         clean_epochs=args.clean_epochs,
         members=args.members, weight_average=args.weight_average, label_smoothing=args.label_smoothing,
         weight_decay=args.weight_decay, optimizer="adamw" if args.weight_decay else None,
+        precision=args.precision,
     )
     if args.mirror_average is not None:
         preset = preset.with_model(mirror_average=args.mirror_average)

@@ -105,7 +105,9 @@ def build_model(cfg: ModelConfig, name: str = "digits_cnn") -> keras.Model:
         layers.append(keras.layers.Dense(units, activation=cfg.activation))
         if cfg.dense_batch_norm:
             layers.append(keras.layers.BatchNormalization())
-    layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities"))
+    # float32 under any dtype policy: a bfloat16 softmax would round the probabilities the loss sees.
+    output = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities", dtype="float32")
+    layers.append(output)
     return keras.Sequential(layers, name=name)
 
 

@@ -65,6 +65,7 @@ class TrainConfig:
     elastic_probability: float = 1.0  # share of the training images that get the elastic distortion
     weight_average: float = 0.0  # decay of the weights' EMA that is validated and exported; 0: none
     members: int = 1  # > 1: an ensemble of this many seeds averaged inside one graph (trainer/ensemble.py)
+    precision: str = "float32"  # float32 | bfloat16 (mixed, training only; trainer/precision.py) | auto
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from client.stats import Interval, wilson_interval
 from trainer.augment import AugmentationOff, training_augmentation, with_augmentation
 from trainer.data import Dataset
 from trainer.model import build_model, compile_model, model_input_array
+from trainer.precision import WeightTwin, dtype_policy, resolve_precision
 from trainer.presets import Preset
 from trainer.tta import for_dataset, serving_network
 
@@ -220,20 +221,31 @@ def train_model(
         cfg = preset.train
     if cfg.clean_epochs >= cfg.epochs:
         raise ValueError(f"clean_epochs {cfg.clean_epochs} leaves none of the {cfg.epochs} epochs augmented")
+    precision = resolve_precision(cfg.precision)
+    if precision != cfg.precision:  # "auto" settled: the model card records what ran
+        preset = preset.with_overrides(precision=precision)
+        cfg = preset.train
+    bfloat16 = precision == "bfloat16"
+    if bfloat16 and cfg.weight_average:
+        raise ValueError("weight averaging trains in float32 only: use precision float32 with weight_average")
     with distribution_scope():
-        network = build_model(preset.model)
+        with dtype_policy(precision):
+            network = build_model(preset.model)
         # Augmentation wraps the network for fit only; `model` (what gets exported) never contains it.
         fit_model = with_augmentation(network, augmentation, seed=cfg.seed, gated=cfg.clean_epochs > 0)
         compile_model(fit_model, cfg, steps_per_epoch=math.ceil(len(train_idx) / cfg.batch_size))
-    model = serving_network(preset.model, network)
+        twin = build_model(preset.model) if bfloat16 else network  # float32: what is scored and served
+    model = serving_network(preset.model, twin)
     log(
         f"{preset.name}: {model.count_params():,} params, {len(train_idx):,} train / {len(split.val):,} val "
         f"images of {dataset.name}, batch {cfg.batch_size}, {cfg.epochs} epochs"
+        + (", mixed bfloat16 training (served in float32)" if bfloat16 else "")
         + (f", augmentation {augmentation.describe()}" if augmentation.changes_images else "")
         + (f" (off for the last {cfg.clean_epochs})" if cfg.clean_epochs else "")
     )
-    mirrored, averaged = model is not network, cfg.weight_average > 0
-    monitor = AVERAGED_VAL if averaged else SERVED_VAL if mirrored else "val_accuracy"
+    mirrored, averaged = preset.model.mirror_average, cfg.weight_average > 0
+    served_differs = model is not network  # mirror-averaged, or a float32 twin of a bfloat16 network
+    monitor = AVERAGED_VAL if averaged else SERVED_VAL if served_differs else "val_accuracy"
     best, progress = KeepBestEpoch(monitor), EpochProgress(cfg.epochs, log, monitor)
     callbacks = [best, progress] if validate else [progress]
     if validate and averaged:  # scores the average, which the callback before it lends the network
@@ -242,11 +254,14 @@ def train_model(
         from trainer.averaging import WeightAverage  # TensorFlow only: a tf.function after every batch
 
         callbacks.insert(0, WeightAverage(network, cfg.weight_average))
-    if validate and mirrored:  # scores the training weights, before any average replaces them
+    if validate and served_differs:  # scores the training weights, before any average replaces them
         callbacks.insert(0, ServedValidation(model, *validation, key=SERVED_VAL))
     if cfg.clean_epochs:
         clean_from = cfg.epochs - cfg.clean_epochs + 1
         callbacks.insert(0, AugmentationOff(fit_model.get_layer("gate"), clean_from, log))
+    twin_weights = WeightTwin(network, twin) if bfloat16 else None
+    if twin_weights:  # first: the twin is current before anything scores it
+        callbacks.insert(0, twin_weights)
     start = time.perf_counter()
     history = fit_model.fit(
         x_train,
@@ -258,13 +273,16 @@ def train_model(
         verbose=0,
         callbacks=callbacks,
     )
+    if twin_weights:  # the weights KeepBestEpoch restored at the end
+        twin_weights.sync()
     seconds = time.perf_counter() - start
     best_epoch, val_accuracy = (best.best_epoch, best.best_accuracy) if validate else (cfg.epochs, None)
 
     # The test set is touched once, after every choice is made.
     predictions = predict_classes(model, dataset.x_test)
     test_accuracy, errors = score_predictions(predictions, dataset.y_test)
-    served = (" mirror-averaged" if mirrored else "") + (" weight-averaged" if averaged else "")
+    served = (" mirror-averaged" if mirrored else "") + (" weight-averaged" if averaged else "") + (
+        " float32" if bfloat16 else "")
     kept = f"best epoch {best_epoch} (val_acc{served} {val_accuracy:.4f})" if validate else (
         f"last epoch {best_epoch} kept (no validation hold-out)")
     log(f"{kept}; test accuracy{served} {test_accuracy}, {errors} errors; trained in {seconds:.1f}s")

@@ -1,0 +1,84 @@
+"""Training precision: float32, or mixed bfloat16 (bfloat16 compute, float32 weights) on CPUs built for it.
+
+Only training uses bfloat16. The network that is validated, scored and exported is a float32 twin that
+gets the trained weights copied in (`WeightTwin`), so serving never needs bfloat16 kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+
+PRECISIONS = ("float32", "bfloat16", "auto")
+MIXED_POLICY = "mixed_bfloat16"
+# CPU flags of native bfloat16 arithmetic (Intel Cooper Lake and later, AMD Zen 4 and later); without
+# them TensorFlow emulates bfloat16, slower than float32.
+NATIVE_BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags (Linux); empty where /proc/cpuinfo is not there to read."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def resolve_precision(precision: str, flags: frozenset[str] | None = None, gpus: int | None = None) -> str:
+    """"float32" or "bfloat16": `precision` itself, or what "auto" means on this machine.
+
+    "auto" is bfloat16 only on a CPU-only machine whose CPU computes bfloat16 natively; on a GPU, and on
+    other CPUs, float32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision != "auto":
+        return precision
+    if gpus is None:
+        gpus = _gpu_count()
+    flags = cpu_flags() if flags is None else flags
+    return "bfloat16" if gpus == 0 and flags & NATIVE_BFLOAT16_FLAGS else "float32"
+
+
+def _gpu_count() -> int:
+    if keras.backend.backend() != "tensorflow":
+        return 0
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Layers built inside compute in `precision` ("float32" or "bfloat16"); the global policy is restored."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(MIXED_POLICY if precision == "bfloat16" else "float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+class WeightTwin(keras.callbacks.Callback):
+    """Copy the trained network's weights into its float32 twin after every epoch and at the end of training.
+
+    Put it first among the callbacks, so the twin is current before anything validates it, and call
+    `sync` once more after `fit`, once every callback's `on_train_end` has set the weights to keep.
+    """
+
+    def __init__(self, network: keras.Model, twin: keras.Model) -> None:
+        super().__init__()
+        self.network, self.twin = network, twin
+
+    def sync(self) -> None:
+        self.twin.set_weights(self.network.get_weights())
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.sync()
