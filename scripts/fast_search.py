@@ -44,9 +44,14 @@ KNOBS = {  # name: TrainConfig overrides; k0 is fast's own setting
 }
 
 
+def searched_fast() -> Preset:
+    """`fast` as the screen and confirm phases ran it: in float32, whatever precision the preset names."""
+    return get_preset("fast").with_overrides(precision="float32")
+
+
 def family(name: str) -> Preset:
     """`three`: fast's network for 3 epochs; `narrow`: 8/48 filters and dense 128 for fast's 4."""
-    fast = get_preset("fast")
+    fast = searched_fast()
     if name == "three":
         return fast.with_overrides(epochs=3)
     narrow = ModelConfig(
@@ -108,7 +113,7 @@ def best_of_screen(fam: str) -> str:
 
 def confirm(dataset) -> list[dict]:
     """`fast` and each family's survivor, in turn for each confirming seed."""
-    names = ["fast", best_of_screen("three"), best_of_screen("narrow")]
+    names = ["fast-float32", best_of_screen("three"), best_of_screen("narrow")]
     rows = [run(name, seed, dataset) for seed in CONFIRM_SEEDS for name in names]
     print()
     for name in names:

@@ -34,8 +34,8 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
 def resolve_precision(precision: str, flags: frozenset[str] | None = None, gpus: int | None = None) -> str:
     """"float32" or "bfloat16": `precision` itself, or what "auto" means on this machine.
 
-    "auto" is bfloat16 only on a CPU-only machine whose CPU computes bfloat16 natively; on a GPU, and on
-    other CPUs, float32.
+    "auto" is bfloat16 only on a CPU-only machine whose CPU computes bfloat16 natively; on a GPU (or any
+    accelerator the Keras backend sees), and on other CPUs, float32.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -48,11 +48,21 @@ def resolve_precision(precision: str, flags: frozenset[str] | None = None, gpus:
 
 
 def _gpu_count() -> int:
-    if keras.backend.backend() != "tensorflow":
-        return 0
-    import tensorflow as tf
+    """Accelerators the Keras backend sees (GPUs, and TPUs on JAX)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    return len(tf.config.list_physical_devices("GPU"))
+        return len(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return sum(device.platform != "cpu" for device in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.device_count()
+    return 0
 
 
 @contextlib.contextmanager

@@ -24,7 +24,8 @@ def search():
 
 
 def test_families_cost_less_than_fast(search):
-    fast = get_preset("fast")
+    fast = search.searched_fast()
+    assert fast.train.precision == "float32" and fast == search.candidate("fast-float32")
     three, narrow = search.family("three"), search.family("narrow")
     assert three.model == fast.model and three.train.epochs < fast.train.epochs
     assert narrow.train == fast.train
@@ -40,6 +41,13 @@ def test_knobs_change_only_what_costs_no_time(search, family):
         changed = {key for key in base["train"] if variant["train"][key] != base["train"][key]}
         assert variant["model"] == base["model"] and changed <= free, knob
     assert search.candidate("three-k0") == search.family("three")
+
+
+def test_the_precision_phase_changes_only_the_arithmetic(search):
+    float32, bfloat16 = search.candidate("fast-float32"), search.candidate("fast-bfloat16")
+    assert (float32.train.precision, bfloat16.train.precision) == ("float32", "bfloat16")
+    assert bfloat16.with_overrides(precision="float32") == float32
+    assert search.candidate("fast") == get_preset("fast")
 
 
 def test_confirm_takes_each_familys_best_screened_variant(search, tmp_path, monkeypatch):
