@@ -44,8 +44,11 @@ class MemberStore:
 
     def folder(self, member: Preset, dataset: Dataset, limit_train: int | None) -> Path:
         """The folder of the member trained with `member`'s recipe and seed on this data."""
+        preset = replace(member, train=replace(member.train, seed=0)).to_dict()  # seeds share it
+        if preset["train"]["precision"] == "float32":  # as every member saved before the field existed
+            del preset["train"]["precision"]
         recipe = {
-            "preset": replace(member, train=replace(member.train, seed=0)).to_dict(),  # seeds share it
+            "preset": preset,
             "dataset": dataset.name,
             "sha256": dataset.checksums(),
             "limit_train": limit_train,
@@ -60,7 +63,8 @@ class MemberStore:
             return None
         try:
             record = json.loads((folder / MEMBER_RECORD).read_text())
-            if record["requested"] != _as_json(member.to_dict()) or record["dataset"] != dataset.name:
+            # Compared as presets, so a record from before a field existed reads as that field's default.
+            if Preset.from_dict(record["requested"]) != member or record["dataset"] != dataset.name:
                 raise MemberStoreError("its record names another recipe or dataset")
             preset = Preset.from_dict(record["preset"])
             model = serving_network(preset.model, build_model(preset.model))
@@ -110,11 +114,6 @@ class MemberStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder
-
-
-def _as_json(value: Any) -> Any:
-    """`value` as it reads back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(value))
 
 
 def _record(member: Preset, result: TrainResult) -> dict[str, Any]:

@@ -113,3 +113,22 @@ def test_members_dir_is_refused_for_one_network(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", *TINY, "--members-dir", str(tmp_path), *dirs(tmp_path)])
     assert exit_info.value.code == 2
+
+
+def test_members_saved_before_the_precision_field_are_reused(tmp_path, capsys):
+    """A store written before TrainConfig had `precision` (float32 then) still serves a rerun."""
+    argv = [*TINY, "--members", "2", *dirs(tmp_path)]
+    assert train(argv, TrainingSpy()) == 0
+    for record_path in (tmp_path / "models" / MEMBERS_FOLDER).glob(f"*/seed-*/{MEMBER_RECORD}"):
+        record = json.loads(record_path.read_text())
+        for key in ("requested", "preset"):
+            del record[key]["train"]["precision"]  # as the older version wrote it
+        record_path.write_text(json.dumps(record))
+    capsys.readouterr()
+    again = TrainingSpy()
+    assert train(argv, again) == 0
+    assert again.seeds == [] and capsys.readouterr().out.count("reused from") == 2
+    # A bfloat16 recipe is another recipe: it trains its own members.
+    bfloat16 = TrainingSpy()
+    assert train([*argv, "--precision", "bfloat16"], bfloat16) == 0
+    assert bfloat16.seeds == [42, 43]
