@@ -201,7 +201,8 @@ def train_model(
     the final fit of a recipe whose epochs were chosen on a hold-out before. The returned model is what
     gets served: mirror-averaged where the preset or the dataset says so (trainer/tta.py), with averaged
     weights where the preset asks for them (trainer/averaging.py), and that is what the epoch is chosen
-    on, too.
+    on, too. A preset trained in bfloat16 serves a float32 twin with the trained weights
+    (trainer/precision.py).
     """
     preset = for_dataset(preset, dataset.name)  # the model card records whether it is mirror-averaged
     cfg = preset.train
