@@ -21,7 +21,7 @@ from trainer.data import (
     default_data_dir,
     prepare_data,
 )
-from trainer.precision import PRECISIONS
+from trainer.precision import PRECISIONS, accelerator_count
 from trainer.presets import PRESETS, SEED_PRESETS, Preset, TrainConfig
 
 if TYPE_CHECKING:  # the TensorFlow import waits until a command needs it
@@ -396,7 +396,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         f"training images picks the epoch; the test set ({len(dataset.y_test):,} images) is scored once.",
         "The tutorial's figure is its last-epoch accuracy on the test set, which it also used as validation.",
         "train = model.fit time; wall adds test scoring and the report plots "
-        f"(machine: {os.cpu_count()} CPU cores, {_gpu_count()} GPUs).",
+        f"(machine: {os.cpu_count()} CPU cores, {accelerator_count()} GPUs).",
         f"Command: `digits-train reproduce-seed{' --quick' if args.quick else ''}`; per-preset curves, "
         f"failure galleries and model cards under {args.reports_dir}/*-reproduce-*/.",
     ]
@@ -406,12 +406,6 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     _log(path.read_text())
     _log(f"written: {path}")
     return 0
-
-
-def _gpu_count() -> int:
-    import tensorflow as tf
-
-    return len(tf.config.list_physical_devices("GPU"))
 
 
 def _add_export_args(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,8 @@
 """Training precision: float32, or mixed bfloat16 (bfloat16 compute, float32 weights) on CPUs built for it.
 
 Only training uses bfloat16. The network that is validated, scored and exported is a float32 twin that
-gets the trained weights copied in (`WeightTwin`), so serving never needs bfloat16 kernels.
+gets the trained weights copied in (trainer/train.py's `WeightTwin`), so serving never needs bfloat16
+kernels. Keras is imported only when a function needs it: the CLI reads `PRECISIONS` at start-up.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-
-import keras
 
 PRECISIONS = ("float32", "bfloat16", "auto")
 MIXED_POLICY = "mixed_bfloat16"
@@ -42,13 +41,15 @@ def resolve_precision(precision: str, flags: frozenset[str] | None = None, gpus:
     if precision != "auto":
         return precision
     if gpus is None:
-        gpus = _gpu_count()
+        gpus = accelerator_count()
     flags = cpu_flags() if flags is None else flags
     return "bfloat16" if gpus == 0 and flags & NATIVE_BFLOAT16_FLAGS else "float32"
 
 
-def _gpu_count() -> int:
-    """Accelerators the Keras backend sees (GPUs, and TPUs on JAX)."""
+def accelerator_count() -> int:
+    """Accelerators the Keras backend computes on (GPUs; on JAX, TPUs too)."""
+    import keras
+
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -68,27 +69,11 @@ def _gpu_count() -> int:
 @contextlib.contextmanager
 def dtype_policy(precision: str) -> Iterator[None]:
     """Layers built inside compute in `precision` ("float32" or "bfloat16"); the global policy is restored."""
+    import keras
+
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(MIXED_POLICY if precision == "bfloat16" else "float32")
     try:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
-
-
-class WeightTwin(keras.callbacks.Callback):
-    """Copy the trained network's weights into its float32 twin after every epoch and at the end of training.
-
-    Put it first among the callbacks, so the twin is current before anything validates it, and call
-    `sync` once more after `fit`, once every callback's `on_train_end` has set the weights to keep.
-    """
-
-    def __init__(self, network: keras.Model, twin: keras.Model) -> None:
-        super().__init__()
-        self.network, self.twin = network, twin
-
-    def sync(self) -> None:
-        self.twin.set_weights(self.network.get_weights())
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.sync()

@@ -30,6 +30,7 @@ from client.plots import plot_confusion_matrix, plot_misclassified, save_figure
 from client.stats import Interval, confusion_matrix
 from trainer.augment import training_augmentation
 from trainer.data import Dataset
+from trainer.precision import accelerator_count
 from trainer.train import AVERAGED_VAL, SERVED_VAL, TrainResult
 from trainer.tta import describe as describe_tta
 
@@ -97,7 +98,7 @@ def model_card(result: TrainResult, dataset: Dataset) -> dict[str, Any]:
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "python_version": platform.python_version(),
-        "gpus": len(tf.config.list_physical_devices("GPU")),
+        "gpus": accelerator_count(),
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 

@@ -15,7 +15,7 @@ from client.stats import Interval, wilson_interval
 from trainer.augment import AugmentationOff, training_augmentation, with_augmentation
 from trainer.data import Dataset
 from trainer.model import build_model, compile_model, model_input_array
-from trainer.precision import WeightTwin, dtype_policy, resolve_precision
+from trainer.precision import dtype_policy, resolve_precision
 from trainer.presets import Preset
 from trainer.tta import for_dataset, serving_network
 
@@ -187,6 +187,24 @@ class EpochProgress(keras.callbacks.Callback):
             star = " *" if val > self._best else ""
             self._best = max(self._best, val)
         self.log(f"{line}  {self.seconds[-1]:.1f}s{star}")
+
+
+class WeightTwin(keras.callbacks.Callback):
+    """Copy the trained network's weights into its float32 twin (trainer/precision.py) after every epoch.
+
+    Put it first among the callbacks, so the twin is current before anything validates it, and call
+    `sync` once more after `fit`, once every callback's `on_train_end` has set the weights to keep.
+    """
+
+    def __init__(self, network: keras.Model, twin: keras.Model) -> None:
+        super().__init__()
+        self.network, self.twin = network, twin
+
+    def sync(self) -> None:
+        self.twin.set_weights(self.network.get_weights())
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.sync()
 
 
 def train_model(

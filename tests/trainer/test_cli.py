@@ -134,3 +134,12 @@ def test_a_named_augmentation_replaces_the_presets():
 )
 def test_the_clean_finish_is_the_presets_share_of_the_epochs_on_digits(argv, clean_epochs):
     assert preset_from_args(build_parser().parse_args(["train", *argv])).train.clean_epochs == clean_epochs
+
+
+def test_the_cli_starts_without_keras_or_tensorflow():
+    """`digits-train --help` and `data` answer at once: Keras and TensorFlow load only for a command that
+    needs them."""
+    code = "import sys, trainer.cli; print(sorted({'keras', 'tensorflow'} & set(sys.modules)))"
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
+    assert out.stdout.strip() == "[]"
