@@ -3,18 +3,22 @@
     .venv/bin/python scripts/fast_search.py screen    # 16 variants x seeds 42, 43
     .venv/bin/python scripts/fast_search.py confirm   # each family's best and `fast`, seeds 44-48
     .venv/bin/python scripts/fast_search.py precision # `fast` in float32 and in bfloat16, seeds 44-48
+    .venv/bin/python scripts/fast_search.py steps     # `fast` at 1 and 64 training steps per call
 
 Two families cost less per image than `fast`: its own network trained 3 epochs instead of 4, and a
 narrower one (48 filters in the second convolution, dense 128) trained 4. Each is tried with 8 settings
 of the knobs that cost no time (optimiser, peak rate, label smoothing). Every run goes through the
 trainer (`train_model`, per-epoch validation included); only validation accuracy and fit seconds are
 printed: test accuracies go to the JSON, to be read after the decision (docs/results.md, "A cheaper
-`fast`?" and "`fast` in bfloat16?"). Results in bench/results/fast_search_<phase>.json.
+`fast`?" and "`fast` in bfloat16?"). The `steps` phase changes no arithmetic, so it prints whether the
+results are identical instead (docs/results.md, "Several training steps per call?"). Results in
+bench/results/fast_search_<phase>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -136,7 +140,42 @@ def precision(dataset) -> list[dict]:
     return rows
 
 
-PHASES = {"screen": screen, "confirm": confirm, "precision": precision}
+STEPS_ROUNDS = 5
+STEPS_SEED = 42
+
+
+def steps(dataset) -> list[dict]:
+    """`fast` (seed 42) at 1 and 64 training steps per call, in turn, 5 rounds: same results, less time?"""
+    import trainer.model
+    from trainer.train import train_model
+
+    rows = []
+    for round_ in range(STEPS_ROUNDS):
+        for n in (1, 64):
+            trainer.model.STEPS_PER_EXECUTION = n
+            cpu = time.process_time()
+            result = train_model(searched_fast().with_overrides(seed=STEPS_SEED), dataset, log=lambda m: None)
+            rows.append({
+                "candidate": f"steps{n}", "round": round_, "fit_seconds": round(result.seconds, 2),
+                "cpu_seconds": round(time.process_time() - cpu, 2),
+                "fit_cpu_seconds": round(sum(result.epoch_cpu_seconds), 2),
+                "val_history": result.history["val_accuracy"],
+                "predictions_sha256": hashlib.sha256(result.test_predictions.tobytes()).hexdigest(),
+                "test": result.test_accuracy.value,
+            })
+            print(f"round {round_} steps {n:>2}: fit {rows[-1]['fit_seconds']:5.1f} s  "
+                  f"fit cpu {rows[-1]['fit_cpu_seconds']:5.1f} s", flush=True)
+    one, many = rows_of(rows, "steps1"), rows_of(rows, "steps64")
+    same = all(a["val_history"] == b["val_history"] and a["predictions_sha256"] == b["predictions_sha256"]
+               for a, b in zip(one, many, strict=True))
+    print(f"\nidentical validation histories and test predictions in every round: {same}")
+    for name, mine in (("steps1", one), ("steps64", many)):
+        print(f"{name:>7}: median fit {statistics.median(r['fit_seconds'] for r in mine):.2f} s  median cpu "
+              f"{statistics.median(r['fit_cpu_seconds'] for r in mine):.2f} s")
+    return rows
+
+
+PHASES = {"screen": screen, "confirm": confirm, "precision": precision, "steps": steps}
 
 
 def main(argv: list[str] | None = None) -> int:
