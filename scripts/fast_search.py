@@ -4,14 +4,18 @@
     .venv/bin/python scripts/fast_search.py confirm   # each family's best and `fast`, seeds 44-48
     .venv/bin/python scripts/fast_search.py precision # `fast` in float32 and in bfloat16, seeds 44-48
     .venv/bin/python scripts/fast_search.py steps     # `fast` at 1 and 64 training steps per call
+    .venv/bin/python scripts/fast_search.py stride-screen   # 16 strided variants x seeds 42, 43
+    .venv/bin/python scripts/fast_search.py stride-confirm  # each strided family's best and `fast`
 
 Two families cost less per image than `fast`: its own network trained 3 epochs instead of 4, and a
-narrower one (48 filters in the second convolution, dense 128) trained 4. Each is tried with 8 settings
-of the knobs that cost no time (optimiser, peak rate, label smoothing). Every run goes through the
-trainer (`train_model`, per-epoch validation included); only validation accuracy and fit seconds are
-printed: test accuracies go to the JSON, to be read after the decision (docs/results.md, "A cheaper
-`fast`?" and "`fast` in bfloat16?"). The `steps` phase changes no arithmetic, so it prints whether the
-results are identical instead (docs/results.md, "Several training steps per call?"). Results in
+narrower one (48 filters in the second convolution, dense 128) trained 4. The `stride-` phases search two
+more, where one convolution with stride 2 replaces the second convolution and its pooling: `s2` keeps its
+4x4 kernel, `k3s2` has a 3x3 one. Each family is tried with 8 settings of the knobs that cost no time
+(optimiser, peak rate, label smoothing). Every run goes through the trainer (`train_model`, per-epoch
+validation included); only validation accuracy and fit seconds are printed: test accuracies go to the
+JSON, to be read after the decision (docs/results.md, "A cheaper `fast`?", "`fast` in bfloat16?" and
+"Strided convolutions for a cheaper `fast`?"). The `steps` phase changes no arithmetic, so it prints
+whether the results are identical instead (docs/results.md, "Several training steps per call?"). Results in
 bench/results/fast_search_<phase>.json.
 """
 
@@ -25,6 +29,7 @@ import statistics
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -54,16 +59,19 @@ def searched_fast() -> Preset:
 
 
 def family(name: str) -> Preset:
-    """`three`: fast's network for 3 epochs; `narrow`: 8/48 filters and dense 128 for fast's 4."""
+    """`three`: fast's network for 3 epochs; `narrow`: 8/48 filters and dense 128 for fast's 4;
+    `s2` and `k3s2`: fast's second convolution (4x4, or 3x3) with stride 2 instead of pooling after it."""
     fast = searched_fast()
     if name == "three":
         return fast.with_overrides(epochs=3)
-    narrow = ModelConfig(
-        (ConvLayer(8, 4, pool_size=2, batch_norm=True), ConvLayer(48, 4, pool_size=2, batch_norm=True)),
-        (128,),
-        dense_batch_norm=True,
-    )
-    return replace(fast, model=narrow)
+    first = ConvLayer(8, 4, pool_size=2, batch_norm=True)
+    second = {
+        "narrow": ConvLayer(48, 4, pool_size=2, batch_norm=True),
+        "s2": ConvLayer(80, 4, strides=2, batch_norm=True),
+        "k3s2": ConvLayer(80, 3, strides=2, batch_norm=True),
+    }[name]
+    return replace(fast, model=ModelConfig((first, second), (128,) if name == "narrow" else (200,),
+                                           dense_batch_norm=True))
 
 
 def candidate(name: str) -> Preset:
@@ -96,9 +104,12 @@ def rows_of(rows: list[dict], name: str) -> list[dict]:
     return [row for row in rows if row["candidate"] == name]
 
 
-def screen(dataset) -> list[dict]:
-    """Every variant of both families on the screening seeds, seed by seed."""
-    names = [f"{fam}-{knob}" for fam in ("three", "narrow") for knob in KNOBS]
+SEARCHES = {"": ("three", "narrow"), "stride-": ("s2", "k3s2")}  # phase prefix: the families it searches
+
+
+def screen(dataset, prefix: str = "") -> list[dict]:
+    """Every variant of the search's two families on the screening seeds, seed by seed."""
+    names = [f"{fam}-{knob}" for fam in SEARCHES[prefix] for knob in KNOBS]
     rows = [run(name, seed, dataset) for seed in SCREEN_SEEDS for name in names]
     print()
     for name in names:
@@ -106,18 +117,18 @@ def screen(dataset) -> list[dict]:
     return rows
 
 
-def best_of_screen(fam: str) -> str:
+def best_of_screen(fam: str, prefix: str = "") -> str:
     """The family's variant with the highest mean screening validation accuracy (the first on a tie)."""
-    rows = json.loads((RESULTS_DIR / "fast_search_screen.json").read_text())
+    rows = json.loads((RESULTS_DIR / f"fast_search_{prefix}screen.json").read_text())
     names = [f"{fam}-{knob}" for knob in KNOBS if rows_of(rows, f"{fam}-{knob}")]
     if not names:
-        raise SystemExit(f"fast_search: the screen has no {fam} variant; run the screen first")
+        raise SystemExit(f"fast_search: the screen has no {fam} variant; run {prefix}screen first")
     return max(names, key=lambda n: statistics.fmean(r["val"] for r in rows_of(rows, n)))
 
 
-def confirm(dataset) -> list[dict]:
+def confirm(dataset, prefix: str = "") -> list[dict]:
     """`fast` and each family's survivor, in turn for each confirming seed."""
-    names = ["fast-float32", best_of_screen("three"), best_of_screen("narrow")]
+    names = ["fast-float32", *(best_of_screen(fam, prefix) for fam in SEARCHES[prefix])]
     rows = [run(name, seed, dataset) for seed in CONFIRM_SEEDS for name in names]
     print()
     for name in names:
@@ -175,7 +186,10 @@ def steps(dataset) -> list[dict]:
     return rows
 
 
-PHASES = {"screen": screen, "confirm": confirm, "precision": precision, "steps": steps}
+PHASES = {
+    "screen": screen, "confirm": confirm, "precision": precision, "steps": steps,
+    "stride-screen": partial(screen, prefix="stride-"), "stride-confirm": partial(confirm, prefix="stride-"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,25 @@ def test_families_cost_less_than_fast(search):
     assert build_model(narrow.model).count_params() < build_model(fast.model).count_params()
 
 
-@pytest.mark.parametrize("family", ["three", "narrow"])
+def flattened_size(preset) -> int:
+    """How many features the network's Flatten layer hands to its dense layer."""
+    flatten = next(layer for layer in build_model(preset.model).layers if layer.name.startswith("flatten"))
+    return flatten.output.shape[-1]
+
+
+@pytest.mark.parametrize("family, kernel", [("s2", 4), ("k3s2", 3)])
+def test_strided_families_replace_only_the_pooled_second_convolution(search, family, kernel):
+    fast, strided = search.searched_fast(), search.family(family)
+    assert strided.train == fast.train
+    (first, second), (fast_first, fast_second) = strided.model.conv_layers, fast.model.conv_layers
+    assert first == fast_first and strided.model.dense_units == fast.model.dense_units
+    assert (second.strides, second.pool_size, second.kernel_size) == (2, 0, kernel)
+    assert (second.filters, second.batch_norm) == (fast_second.filters, fast_second.batch_norm)
+    # the first block's 12x12 maps become 5x5 in one step, where fast computes 9x9 and pools them to 4x4
+    assert flattened_size(strided) == 5 * 5 * 80 and flattened_size(fast) == 4 * 4 * 80
+
+
+@pytest.mark.parametrize("family", ["three", "narrow", "s2", "k3s2"])
 def test_knobs_change_only_what_costs_no_time(search, family):
     base = asdict(search.family(family))
     free = {"optimizer", "learning_rate", "label_smoothing"}
@@ -65,3 +83,16 @@ def test_confirm_refuses_a_screen_without_the_family(search, tmp_path, monkeypat
     monkeypatch.setattr(search, "RESULTS_DIR", tmp_path)
     with pytest.raises(SystemExit, match="no narrow variant"):
         search.best_of_screen("narrow")
+
+
+def test_the_stride_phases_search_their_own_families_from_their_own_screen(search, tmp_path, monkeypatch):
+    old = [{"candidate": "three-k0", "val": 0.99}, {"candidate": "narrow-k0", "val": 0.99}]
+    new = [{"candidate": name, "val": val} for name, val in
+           [("s2-k0", 0.991), ("s2-k2", 0.993), ("k3s2-k4", 0.992), ("k3s2-k7", 0.990)]]
+    (tmp_path / "fast_search_screen.json").write_text(json.dumps(old))
+    (tmp_path / "fast_search_stride-screen.json").write_text(json.dumps(new))
+    monkeypatch.setattr(search, "RESULTS_DIR", tmp_path)
+    survivors = [search.best_of_screen(fam, "stride-") for fam in search.SEARCHES["stride-"]]
+    assert survivors == ["s2-k2", "k3s2-k4"]
+    with pytest.raises(SystemExit, match="no s2 variant; run screen first"):
+        search.best_of_screen("s2")
