@@ -6,16 +6,19 @@
     .venv/bin/python scripts/fast_search.py steps     # `fast` at 1 and 64 training steps per call
     .venv/bin/python scripts/fast_search.py stride-screen   # 16 strided variants x seeds 42, 43
     .venv/bin/python scripts/fast_search.py stride-confirm  # each strided family's best and `fast`
+    .venv/bin/python scripts/fast_search.py stride5-screen  # the strided families for 5 epochs, 4 knobs
+    .venv/bin/python scripts/fast_search.py stride5-confirm
 
 Two families cost less per image than `fast`: its own network trained 3 epochs instead of 4, and a
 narrower one (48 filters in the second convolution, dense 128) trained 4. The `stride-` phases search two
 more, where one convolution with stride 2 replaces the second convolution and its pooling: `s2` keeps its
-4x4 kernel, `k3s2` has a 3x3 one. Each family is tried with 8 settings of the knobs that cost no time
-(optimiser, peak rate, label smoothing). Every run goes through the trainer (`train_model`, per-epoch
-validation included); only validation accuracy and fit seconds are printed: test accuracies go to the
-JSON, to be read after the decision (docs/results.md, "A cheaper `fast`?", "`fast` in bfloat16?" and
-"Strided convolutions for a cheaper `fast`?"). The `steps` phase changes no arithmetic, so it prints
-whether the results are identical instead (docs/results.md, "Several training steps per call?"). Results in
+4x4 kernel, `k3s2` has a 3x3 one; the `stride5-` phases train them 5 epochs. Each family is tried with
+settings of the knobs that cost no time (optimiser, peak rate, label smoothing). Every run goes through
+the trainer (`train_model`, per-epoch validation included); only validation accuracy and fit seconds are
+printed: test accuracies go to the JSON, to be read after the decision (docs/results.md, "A cheaper
+`fast`?", "`fast` in bfloat16?" and "Strided convolutions for a cheaper `fast`?"). The `steps` phase
+changes no arithmetic, so it prints whether the results are identical instead (docs/results.md, "Several
+training steps per call?"). Results in
 bench/results/fast_search_<phase>.json.
 """
 
@@ -60,7 +63,10 @@ def searched_fast() -> Preset:
 
 def family(name: str) -> Preset:
     """`three`: fast's network for 3 epochs; `narrow`: 8/48 filters and dense 128 for fast's 4;
-    `s2` and `k3s2`: fast's second convolution (4x4, or 3x3) with stride 2 instead of pooling after it."""
+    `s2` and `k3s2`: fast's second convolution (4x4, or 3x3) with stride 2 instead of pooling after it;
+    `s2e5` and `k3s2e5`: those two trained 5 epochs."""
+    if name.endswith("e5"):
+        return family(name.removesuffix("e5")).with_overrides(epochs=5)
     fast = searched_fast()
     if name == "three":
         return fast.with_overrides(epochs=3)
@@ -104,12 +110,17 @@ def rows_of(rows: list[dict], name: str) -> list[dict]:
     return [row for row in rows if row["candidate"] == name]
 
 
-SEARCHES = {"": ("three", "narrow"), "stride-": ("s2", "k3s2")}  # phase prefix: the families it searches
+SEARCHES = {  # phase prefix: the families it searches, and the knob settings it tries on each
+    "": (("three", "narrow"), tuple(KNOBS)),
+    "stride-": (("s2", "k3s2"), tuple(KNOBS)),
+    "stride5-": (("s2e5", "k3s2e5"), ("k0", "k1", "k2", "k3")),  # RMSprop with smoothing: Adam never won
+}
 
 
 def screen(dataset, prefix: str = "") -> list[dict]:
     """Every variant of the search's two families on the screening seeds, seed by seed."""
-    names = [f"{fam}-{knob}" for fam in SEARCHES[prefix] for knob in KNOBS]
+    families, knobs = SEARCHES[prefix]
+    names = [f"{fam}-{knob}" for fam in families for knob in knobs]
     rows = [run(name, seed, dataset) for seed in SCREEN_SEEDS for name in names]
     print()
     for name in names:
@@ -128,7 +139,7 @@ def best_of_screen(fam: str, prefix: str = "") -> str:
 
 def confirm(dataset, prefix: str = "") -> list[dict]:
     """`fast` and each family's survivor, in turn for each confirming seed."""
-    names = ["fast-float32", *(best_of_screen(fam, prefix) for fam in SEARCHES[prefix])]
+    names = ["fast-float32", *(best_of_screen(fam, prefix) for fam in SEARCHES[prefix][0])]
     rows = [run(name, seed, dataset) for seed in CONFIRM_SEEDS for name in names]
     print()
     for name in names:
@@ -186,9 +197,9 @@ def steps(dataset) -> list[dict]:
     return rows
 
 
-PHASES = {
-    "screen": screen, "confirm": confirm, "precision": precision, "steps": steps,
-    "stride-screen": partial(screen, prefix="stride-"), "stride-confirm": partial(confirm, prefix="stride-"),
+PHASES = {"precision": precision, "steps": steps} | {
+    f"{prefix}{name}": partial(phase, prefix=prefix)
+    for prefix in SEARCHES for name, phase in (("screen", screen), ("confirm", confirm))
 }
 
 

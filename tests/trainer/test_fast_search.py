@@ -32,6 +32,13 @@ def test_families_cost_less_than_fast(search):
     assert build_model(narrow.model).count_params() < build_model(fast.model).count_params()
 
 
+def test_five_epoch_families_differ_from_theirs_only_in_epochs(search):
+    for name in ("s2", "k3s2"):
+        assert search.family(f"{name}e5") == search.family(name).with_overrides(epochs=5)
+    families, knobs = search.SEARCHES["stride5-"]
+    assert families == ("s2e5", "k3s2e5") and set(knobs) <= set(search.KNOBS)
+
+
 def flattened_size(preset) -> int:
     """How many features the network's Flatten layer hands to its dense layer."""
     flatten = next(layer for layer in build_model(preset.model).layers if layer.name.startswith("flatten"))
@@ -50,7 +57,7 @@ def test_strided_families_replace_only_the_pooled_second_convolution(search, fam
     assert flattened_size(strided) == 5 * 5 * 80 and flattened_size(fast) == 4 * 4 * 80
 
 
-@pytest.mark.parametrize("family", ["three", "narrow", "s2", "k3s2"])
+@pytest.mark.parametrize("family", ["three", "narrow", "s2", "k3s2", "s2e5", "k3s2e5"])
 def test_knobs_change_only_what_costs_no_time(search, family):
     base = asdict(search.family(family))
     free = {"optimizer", "learning_rate", "label_smoothing"}
@@ -92,7 +99,7 @@ def test_the_stride_phases_search_their_own_families_from_their_own_screen(searc
     (tmp_path / "fast_search_screen.json").write_text(json.dumps(old))
     (tmp_path / "fast_search_stride-screen.json").write_text(json.dumps(new))
     monkeypatch.setattr(search, "RESULTS_DIR", tmp_path)
-    survivors = [search.best_of_screen(fam, "stride-") for fam in search.SEARCHES["stride-"]]
+    survivors = [search.best_of_screen(fam, "stride-") for fam in search.SEARCHES["stride-"][0]]
     assert survivors == ["s2-k2", "k3s2-k4"]
     with pytest.raises(SystemExit, match="no s2 variant; run screen first"):
         search.best_of_screen("s2")
