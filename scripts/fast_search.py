@@ -16,9 +16,9 @@ more, where one convolution with stride 2 replaces the second convolution and it
 settings of the knobs that cost no time (optimiser, peak rate, label smoothing). Every run goes through
 the trainer (`train_model`, per-epoch validation included); only validation accuracy and fit seconds are
 printed: test accuracies go to the JSON, to be read after the decision (docs/results.md, "A cheaper
-`fast`?", "`fast` in bfloat16?" and "Strided convolutions for a cheaper `fast`?"). The `steps` phase
-changes no arithmetic, so it prints whether the results are identical instead (docs/results.md, "Several
-training steps per call?"). Results in
+`fast`?", "`fast` in bfloat16?", "Strided convolutions for a cheaper `fast`?" and "Strided `fast` for
+five epochs?"). The `steps` phase changes no arithmetic, so it prints whether the results are identical
+instead (docs/results.md, "Several training steps per call?"). Results in
 bench/results/fast_search_<phase>.json.
 """
 
