@@ -39,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from trainer.presets import ConvLayer, ModelConfig, Preset, get_preset  # noqa: E402
+from trainer.presets import Preset, get_preset  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 SCREEN_SEEDS = (42, 43)
@@ -70,14 +70,13 @@ def family(name: str) -> Preset:
     fast = searched_fast()
     if name == "three":
         return fast.with_overrides(epochs=3)
-    first = ConvLayer(8, 4, pool_size=2, batch_norm=True)
+    first, second = fast.model.conv_layers
+    strided = replace(second, strides=2, pool_size=0)
     second = {
-        "narrow": ConvLayer(48, 4, pool_size=2, batch_norm=True),
-        "s2": ConvLayer(80, 4, strides=2, batch_norm=True),
-        "k3s2": ConvLayer(80, 3, strides=2, batch_norm=True),
+        "narrow": replace(second, filters=48), "s2": strided, "k3s2": replace(strided, kernel_size=3),
     }[name]
-    return replace(fast, model=ModelConfig((first, second), (128,) if name == "narrow" else (200,),
-                                           dense_batch_norm=True))
+    dense = (128,) if name == "narrow" else fast.model.dense_units
+    return replace(fast, model=replace(fast.model, conv_layers=(first, second), dense_units=dense))
 
 
 def candidate(name: str) -> Preset:
