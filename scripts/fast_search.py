@@ -8,17 +8,20 @@
     .venv/bin/python scripts/fast_search.py stride-confirm  # each strided family's best and `fast`
     .venv/bin/python scripts/fast_search.py stride5-screen  # the strided families for 5 epochs, 4 knobs
     .venv/bin/python scripts/fast_search.py stride5-confirm
+    .venv/bin/python scripts/fast_search.py trim-screen     # fast without its outer 1 or 2 pixels, 4 knobs
+    .venv/bin/python scripts/fast_search.py trim-confirm
 
 Two families cost less per image than `fast`: its own network trained 3 epochs instead of 4, and a
 narrower one (48 filters in the second convolution, dense 128) trained 4. The `stride-` phases search two
 more, where one convolution with stride 2 replaces the second convolution and its pooling: `s2` keeps its
-4x4 kernel, `k3s2` has a 3x3 one; the `stride5-` phases train them 5 epochs. Each family is tried with
+4x4 kernel, `k3s2` has a 3x3 one; the `stride5-` phases train them 5 epochs. The `trim-` phases search
+`fast`'s network on the central 26x26 (`t1`) or 24x24 (`t2`) pixels, a plain crop. Each family is tried with
 settings of the knobs that cost no time (optimiser, peak rate, label smoothing). Every run goes through
 the trainer (`train_model`, per-epoch validation included); only validation accuracy and fit seconds are
 printed: test accuracies go to the JSON, to be read after the decision (docs/results.md, "A cheaper
-`fast`?", "`fast` in bfloat16?", "Strided convolutions for a cheaper `fast`?" and "Strided `fast` for
-five epochs?"). The `steps` phase changes no arithmetic, so it prints whether the results are identical
-instead (docs/results.md, "Several training steps per call?"). Results in
+`fast`?", "`fast` in bfloat16?", "Strided convolutions for a cheaper `fast`?", "Strided `fast` for five
+epochs?" and "A trimmed `fast`?"). The `steps` phase changes no arithmetic, so it prints whether the
+results are identical instead (docs/results.md, "Several training steps per call?"). Results in
 bench/results/fast_search_<phase>.json.
 """
 
@@ -64,10 +67,13 @@ def searched_fast() -> Preset:
 def family(name: str) -> Preset:
     """`three`: fast's network for 3 epochs; `narrow`: 8/48 filters and dense 128 for fast's 4;
     `s2` and `k3s2`: fast's second convolution (4x4, or 3x3) with stride 2 instead of pooling after it;
-    `s2e5` and `k3s2e5`: those two trained 5 epochs."""
+    `s2e5` and `k3s2e5`: those two trained 5 epochs; `t1` and `t2`: fast's network with 1 or 2 border
+    pixels trimmed from each side of its input."""
     if name.endswith("e5"):
         return family(name.removesuffix("e5")).with_overrides(epochs=5)
     fast = searched_fast()
+    if name in ("t1", "t2"):
+        return replace(fast, model=replace(fast.model, trim_border=int(name[1])))
     if name == "three":
         return fast.with_overrides(epochs=3)
     first, second = fast.model.conv_layers
@@ -113,6 +119,7 @@ SEARCHES = {  # phase prefix: the families it searches, and the knob settings it
     "": (("three", "narrow"), tuple(KNOBS)),
     "stride-": (("s2", "k3s2"), tuple(KNOBS)),
     "stride5-": (("s2e5", "k3s2e5"), ("k0", "k1", "k2", "k3")),  # RMSprop with smoothing: Adam never won
+    "trim-": (("t1", "t2"), ("k0", "k1", "k2", "k3")),
 }
 
 

@@ -72,11 +72,17 @@ class PerImageStandardization(keras.layers.Layer):
 
 
 def _input_steps(cfg: ModelConfig) -> list[keras.layers.Layer]:
-    """The fixed steps before the first convolution: centre crop and zoom back, standardisation."""
+    """The fixed steps before the first convolution: centre crop and zoom back, border trim,
+    standardisation."""
     steps: list[keras.layers.Layer] = []
+    height, width = MODEL_INPUT_SHAPE[:2]
     if cfg.centre_crop:
         steps += [keras.layers.CenterCrop(cfg.centre_crop, cfg.centre_crop),
-                  keras.layers.Resizing(MODEL_INPUT_SHAPE[0], MODEL_INPUT_SHAPE[1], interpolation="bilinear")]
+                  keras.layers.Resizing(height, width, interpolation="bilinear")]
+    if cfg.trim_border:
+        if not 0 < 2 * cfg.trim_border < min(height, width):
+            raise ValueError(f"trim_border {cfg.trim_border} leaves no pixels of a {height}x{width} image")
+        steps.append(keras.layers.Cropping2D(cfg.trim_border, name="trim_border"))
     if cfg.standardize:
         steps.append(PerImageStandardization())
     return steps

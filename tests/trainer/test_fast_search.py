@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -57,7 +57,17 @@ def test_strided_families_replace_only_the_pooled_second_convolution(search, fam
     assert flattened_size(strided) == 5 * 5 * 80 and flattened_size(fast) == 4 * 4 * 80
 
 
-@pytest.mark.parametrize("family", ["three", "narrow", "s2", "k3s2", "s2e5", "k3s2e5"])
+@pytest.mark.parametrize("family, trim, features", [("t1", 1, 4 * 4 * 80), ("t2", 2, 3 * 3 * 80)])
+def test_trimmed_families_change_only_the_input_they_see(search, family, trim, features):
+    fast, trimmed = search.searched_fast(), search.family(family)
+    assert trimmed.train == fast.train and trimmed.model == replace(fast.model, trim_border=trim)
+    # 26x26 -> 23x23 -> 11x11 -> 8x8 -> 4x4, as many features as fast; 24x24 -> 21 -> 10 -> 7 -> 3x3
+    assert flattened_size(trimmed) == features
+    families, knobs = search.SEARCHES["trim-"]
+    assert families == ("t1", "t2") and set(knobs) <= set(search.KNOBS)
+
+
+@pytest.mark.parametrize("family", ["three", "narrow", "s2", "k3s2", "s2e5", "k3s2e5", "t1", "t2"])
 def test_knobs_change_only_what_costs_no_time(search, family):
     base = asdict(search.family(family))
     free = {"optimizer", "learning_rate", "label_smoothing"}

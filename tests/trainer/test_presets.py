@@ -95,6 +95,24 @@ def test_the_input_steps_zoom_into_the_centre_and_standardise_each_image():
     assert len(ink_rows) > 8  # the centre 8x8 square, zoomed by 28/25
 
 
+def test_a_trimmed_network_never_sees_the_border_it_trims():
+    model = build_model(ModelConfig((ConvLayer(4, 3),), (8,), trim_border=2))
+    assert model.get_layer("trim_border").output.shape[1:] == (24, 24, 1)
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 28, 28, 1), dtype=np.float32)
+    framed = images.copy()
+    framed[:, :2] = framed[:, -2:] = framed[:, :, :2] = framed[:, :, -2:] = 1.0  # ink on the two-pixel border
+    np.testing.assert_array_equal(model.predict(framed, verbose=0), model.predict(images, verbose=0))
+    framed[:, 2, 2] += 1.0  # the first pixel inside the border does count
+    assert not np.allclose(model.predict(framed, verbose=0), model.predict(images, verbose=0))
+
+
+@pytest.mark.parametrize("trim", [14, 20, -1])
+def test_a_trim_that_leaves_no_image_is_refused(trim):
+    with pytest.raises(ValueError, match=f"trim_border {trim} leaves no pixels of a 28x28 image"):
+        build_model(ModelConfig((ConvLayer(4, 3),), (), trim_border=trim))
+
+
 def test_exponential_anneal_decays_smoothly_then_anneals_to_a_thousandth():
     cfg = get_preset("resnet").train
     rate = learning_rate(cfg, steps_per_epoch=100)
