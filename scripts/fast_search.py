@@ -10,6 +10,7 @@
     .venv/bin/python scripts/fast_search.py stride5-confirm
     .venv/bin/python scripts/fast_search.py trim-screen     # fast without its outer 1 or 2 pixels, 4 knobs
     .venv/bin/python scripts/fast_search.py trim-confirm
+    .venv/bin/python scripts/fast_search.py trim-speed     # fast and the t1 survivor, timed in turn
 
 Two families cost less per image than `fast`: its own network trained 3 epochs instead of 4, and a
 narrower one (48 filters in the second convolution, dense 128) trained 4. The `stride-` phases search two
@@ -170,6 +171,22 @@ def precision(dataset) -> list[dict]:
 
 STEPS_ROUNDS = 5
 STEPS_SEED = 42
+SPEED_ROUNDS = 6
+
+
+def trim_speed(dataset) -> list[dict]:
+    """`fast` and the screen's best `t1` variant on one seed, in turn: time only (docs/results.md, "A trimmed
+    `fast`, timed on its own")."""
+    names = ["fast-float32", best_of_screen("t1", "trim-")]
+    rows = [{**run(name, STEPS_SEED, dataset), "round": round_}
+            for round_ in range(SPEED_ROUNDS) for name in names]
+    print()
+    medians = {name: statistics.median(r["fit_seconds"] for r in rows_of(rows, name)) for name in names}
+    for name in names:
+        print(f"{name:>12}: median fit {medians[name]:.1f} s  median cpu "
+              f"{statistics.median(r['cpu_seconds'] for r in rows_of(rows, name)):.1f} s")
+    print(f"wall ratio {medians[names[1]] / medians[names[0]]:.3f}")
+    return rows
 
 
 def steps(dataset) -> list[dict]:
@@ -203,7 +220,7 @@ def steps(dataset) -> list[dict]:
     return rows
 
 
-PHASES = {"precision": precision, "steps": steps} | {
+PHASES = {"precision": precision, "steps": steps, "trim-speed": trim_speed} | {
     f"{prefix}{name}": partial(phase, prefix=prefix)
     for prefix in SEARCHES for name, phase in (("screen", screen), ("confirm", confirm))
 }

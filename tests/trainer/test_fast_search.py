@@ -113,3 +113,17 @@ def test_the_stride_phases_search_their_own_families_from_their_own_screen(searc
     assert survivors == ["s2-k2", "k3s2-k4"]
     with pytest.raises(SystemExit, match="no s2 variant; run screen first"):
         search.best_of_screen("s2")
+
+
+def test_the_trim_speed_phase_times_fast_and_the_t1_survivor_in_turn(search, tmp_path, monkeypatch):
+    screened = [{"candidate": name, "val": val} for name, val in
+                [("t1-k0", 0.992), ("t1-k3", 0.993), ("t2-k1", 0.995)]]
+    (tmp_path / "fast_search_trim-screen.json").write_text(json.dumps(screened))
+    monkeypatch.setattr(search, "RESULTS_DIR", tmp_path)
+    seconds = {"fast-float32": 30.0, "t1-k3": 27.0}
+    monkeypatch.setattr(search, "run", lambda name, seed, dataset: {
+        "candidate": name, "seed": seed, "fit_seconds": seconds[name], "cpu_seconds": seconds[name]})
+    rows = search.trim_speed(dataset=None)
+    assert [row["candidate"] for row in rows] == ["fast-float32", "t1-k3"] * search.SPEED_ROUNDS
+    assert {row["seed"] for row in rows} == {search.STEPS_SEED}
+    assert [row["round"] for row in rows[:4]] == [0, 0, 1, 1]
