@@ -11,18 +11,22 @@
     .venv/bin/python scripts/fast_search.py trim-screen     # fast without its outer 1 or 2 pixels, 4 knobs
     .venv/bin/python scripts/fast_search.py trim-confirm
     .venv/bin/python scripts/fast_search.py trim-speed     # fast and the t1 survivor, timed in turn
+    .venv/bin/python scripts/fast_search.py trim3-screen    # t1 for 3 epochs, 4 knobs
+    .venv/bin/python scripts/fast_search.py trim3-confirm   # its best and `fast` on fresh seeds 49-53
 
 Two families cost less per image than `fast`: its own network trained 3 epochs instead of 4, and a
 narrower one (48 filters in the second convolution, dense 128) trained 4. The `stride-` phases search two
 more, where one convolution with stride 2 replaces the second convolution and its pooling: `s2` keeps its
 4x4 kernel, `k3s2` has a 3x3 one; the `stride5-` phases train them 5 epochs. The `trim-` phases search
-`fast`'s network on the central 26x26 (`t1`) or 24x24 (`t2`) pixels, a plain crop. Each family is tried with
-settings of the knobs that cost no time (optimiser, peak rate, label smoothing). Every run goes through
+`fast`'s network on the central 26x26 (`t1`) or 24x24 (`t2`) pixels, a plain crop; the `trim3-` phases
+train `t1` 3 epochs. Each family is tried with settings of the knobs that cost no time (optimiser, peak
+rate, label smoothing). Every run goes through
 the trainer (`train_model`, per-epoch validation included); only validation accuracy and fit seconds are
 printed: test accuracies go to the JSON, to be read after the decision (docs/results.md, "A cheaper
 `fast`?", "`fast` in bfloat16?", "Strided convolutions for a cheaper `fast`?", "Strided `fast` for five
-epochs?" and "A trimmed `fast`?"). The `steps` phase changes no arithmetic, so it prints whether the
-results are identical instead (docs/results.md, "Several training steps per call?"). Results in
+epochs?", "A trimmed `fast`?" and "A trimmed `fast` for three epochs?"). The `steps` phase changes no
+arithmetic, so it prints whether the results are identical instead (docs/results.md, "Several training
+steps per call?"). Results in
 bench/results/fast_search_<phase>.json.
 """
 
@@ -38,6 +42,7 @@ import time
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -68,10 +73,11 @@ def searched_fast() -> Preset:
 def family(name: str) -> Preset:
     """`three`: fast's network for 3 epochs; `narrow`: 8/48 filters and dense 128 for fast's 4;
     `s2` and `k3s2`: fast's second convolution (4x4, or 3x3) with stride 2 instead of pooling after it;
-    `s2e5` and `k3s2e5`: those two trained 5 epochs; `t1` and `t2`: fast's network with 1 or 2 border
-    pixels trimmed from each side of its input."""
-    if name.endswith("e5"):
-        return family(name.removesuffix("e5")).with_overrides(epochs=5)
+    `t1` and `t2`: fast's network with 1 or 2 border pixels trimmed from each side of its input;
+    `<family>e<N>`, such as `s2e5`: the family trained N epochs."""
+    base, suffix, epochs = name.rpartition("e")
+    if suffix and epochs.isdigit():
+        return family(base).with_overrides(epochs=int(epochs))
     fast = searched_fast()
     if name in ("t1", "t2"):
         return replace(fast, model=replace(fast.model, trim_border=int(name[1])))
@@ -116,17 +122,27 @@ def rows_of(rows: list[dict], name: str) -> list[dict]:
     return [row for row in rows if row["candidate"] == name]
 
 
-SEARCHES = {  # phase prefix: the families it searches, and the knob settings it tries on each
-    "": (("three", "narrow"), tuple(KNOBS)),
-    "stride-": (("s2", "k3s2"), tuple(KNOBS)),
-    "stride5-": (("s2e5", "k3s2e5"), ("k0", "k1", "k2", "k3")),  # RMSprop with smoothing: Adam never won
-    "trim-": (("t1", "t2"), ("k0", "k1", "k2", "k3")),
+class Search(NamedTuple):
+    """The families a search screens, the knob settings it tries on each, and the seeds that confirm."""
+
+    families: tuple[str, ...]
+    knobs: tuple[str, ...]
+    confirm_seeds: tuple[int, ...] = CONFIRM_SEEDS
+
+
+RMSPROP_KNOBS = ("k0", "k1", "k2", "k3")  # RMSprop with smoothing: Adam never won a screen
+SEARCHES = {  # phase prefix: its search
+    "": Search(("three", "narrow"), tuple(KNOBS)),
+    "stride-": Search(("s2", "k3s2"), tuple(KNOBS)),
+    "stride5-": Search(("s2e5", "k3s2e5"), RMSPROP_KNOBS),
+    "trim-": Search(("t1", "t2"), RMSPROP_KNOBS),
+    "trim3-": Search(("t1e3",), RMSPROP_KNOBS, confirm_seeds=(49, 50, 51, 52, 53)),  # seeds no search used
 }
 
 
 def screen(dataset, prefix: str = "") -> list[dict]:
     """Every variant of the search's two families on the screening seeds, seed by seed."""
-    families, knobs = SEARCHES[prefix]
+    families, knobs, _ = SEARCHES[prefix]
     names = [f"{fam}-{knob}" for fam in families for knob in knobs]
     rows = [run(name, seed, dataset) for seed in SCREEN_SEEDS for name in names]
     print()
@@ -146,8 +162,9 @@ def best_of_screen(fam: str, prefix: str = "") -> str:
 
 def confirm(dataset, prefix: str = "") -> list[dict]:
     """`fast` and each family's survivor, in turn for each confirming seed."""
-    names = ["fast-float32", *(best_of_screen(fam, prefix) for fam in SEARCHES[prefix][0])]
-    rows = [run(name, seed, dataset) for seed in CONFIRM_SEEDS for name in names]
+    search = SEARCHES[prefix]
+    names = ["fast-float32", *(best_of_screen(fam, prefix) for fam in search.families)]
+    rows = [run(name, seed, dataset) for seed in search.confirm_seeds for name in names]
     print()
     for name in names:
         mine = rows_of(rows, name)

@@ -35,8 +35,9 @@ def test_families_cost_less_than_fast(search):
 def test_five_epoch_families_differ_from_theirs_only_in_epochs(search):
     for name in ("s2", "k3s2"):
         assert search.family(f"{name}e5") == search.family(name).with_overrides(epochs=5)
-    families, knobs = search.SEARCHES["stride5-"]
+    families, knobs, seeds = search.SEARCHES["stride5-"]
     assert families == ("s2e5", "k3s2e5") and set(knobs) <= set(search.KNOBS)
+    assert seeds == search.CONFIRM_SEEDS
 
 
 def flattened_size(preset) -> int:
@@ -63,11 +64,18 @@ def test_trimmed_families_change_only_the_input_they_see(search, family, trim, f
     assert trimmed.train == fast.train and trimmed.model == replace(fast.model, trim_border=trim)
     # 26x26 -> 23x23 -> 11x11 -> 8x8 -> 4x4, as many features as fast; 24x24 -> 21 -> 10 -> 7 -> 3x3
     assert flattened_size(trimmed) == features
-    families, knobs = search.SEARCHES["trim-"]
+    families, knobs, _ = search.SEARCHES["trim-"]
     assert families == ("t1", "t2") and set(knobs) <= set(search.KNOBS)
 
 
-@pytest.mark.parametrize("family", ["three", "narrow", "s2", "k3s2", "s2e5", "k3s2e5", "t1", "t2"])
+def test_the_three_epoch_trim_is_confirmed_on_seeds_no_search_used(search):
+    assert search.family("t1e3") == search.family("t1").with_overrides(epochs=3)
+    fresh = search.SEARCHES["trim3-"].confirm_seeds
+    used = set(search.SCREEN_SEEDS) | set(search.CONFIRM_SEEDS) | {search.STEPS_SEED}
+    assert len(fresh) == 5 and not used & set(fresh)
+
+
+@pytest.mark.parametrize("family", ["three", "narrow", "s2", "k3s2", "s2e5", "k3s2e5", "t1", "t2", "t1e3"])
 def test_knobs_change_only_what_costs_no_time(search, family):
     base = asdict(search.family(family))
     free = {"optimizer", "learning_rate", "label_smoothing"}
@@ -109,7 +117,7 @@ def test_the_stride_phases_search_their_own_families_from_their_own_screen(searc
     (tmp_path / "fast_search_screen.json").write_text(json.dumps(old))
     (tmp_path / "fast_search_stride-screen.json").write_text(json.dumps(new))
     monkeypatch.setattr(search, "RESULTS_DIR", tmp_path)
-    survivors = [search.best_of_screen(fam, "stride-") for fam in search.SEARCHES["stride-"][0]]
+    survivors = [search.best_of_screen(fam, "stride-") for fam in search.SEARCHES["stride-"].families]
     assert survivors == ["s2-k2", "k3s2-k4"]
     with pytest.raises(SystemExit, match="no s2 variant; run screen first"):
         search.best_of_screen("s2")
