@@ -68,6 +68,12 @@ def test_trimmed_families_change_only_the_input_they_see(search, family, trim, f
     assert families == ("t1", "t2") and set(knobs) <= set(search.KNOBS)
 
 
+def test_fast_is_the_survivor_of_the_trimmed_three_epoch_search(search):
+    assert get_preset("fast") == search.candidate("t1e3-k1")
+    searched = search.searched_fast()  # what every search compared against
+    assert (searched.model.trim_border, searched.train.epochs, searched.train.learning_rate) == (0, 4, 0.03)
+
+
 def test_the_three_epoch_trim_is_confirmed_on_seeds_no_search_used(search):
     assert search.family("t1e3") == search.family("t1").with_overrides(epochs=3)
     fresh = search.SEARCHES["trim3-"].confirm_seeds
