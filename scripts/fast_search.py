@@ -20,14 +20,15 @@ more, where one convolution with stride 2 replaces the second convolution and it
 4x4 kernel, `k3s2` has a 3x3 one; the `stride5-` phases train them 5 epochs. The `trim-` phases search
 `fast`'s network on the central 26x26 (`t1`) or 24x24 (`t2`) pixels, a plain crop; the `trim3-` phases
 train `t1` 3 epochs. Each family is tried with settings of the knobs that cost no time (optimiser, peak
-rate, label smoothing). Every run goes through
-the trainer (`train_model`, per-epoch validation included); only validation accuracy and fit seconds are
-printed: test accuracies go to the JSON, to be read after the decision (docs/results.md, "A cheaper
-`fast`?", "`fast` in bfloat16?", "Strided convolutions for a cheaper `fast`?", "Strided `fast` for five
-epochs?", "A trimmed `fast`?" and "A trimmed `fast` for three epochs?"). The `steps` phase changes no
-arithmetic, so it prints whether the results are identical instead (docs/results.md, "Several training
-steps per call?"). Results in
-bench/results/fast_search_<phase>.json.
+rate, label smoothing). Every run goes through the trainer (`train_model`, per-epoch validation included);
+only validation accuracy and fit seconds are printed: test accuracies go to the JSON, to be read after the
+decision (docs/results.md, "A cheaper `fast`?", "`fast` in bfloat16?", "Strided convolutions for a cheaper
+`fast`?", "Strided `fast` for five epochs?", "A trimmed `fast`?" and "A trimmed `fast` for three
+epochs?"). The `steps` phase changes no arithmetic, so it prints whether the results are identical instead
+(docs/results.md, "Several training steps per call?"). Results in bench/results/fast_search_<phase>.json.
+
+`fast` above is the preset as every search compared against it (the whole image, 4 epochs at peak 0.03);
+since 6 December the preset is the `trim3-` search's survivor, `t1e3-k1`.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ SEARCHES = {  # phase prefix: its search
 
 
 def screen(dataset, prefix: str = "") -> list[dict]:
-    """Every variant of the search's two families on the screening seeds, seed by seed."""
+    """Every variant of the search's families on the screening seeds, seed by seed."""
     families, knobs, _ = SEARCHES[prefix]
     names = [f"{fam}-{knob}" for fam in families for knob in knobs]
     rows = [run(name, seed, dataset) for seed in SCREEN_SEEDS for name in names]

@@ -39,8 +39,8 @@ class ModelConfig:
     centre_crop: int = 0  # > 0: crop the central N x N pixels and resize them back to 28 x 28, in training
     # and serving alike (a fixed zoom); 0: the image as it is
     trim_border: int = 0  # > 0: drop this many pixels from each side of the input (a plain crop, no zoom
-    # back), in training and serving alike: MNIST's digits sit in the central 20 x 20, so the convolutions
-    # skip border positions that are almost always blank; 0: the whole image
+    # back), in training and serving alike: MNIST fitted each digit into a 20 x 20 box near the centre, so
+    # the convolutions skip border positions that are almost always blank; 0: the whole image
     standardize: bool = False  # per-image standardisation (zero mean, unit deviation) before the first conv
     global_pool: bool = False  # global average pooling instead of Flatten before the head
 
