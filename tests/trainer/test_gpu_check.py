@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import REPO_ROOT, data_dir
 from trainer.cli import main
 from trainer.export import read_model_card
+from trainer.presets import get_preset
 
 CHECK = REPO_ROOT / "scripts" / "gpu_check.py"
 # What the check imports to train a preset; what they import in turn is followed below.
@@ -66,7 +67,8 @@ def check_out(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 def test_run_records_each_run(check_out):
     out, run = check_out
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
-    assert "epoch   4/4" in run.stdout  # progress per epoch
+    epochs = get_preset("fast").train.epochs
+    assert f"epoch {epochs:3d}/{epochs}" in run.stdout  # progress per epoch
     assert sorted(path.name for path in out.glob("weights*.npz")) == ["weights-2.npz", "weights.npz"]
     results = json.loads((out / "results.json").read_text())
     assert [(r["preset"], r["seed"], r["backend"]) for r in results] == [
@@ -75,7 +77,7 @@ def test_run_records_each_run(check_out):
         assert (result["train_size"], result["val_size"]) == (600, 1000)
         assert result["seconds"] > 0 and 0 < result["test_errors"] < 10_000
         assert abs(result["test_accuracy"] - (1 - result["test_errors"] / 10_000)) < 1e-9
-        assert len(result["epoch_seconds"]) == len(result["history"]["val_accuracy"]) == 4
+        assert len(result["epoch_seconds"]) == len(result["history"]["val_accuracy"]) == epochs
 
 
 def test_run_starts_nothing_that_would_pass_the_deadline(tmp_path):
