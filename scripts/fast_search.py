@@ -127,6 +127,17 @@ def rows_of(rows: list[dict], name: str) -> list[dict]:
     return [row for row in rows if row["candidate"] == name]
 
 
+def median_fit(rows: list[dict]) -> float:
+    """The median fit wall seconds of `rows`."""
+    return statistics.median(row["fit_seconds"] for row in rows)
+
+
+def timing(rows: list[dict]) -> str:
+    """The median fit wall and process CPU seconds of `rows`, as printed after each phase."""
+    return (f"median fit {median_fit(rows):.1f} s  "
+            f"median cpu {statistics.median(row['cpu_seconds'] for row in rows):.1f} s")
+
+
 class Search(NamedTuple):
     """The families a search screens, the knob settings it tries on each, and the seeds that confirm."""
 
@@ -173,8 +184,7 @@ def confirm(dataset, prefix: str = "") -> list[dict]:
     print()
     for name in names:
         mine = rows_of(rows, name)
-        print(f"{name:>10}: mean val {100 * statistics.fmean(r['val'] for r in mine):.3f}%  median fit "
-              f"{statistics.median(r['fit_seconds'] for r in mine):.1f} s")
+        print(f"{name:>10}: mean val {100 * statistics.fmean(r['val'] for r in mine):.3f}%  {timing(mine)}")
     return rows
 
 
@@ -185,9 +195,7 @@ def precision(dataset) -> list[dict]:
     print()
     for name in names:
         mine = rows_of(rows, name)
-        print(f"{name:>13}: mean val {100 * statistics.fmean(r['val'] for r in mine):.3f}%  median fit "
-              f"{statistics.median(r['fit_seconds'] for r in mine):.1f} s  median cpu "
-              f"{statistics.median(r['cpu_seconds'] for r in mine):.1f} s")
+        print(f"{name:>13}: mean val {100 * statistics.fmean(r['val'] for r in mine):.3f}%  {timing(mine)}")
     return rows
 
 
@@ -203,11 +211,10 @@ def trim_speed(dataset) -> list[dict]:
     rows = [{**run(name, STEPS_SEED, dataset), "round": round_}
             for round_ in range(SPEED_ROUNDS) for name in names]
     print()
-    medians = {name: statistics.median(r["fit_seconds"] for r in rows_of(rows, name)) for name in names}
     for name in names:
-        print(f"{name:>12}: median fit {medians[name]:.1f} s  median cpu "
-              f"{statistics.median(r['cpu_seconds'] for r in rows_of(rows, name)):.1f} s")
-    print(f"wall ratio {medians[names[1]] / medians[names[0]]:.3f}")
+        print(f"{name:>12}: {timing(rows_of(rows, name))}")
+    fast, trimmed = (median_fit(rows_of(rows, name)) for name in names)
+    print(f"wall ratio {trimmed / fast:.3f}")
     return rows
 
 
