@@ -22,7 +22,7 @@ from trainer.data import (
     prepare_data,
 )
 from trainer.precision import PRECISIONS, accelerator_count
-from trainer.presets import PRESETS, SEED_PRESETS, Preset, TrainConfig
+from trainer.presets import LAYER_DEFAULTS, PRESETS, SEED_PRESETS, Preset, TrainConfig
 
 if TYPE_CHECKING:  # the TensorFlow import waits until a command needs it
     from trainer.train import TrainResult
@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the mean softmax of each image and its left-right mirror, inside the exported graph, "
         "and choose the epoch on that: twice the serving compute (default: on for Fashion-MNIST, where "
         "validation chose it; never for digits)",
+    )
+    train.add_argument(
+        "--layer-defaults", choices=LAYER_DEFAULTS,
+        help="whose defaults the network's layers take: keras (the default), or pytorch (batch norm "
+        "momentum 0.1 and epsilon 1e-5, weights drawn uniform in +-1/sqrt(fan_in)) for recipes written in "
+        "PyTorch, such as resnet's",
     )
     train.add_argument(
         "--label-smoothing", type=_below_one, metavar="EPS",
@@ -242,6 +248,8 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
     )
     if args.mirror_average is not None:
         preset = preset.with_model(mirror_average=args.mirror_average)
+    if args.layer_defaults is not None:
+        preset = preset.with_model(layer_defaults=args.layer_defaults)
     if args.clean_epochs is None:
         clean_epochs = _default_clean_epochs(PRESETS[args.preset].train, preset.train.epochs, args.dataset)
         preset = preset.with_overrides(clean_epochs=clean_epochs)

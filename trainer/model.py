@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from client.contract import IMAGE_SIZE, NUM_CLASSES, PIXEL_MAX
-from trainer.presets import ModelConfig, TrainConfig
+from trainer.presets import LAYER_DEFAULTS, ModelConfig, TrainConfig
 from trainer.schedules import learning_rate
 
 MODEL_INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
@@ -34,10 +34,14 @@ def model_input_array(images: np.ndarray) -> np.ndarray:
 class ResidualConv(keras.layers.Layer):
     """BatchNormalization, then x + activation(Conv2D(x)): a residual block that keeps its input's shape."""
 
-    def __init__(self, filters: int, kernel_size: int, activation: str = "relu", **kwargs) -> None:
+    def __init__(
+        self, filters: int, kernel_size: int, activation: str = "relu", layer_defaults: str = "keras",
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.filters, self.kernel_size, self.activation = filters, kernel_size, activation
-        self.norm = keras.layers.BatchNormalization()
+        self.layer_defaults = layer_defaults
+        self.norm = batch_norm(layer_defaults)
         self.conv = keras.layers.Conv2D(filters, kernel_size, padding="same", activation=activation)
 
     def build(self, input_shape) -> None:
@@ -56,7 +60,35 @@ class ResidualConv(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
-                "activation": self.activation}
+                "activation": self.activation, "layer_defaults": self.layer_defaults}
+
+
+def batch_norm(layer_defaults: str) -> keras.layers.BatchNormalization:
+    """A BatchNormalization layer with Keras' or PyTorch's momentum and epsilon (LAYER_DEFAULTS)."""
+    _check_layer_defaults(layer_defaults)
+    if layer_defaults == "pytorch":
+        return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    return keras.layers.BatchNormalization()
+
+
+def _check_layer_defaults(layer_defaults: str) -> None:
+    if layer_defaults not in LAYER_DEFAULTS:
+        raise ValueError(f"unknown layer defaults {layer_defaults!r}; known: {', '.join(LAYER_DEFAULTS)}")
+
+
+def _weighted_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The model's Conv2D and Dense layers, those inside residual blocks included."""
+    layers = [layer.conv if isinstance(layer, ResidualConv) else layer for layer in model.layers]
+    return [layer for layer in layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
+
+
+def _initialise_like_pytorch(model: keras.Model) -> None:
+    """Redraw every kernel and bias uniform in +-1/sqrt(fan_in), as PyTorch's Conv2d and Linear start
+    (kaiming_uniform with a = sqrt(5) gives that bound for the kernel; the bias has it by definition)."""
+    for layer in _weighted_layers(model):
+        bound = float(np.prod(layer.kernel.shape[:-1])) ** -0.5
+        for weights in (layer.kernel, layer.bias):
+            weights.assign(keras.random.uniform(weights.shape, -bound, bound, dtype=weights.dtype))
 
 
 @keras.saving.register_keras_serializable(package="digits")
@@ -90,11 +122,13 @@ def _input_steps(cfg: ModelConfig) -> list[keras.layers.Layer]:
 
 def build_model(cfg: ModelConfig, name: str = "digits_cnn") -> keras.Model:
     """The Sequential CNN of `cfg` (uncompiled): input float [N,28,28,1], output softmax [N,10]."""
+    _check_layer_defaults(cfg.layer_defaults)
     layers: list[keras.layers.Layer] = [keras.Input(shape=MODEL_INPUT_SHAPE, name="pixels")]
     layers += _input_steps(cfg)
     for conv in cfg.conv_layers:
         if conv.residual:
-            layers.append(ResidualConv(conv.filters, conv.kernel_size, activation=cfg.activation))
+            layers.append(ResidualConv(conv.filters, conv.kernel_size, activation=cfg.activation,
+                                       layer_defaults=cfg.layer_defaults))
         else:
             layers.append(
                 keras.layers.Conv2D(
@@ -105,7 +139,7 @@ def build_model(cfg: ModelConfig, name: str = "digits_cnn") -> keras.Model:
         if conv.pool_size:
             layers.append(keras.layers.MaxPooling2D(conv.pool_size, padding=conv.pool_padding))
         if conv.batch_norm:
-            layers.append(keras.layers.BatchNormalization())
+            layers.append(batch_norm(cfg.layer_defaults))
         if conv.dropout:
             layers.append(keras.layers.Dropout(conv.dropout))
     layers.append(keras.layers.GlobalAveragePooling2D() if cfg.global_pool else keras.layers.Flatten())
@@ -114,11 +148,14 @@ def build_model(cfg: ModelConfig, name: str = "digits_cnn") -> keras.Model:
     for units in cfg.dense_units:
         layers.append(keras.layers.Dense(units, activation=cfg.activation))
         if cfg.dense_batch_norm:
-            layers.append(keras.layers.BatchNormalization())
+            layers.append(batch_norm(cfg.layer_defaults))
     # float32 under any dtype policy: a bfloat16 softmax would round the probabilities the loss sees.
     output = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities", dtype="float32")
     layers.append(output)
-    return keras.Sequential(layers, name=name)
+    model = keras.Sequential(layers, name=name)
+    if cfg.layer_defaults == "pytorch":
+        _initialise_like_pytorch(model)
+    return model
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int | None = None) -> keras.optimizers.Optimizer:

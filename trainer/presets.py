@@ -25,6 +25,13 @@ class ConvLayer:
     residual: bool = False
 
 
+# Whose defaults the network's layers take (ModelConfig.layer_defaults): Keras' (batch norm momentum 0.99 and
+# epsilon 1e-3, Glorot-uniform kernels, zero biases) or PyTorch's (a running average that keeps 0.9 of
+# itself per batch, epsilon 1e-5, kernels and biases uniform in +-1/sqrt(fan_in)), for recipes written in
+# PyTorch such as `resnet`'s (trainer/model.py).
+LAYER_DEFAULTS = ("keras", "pytorch")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture: input steps, convolutions, Flatten or global pooling, Dropout, dense, softmax."""
@@ -43,6 +50,8 @@ class ModelConfig:
     # the convolutions skip border positions that are almost always blank; 0: the whole image
     standardize: bool = False  # per-image standardisation (zero mean, unit deviation) before the first conv
     global_pool: bool = False  # global average pooling instead of Flatten before the head
+    layer_defaults: str = "keras"  # "pytorch": batch norm with PyTorch's momentum 0.1 and epsilon 1e-5, and
+    # PyTorch's default initialisation of convolutions and dense layers (LAYER_DEFAULTS above)
 
 
 @dataclass(frozen=True)

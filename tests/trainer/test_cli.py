@@ -39,6 +39,7 @@ DIGITS_TRAIN = Path(sys.executable).with_name("digits-train")
         (["train", "--preset", "best", "--augment", "0", "--clean-epochs", "1"], "needs augmentation"),
         (["train", "--preset", "resnet", "--augment-policy", "nope"], "known: shift-rotate-grid"),
         (["train", "--preset", "fast", "--augment-policy", "shift-rotate-grid"], "needs augmentation"),
+        (["train", "--preset", "resnet", "--layer-defaults", "torch"], "invalid choice"),
         (["reproduce-seed", "--only", "seed-worst"], "invalid choice"),
     ],
 )
@@ -117,6 +118,14 @@ def test_a_named_augmentation_replaces_the_presets():
     assert preset_from_args(build_parser().parse_args(argv)).train.augment_policy == "shift-rotate-crop-grid"
     resnet = preset_from_args(build_parser().parse_args(["train", "--preset", "resnet"]))
     assert resnet.train.augment_policy == PRESETS["resnet"].train.augment_policy
+
+
+def test_pytorch_layer_defaults_change_only_the_network_layers():
+    argv = ["train", "--preset", "resnet", "--layer-defaults", "pytorch"]
+    preset = preset_from_args(build_parser().parse_args(argv))
+    assert preset.model.layer_defaults == "pytorch"
+    assert preset == PRESETS["resnet"].with_model(layer_defaults="pytorch")
+    assert PRESETS["resnet"].model.layer_defaults == "keras"
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from trainer.model import ResidualConv, build_model
-from trainer.presets import PRESETS, SEED_PRESETS, ConvLayer, ModelConfig, get_preset
+from trainer.presets import PRESETS, SEED_PRESETS, ConvLayer, ModelConfig, Preset, get_preset
 from trainer.schedules import learning_rate
 
 TUTORIAL_PARAMS = {
@@ -74,6 +74,53 @@ def test_resnet_is_doucets_network_and_recipe():
     assert (train.schedule, train.beta_2) == ("exponential-anneal", 0.99)
     assert train.augment_policy == "shift-rotate-grid"
     assert train.lr_decay**10 == pytest.approx(0.1)  # tenfold over the 10 decaying epochs
+
+
+def _norms(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    return [layer.norm if isinstance(layer, ResidualConv) else layer for layer in model.layers
+            if isinstance(layer, (ResidualConv, keras.layers.BatchNormalization))]
+
+
+def _weighted(model: keras.Model) -> list[keras.layers.Layer]:
+    layers = [layer.conv if isinstance(layer, ResidualConv) else layer for layer in model.layers]
+    return [layer for layer in layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
+
+
+def test_pytorch_layer_defaults_give_pytorchs_batch_norm_and_initialisation():
+    keras.utils.set_random_seed(0)
+    model = build_model(get_preset("resnet").with_model(layer_defaults="pytorch").model)
+    assert len(_norms(model)) == 7  # four residual blocks and three before the wider convolutions
+    assert all((norm.momentum, norm.epsilon) == (0.9, 1e-5) for norm in _norms(model))
+    for layer in _weighted(model):
+        bound = float(np.prod(layer.kernel.shape[:-1])) ** -0.5  # 1/sqrt(fan_in), as torch.nn.Conv2d draws
+        kernel, bias = np.asarray(layer.kernel), np.asarray(layer.bias)
+        assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
+        assert kernel.std() == pytest.approx(bound / 3**0.5, rel=0.05)  # uniform over the whole range
+        assert np.count_nonzero(bias) == bias.size
+    keras_model = build_model(get_preset("resnet").model)
+    assert all((norm.momentum, norm.epsilon) == (0.99, 1e-3) for norm in _norms(keras_model))
+    assert all(not np.asarray(layer.bias).any() for layer in _weighted(keras_model))
+
+
+def test_a_model_card_rebuilds_the_layer_defaults_it_was_trained_with():
+    preset = Preset("tiny", "", ModelConfig((ConvLayer(4, 3, padding="same"), ConvLayer(4, 3, residual=True,
+                    batch_norm=True)), (), layer_defaults="pytorch"), get_preset("fast").train)
+    trained = build_model(preset.model)
+    for norm in _norms(trained):  # variances this small make epsilon (1e-5 against 1e-3) tell
+        norm.moving_variance.assign(np.full(norm.moving_variance.shape, 1e-4, np.float32))
+    images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    normed = lambda model: np.asarray(keras.Sequential(model.layers[:3])(images))  # noqa: E731  (no softmax)
+    rebuilt = build_model(Preset.from_dict(preset.to_dict()).model)
+    rebuilt.set_weights(trained.get_weights())
+    np.testing.assert_allclose(normed(rebuilt), normed(trained), rtol=1e-5)
+    with_keras_defaults = build_model(preset.with_model(layer_defaults="keras").model)
+    with_keras_defaults.set_weights(trained.get_weights())
+    assert not np.allclose(normed(with_keras_defaults), normed(trained), rtol=0.01)
+
+
+def test_unknown_layer_defaults_are_refused():
+    with pytest.raises(ValueError, match="unknown layer defaults 'torch'; known: keras, pytorch"):
+        build_model(ModelConfig((ConvLayer(4, 3),), (), layer_defaults="torch"))
 
 
 def test_a_residual_layer_keeps_its_inputs_channels():
