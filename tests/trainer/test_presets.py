@@ -88,7 +88,7 @@ def _weighted(model: keras.Model) -> list[keras.layers.Layer]:
 
 def test_pytorch_layer_defaults_give_pytorchs_batch_norm_and_initialisation():
     keras.utils.set_random_seed(0)
-    model = build_model(get_preset("resnet").with_model(layer_defaults="pytorch").model)
+    model = build_model(get_preset("resnet").model)
     assert len(_norms(model)) == 7  # four residual blocks and three before the wider convolutions
     assert all((norm.momentum, norm.epsilon) == (0.9, 1e-5) for norm in _norms(model))
     for layer in _weighted(model):
@@ -97,7 +97,7 @@ def test_pytorch_layer_defaults_give_pytorchs_batch_norm_and_initialisation():
         assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
         assert kernel.std() == pytest.approx(bound / 3**0.5, rel=0.05)  # uniform over the whole range
         assert np.count_nonzero(bias) == bias.size
-    keras_model = build_model(get_preset("resnet").model)
+    keras_model = build_model(get_preset("resnet").with_model(layer_defaults="keras").model)
     assert all((norm.momentum, norm.epsilon) == (0.99, 1e-3) for norm in _norms(keras_model))
     assert all(not np.asarray(layer.bias).any() for layer in _weighted(keras_model))
 
