@@ -69,8 +69,7 @@ KNOBS = {  # name: TrainConfig overrides; k0 is fast's own setting
 def searched_fast() -> Preset:
     """`fast` as every search here compared against it: the whole 28x28 image, 4 epochs at peak 0.03, in
     float32 (the preset until the trimmed three-epoch search replaced it)."""
-    fast = get_preset("fast")
-    untrimmed = replace(fast, model=replace(fast.model, trim_border=0))
+    untrimmed = get_preset("fast").with_model(trim_border=0)
     return untrimmed.with_overrides(epochs=4, learning_rate=0.03, precision="float32")
 
 
@@ -84,7 +83,7 @@ def family(name: str) -> Preset:
         return family(base).with_overrides(epochs=int(epochs))
     fast = searched_fast()
     if name in ("t1", "t2"):
-        return replace(fast, model=replace(fast.model, trim_border=int(name[1])))
+        return fast.with_model(trim_border=int(name[1]))
     if name == "three":
         return fast.with_overrides(epochs=3)
     first, second = fast.model.conv_layers
@@ -93,7 +92,7 @@ def family(name: str) -> Preset:
         "narrow": replace(second, filters=48), "s2": strided, "k3s2": replace(strided, kernel_size=3),
     }[name]
     dense = (128,) if name == "narrow" else fast.model.dense_units
-    return replace(fast, model=replace(fast.model, conv_layers=(first, second), dense_units=dense))
+    return fast.with_model(conv_layers=(first, second), dense_units=dense)
 
 
 def candidate(name: str) -> Preset:
