@@ -86,6 +86,9 @@ NAMED_POLICIES: dict[str, AugmentConfig] = {
     # The same with his rotation as Augmentor does it: zoomed until the rotated frame fills the image.
     "shift-rotate-crop-grid": AugmentConfig(rotation_degrees=10.0, rotation_crop=True, zoom=0.0,
                                             shift=1.5 / 28, grid=1),
+    # His rotation and grid alone, for a network whose own crop moves each training digit by whole pixels
+    # (ModelConfig.train_crop, `digits-train train --augmentor-crops`).
+    "rotate-crop-grid": AugmentConfig(rotation_degrees=10.0, rotation_crop=True, zoom=0.0, shift=0.0, grid=1),
 }
 
 

@@ -22,7 +22,7 @@ from trainer.data import (
     prepare_data,
 )
 from trainer.precision import PRECISIONS, accelerator_count
-from trainer.presets import LAYER_DEFAULTS, PRESETS, SEED_PRESETS, Preset, TrainConfig
+from trainer.presets import AUGMENTOR_CROPS, LAYER_DEFAULTS, PRESETS, SEED_PRESETS, Preset, TrainConfig
 
 if TYPE_CHECKING:  # the TensorFlow import waits until a command needs it
     from trainer.train import TrainResult
@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="whose defaults the network's layers take: keras (the default), or pytorch (batch norm "
         "momentum 0.1 and epsilon 1e-5, weights drawn uniform in +-1/sqrt(fan_in)) for recipes written in "
         "PyTorch, such as resnet's",
+    )
+    train.add_argument(
+        "--augmentor-crops", action="store_true",
+        help="for a network that zooms into a centre crop (resnet): crop as T. Doucet's Augmentor pipeline "
+        "does, training on a 25x25 window at a random whole-pixel offset and serving the centre 24x24 "
+        "(Pillow rounds his centre box), both resized bicubically; pair it with --augment-policy "
+        "rotate-crop-grid, whose shift this crop replaces",
     )
     train.add_argument(
         "--label-smoothing", type=_below_one, metavar="EPS",
@@ -193,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "weight_decay", None) and PRESETS[args.preset].train.optimizer not in ("adam", "adamw"):
         parser.error(f"--weight-decay needs a preset trained with Adam; {args.preset} uses "
                      f"{PRESETS[args.preset].train.optimizer}")
+    if getattr(args, "augmentor_crops", False) and not PRESETS[args.preset].model.centre_crop:
+        parser.error(f"--augmentor-crops is for a network that zooms into a centre crop (resnet); "
+                     f"{args.preset} does not crop")
     if getattr(args, "clean_epochs", None):
         _check_clean_epochs(parser, preset_from_args(args))
     if getattr(args, "augment_policy", None):
@@ -250,6 +260,8 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
         preset = preset.with_model(mirror_average=args.mirror_average)
     if args.layer_defaults is not None:
         preset = preset.with_model(layer_defaults=args.layer_defaults)
+    if args.augmentor_crops:
+        preset = preset.with_model(**AUGMENTOR_CROPS)
     if args.clean_epochs is None:
         clean_epochs = _default_clean_epochs(PRESETS[args.preset].train, preset.train.epochs, args.dataset)
         preset = preset.with_overrides(clean_epochs=clean_epochs)

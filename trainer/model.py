@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from client.contract import IMAGE_SIZE, NUM_CLASSES, PIXEL_MAX
+from trainer.crop_zoom import CropZoom
 from trainer.presets import LAYER_DEFAULTS, ModelConfig, TrainConfig
 from trainer.schedules import learning_rate
 
@@ -108,9 +109,13 @@ def _input_steps(cfg: ModelConfig) -> list[keras.layers.Layer]:
     standardisation."""
     steps: list[keras.layers.Layer] = []
     height, width = MODEL_INPUT_SHAPE[:2]
-    if cfg.centre_crop:
+    if cfg.train_crop:
+        if not cfg.centre_crop:
+            raise ValueError("train_crop needs a centre_crop to serve with")
+        steps.append(CropZoom(cfg.centre_crop, cfg.train_crop, cfg.crop_interpolation, name="crop_zoom"))
+    elif cfg.centre_crop:
         steps += [keras.layers.CenterCrop(cfg.centre_crop, cfg.centre_crop),
-                  keras.layers.Resizing(height, width, interpolation="bilinear")]
+                  keras.layers.Resizing(height, width, interpolation=cfg.crop_interpolation)]
     if cfg.trim_border:
         if not 0 < 2 * cfg.trim_border < min(height, width):
             raise ValueError(f"trim_border {cfg.trim_border} leaves no pixels of a {height}x{width} image")

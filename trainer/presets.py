@@ -30,6 +30,9 @@ class ConvLayer:
 # itself per batch, epsilon 1e-5, kernels and biases uniform in +-1/sqrt(fan_in)), for recipes written in
 # PyTorch such as `resnet`'s (trainer/model.py).
 LAYER_DEFAULTS = ("keras", "pytorch")
+# T. Doucet's crops as his Augmentor pipeline and Pillow make them (trainer/crop_zoom.py): training on a 25x25
+# window at a random whole-pixel offset, serving the centre 24x24, both resized bicubically to 28x28.
+AUGMENTOR_CROPS = {"centre_crop": 24, "train_crop": 25, "crop_interpolation": "bicubic"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class ModelConfig:
     # default (trainer/tta.py)
     centre_crop: int = 0  # > 0: crop the central N x N pixels and resize them back to 28 x 28, in training
     # and serving alike (a fixed zoom); 0: the image as it is
+    train_crop: int = 0  # > 0 (with centre_crop): in training, an N x N window at a random whole-pixel offset
+    # instead of the centre one, as Augmentor crops (trainer/crop_zoom.py); 0: the centre crop throughout
+    crop_interpolation: str = "bilinear"  # how a cropped window is resized to 28 x 28 ("bicubic": as Pillow)
     trim_border: int = 0  # > 0: drop this many pixels from each side of the input (a plain crop, no zoom
     # back), in training and serving alike: MNIST fitted each digit into a 20 x 20 box near the centre, so
     # the convolutions skip border positions that are almost always blank; 0: the whole image

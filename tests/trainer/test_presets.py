@@ -172,7 +172,18 @@ def test_exponential_anneal_decays_smoothly_then_anneals_to_a_thousandth():
     assert all(later < earlier for earlier, later in zip(steps, steps[1:], strict=False))
 
 
-def test_resnet_trains_and_exports_its_zoom_without_its_augmentation(tmp_path, mnist_data):
+@pytest.mark.parametrize(
+    ("flags", "augmentation"),
+    [
+        ([], "grid distortion ±1 px (4x4 cells), rotation ±10°, shift ±0.0536"),
+        # The crop moves each training digit by whole pixels, so the named augmentation has no shift.
+        (["--augmentor-crops", "--augment-policy", "rotate-crop-grid"],
+         "grid distortion ±1 px (4x4 cells), cropped rotation ±10°"),
+    ],
+)
+def test_resnet_trains_and_exports_its_zoom_without_its_augmentation(
+    tmp_path, mnist_data, flags, augmentation
+):
     from saved_model_ops import augmentation_ops
 
     from client.contract import DEFAULT_MODEL_NAME
@@ -182,12 +193,10 @@ def test_resnet_trains_and_exports_its_zoom_without_its_augmentation(tmp_path, m
 
     models_dir = tmp_path / "models"
     argv = ["train", "--preset", "resnet", "--epochs", "1", "--limit-train", "300", "--val-size", "100",
-            "--models-dir", str(models_dir), "--reports-dir", str(tmp_path / "reports")]
+            "--models-dir", str(models_dir), "--reports-dir", str(tmp_path / "reports"), *flags]
     assert main(argv) == 0
     version_dir = models_dir / DEFAULT_MODEL_NAME / "1"
-    assert read_model_card(version_dir)["augmentation"] == (
-        "grid distortion ±1 px (4x4 cells), rotation ±10°, shift ±0.0536"
-    )
+    assert read_model_card(version_dir)["augmentation"] == augmentation
     assert augmentation_ops(version_dir) == set()
     # Rebuilt from the model card (crop, zoom and standardisation included), it serves what the export does.
     check_export(version_dir, restore_model(version_dir).model, mnist_data.x_test[:64])
