@@ -5,7 +5,8 @@ T. Doucet's MNIST recipe crops each training digit to a 25x25 window at a random
 digit to its centre (`centre=True`: the box 1.5..26.5, which Pillow's `Image.crop` rounds to 2..26, a
 24x24 window), then resizes either to 28x28 bicubically. So his test digits are zoomed by 28/24, his
 training digits by 28/25 before his rotation zooms them further. Like Dropout, the layer is random only
-while training; the exported graph holds the fixed centre crop alone. `keras.ops`, so it runs on JAX too.
+while training (a clean finish, `--clean-epochs`, leaves it on, as it leaves Dropout); the exported graph
+holds the fixed centre crop alone. `keras.ops`, so it runs on JAX too.
 """
 
 from __future__ import annotations

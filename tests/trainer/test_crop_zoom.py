@@ -26,7 +26,7 @@ def test_serving_zooms_into_the_centre_24_pixels_pillow_crops_from_augmentors_bo
     layer = CropZoom(24, 25, "bicubic")
     served = np.asarray(layer(images, training=False))
     np.testing.assert_array_equal(served, _resized(images, 2, 2, 24))
-    np.testing.assert_array_equal(served, np.asarray(layer(images)))  # deterministic, training or not unset
+    np.testing.assert_array_equal(served, np.asarray(layer(images)))  # `training` unset: served
     from PIL import Image
 
     digit = (images[0, :, :, 0] * 255).astype(np.uint8)
