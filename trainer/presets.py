@@ -195,8 +195,8 @@ _M5_NET = ModelConfig(
 # it; `--augmentor-crops` crops his way, AUGMENTOR_CROPS), a 4x4-grid distortion of 1 px and a 10-degree
 # rotation; Adam (beta_2 0.99) at batch 100, the rate falling tenfold over 10 epochs, then one epoch
 # annealing it to a thousandth. He reports 99.71-99.77% for single networks and 99.79% for committees of
-# five, each scored once after its last epoch; here it scored 99.56% and 99.59% with Keras' layer defaults and 99.55% with PyTorch's, under `best`
-# (docs/results.md, "Doucet's residual network").
+# five, each scored once after its last epoch; here it scored 99.56% and 99.59% with Keras' layer defaults
+# and 99.55% with PyTorch's, under `best` (docs/results.md, "Doucet's residual network").
 _RESNET_NET = ModelConfig(
     conv_layers=(
         ConvLayer(128, 5, padding="same"),
