@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from client.contract import DEFAULT_MODEL_NAME  # noqa: E402
 from trainer.data import Dataset, load_dataset  # noqa: E402
 from trainer.model import build_model  # noqa: E402
-from trainer.presets import Preset, get_preset  # noqa: E402
+from trainer.presets import AUGMENTOR_CROPS, Preset, get_preset  # noqa: E402
 from trainer.train import TrainResult, predict_classes, score_predictions, train_model  # noqa: E402
 from trainer.tta import for_dataset, serving_network  # noqa: E402
 
@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         if done and max(done) * 1.2 > left:  # would not finish before the deadline: leave it out
             print(f"skipping {name}:{seed}: {left:.0f}s left, a run took {max(done):.0f}s", flush=True)
             continue
-        preset = get_preset(name).with_overrides(seed=seed, **_val_size(args.val_size))
+        preset = run_preset({"preset": name, "seed": seed, "val_size": args.val_size,
+                             "augment_policy": args.augment_policy, "augmentor_crops": args.augmentor_crops})
         print(f"--- {name} seed {seed}", flush=True)
         result = train_model(preset, dataset, args.limit_train, log=lambda line: print(
             f"[{time.perf_counter() - start:6.1f} s] {line}", flush=True))
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             "epoch_seconds": [round(t, 3) for t in epochs], "history": result.history,
             "weights_dtype": "float16" if args.half_weights else "float32",
             "float32_test_errors": float32_errors,
+            "augment_policy": preset.train.augment_policy, "augmentor_crops": args.augmentor_crops,
         })
         if (len(results) - 1) % args.runs_per_file == 0:
             weights = {}
@@ -143,6 +145,15 @@ def _val_size(value: int | None) -> dict[str, int]:
     return {} if value is None else {"val_size": value}
 
 
+def run_preset(record: dict) -> Preset:
+    """The preset a run trains, from its record: the named one with its seed and hold-out, and the
+    augmentation and crops `run` was given (absent from records written before those options)."""
+    preset = get_preset(record["preset"]).with_overrides(
+        seed=record["seed"], augment_policy=record.get("augment_policy"), **_val_size(record.get("val_size"))
+    )
+    return preset.with_model(**AUGMENTOR_CROPS) if record.get("augmentor_crops") else preset
+
+
 def verify(args: argparse.Namespace) -> int:
     out = Path(args.out)
     results = json.loads((out / RESULTS).read_text())
@@ -155,8 +166,7 @@ def verify(args: argparse.Namespace) -> int:
           f"{'same predictions':>16}")
     for r in results:
         key = f"{r['preset']}-{r['seed']}"
-        preset = get_preset(r["preset"]).with_overrides(seed=r["seed"], **_val_size(r.get("val_size")))
-        preset = for_dataset(preset, dataset.name)
+        preset = for_dataset(run_preset(r), dataset.name)
         model = serving_network(preset.model, build_model(preset.model))
         model.set_weights([_widened(stored[f"{key}/{i:03d}"]) for i in range(len(model.weights))])
         predictions = predict_classes(model, dataset.x_test)
@@ -206,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="start no run likely to end past this many seconds")
     train.add_argument("--limit-train", type=int, help="train on this many images only (a rehearsal)")
     train.add_argument("--val-size", type=int, help="the hold-out (default: the preset's; 0 for a final fit)")
+    train.add_argument("--augment-policy", metavar="NAME",
+                       help="a named augmentation for every run (as `digits-train train --augment-policy`)")
+    train.add_argument("--augmentor-crops", action="store_true",
+                       help="every run crops as `digits-train train --augmentor-crops` (resnet)")
     train.add_argument("--half-weights", action="store_true",
                        help="round each trained network's weights to float16, score it again, and keep "
                             "those (for networks too big to bring back in float32)")

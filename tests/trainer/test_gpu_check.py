@@ -132,3 +132,17 @@ def test_half_weights_bring_back_half_the_bytes_and_verify_as_rounded(tmp_path):
     assert {stored[key].dtype for key in weights} == {np.dtype("float16")}
     verified = _check("verify", str(tmp_path), "--data-dir", str(data_dir()))
     assert verified.returncode == 0 and "10000/10000" in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_a_runs_record_rebuilds_the_crops_and_augmentation_it_trained_with():
+    from scripts.gpu_check import run_preset
+
+    record = {"preset": "resnet", "seed": 44, "val_size": 0, "augment_policy": "rotate-crop-grid",
+              "augmentor_crops": True}
+    preset = run_preset(record)
+    train = preset.train
+    assert (train.seed, train.val_size, train.augment_policy) == (44, 0, "rotate-crop-grid")
+    assert (preset.model.centre_crop, preset.model.train_crop, preset.model.crop_interpolation) == (
+        24, 25, "bicubic")
+    older = run_preset({"preset": "resnet", "seed": 44})  # written before these options: the preset's own
+    assert older == get_preset("resnet").with_overrides(seed=44)
