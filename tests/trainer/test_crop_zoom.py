@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from trainer.crop_zoom import CropZoom
 from trainer.model import build_model
@@ -27,8 +28,6 @@ def test_serving_zooms_into_the_centre_24_pixels_pillow_crops_from_augmentors_bo
     served = np.asarray(layer(images, training=False))
     np.testing.assert_array_equal(served, _resized(images, 2, 2, 24))
     np.testing.assert_array_equal(served, np.asarray(layer(images)))  # `training` unset: served
-    from PIL import Image
-
     digit = (images[0, :, :, 0] * 255).astype(np.uint8)
     pillows = np.asarray(Image.fromarray(digit).crop((1.5, 1.5, 26.5, 26.5)))  # Augmentor's crop_by_size box
     np.testing.assert_array_equal(pillows, digit[2:26, 2:26])
