@@ -141,16 +141,11 @@ def _half(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float16) if np.issubdtype(array.dtype, np.floating) else array
 
 
-def _val_size(value: int | None) -> dict[str, int]:
-    return {} if value is None else {"val_size": value}
-
-
 def run_preset(record: dict) -> Preset:
     """The preset a run trains, from its record: the named one with its seed and hold-out, and the
     augmentation and crops `run` was given (absent from records written before those options)."""
-    preset = get_preset(record["preset"]).with_overrides(
-        seed=record["seed"], augment_policy=record.get("augment_policy"), **_val_size(record.get("val_size"))
-    )
+    preset = get_preset(record["preset"]).with_overrides(  # absent or None: the preset's own
+        seed=record["seed"], augment_policy=record.get("augment_policy"), val_size=record.get("val_size"))
     return preset.with_model(**AUGMENTOR_CROPS) if record.get("augmentor_crops") else preset
 
 
