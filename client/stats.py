@@ -53,8 +53,13 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> McNemarResult
     correct_b = np.asarray(correct_b, dtype=bool)
     if correct_a.shape != correct_b.shape:
         raise ValueError("both classifiers must be scored on the same images")
-    b = int(np.sum(correct_a & ~correct_b))
-    c = int(np.sum(~correct_a & correct_b))
+    return mcnemar_from_counts(int(np.sum(correct_a & ~correct_b)), int(np.sum(~correct_a & correct_b)))
+
+
+def mcnemar_from_counts(b: int, c: int) -> McNemarResult:
+    """The same test from the discordant counts: b images only A gets right, c only B."""
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts cannot be negative, got {b} and {c}")
     n = b + c
     if n == 0:
         return McNemarResult(b, c, 1.0)

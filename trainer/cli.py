@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -154,6 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_args(combine)
     _add_data_dir(combine)
     combine.set_defaults(handler=_cmd_combine)
+
+    compare = commands.add_parser(
+        "compare", help="pair models by the test images each gets wrong (exact McNemar), pooled over pairs"
+    )
+    compare.add_argument(
+        "sources", nargs="+", type=Path, metavar="NEW OLD",
+        help="pairs of models: a report folder or its model_card.json, an exported version, or a JSON "
+        "list of misclassified test indices (as `digits-train errors` prints)",
+    )
+    _add_data_dir(compare)
+    compare.set_defaults(handler=_cmd_compare)
+
+    errors = commands.add_parser("errors", help="print the indices of the test images a model gets wrong")
+    errors.add_argument("source", type=Path, help="a report folder, a model_card.json or an exported version")
+    _add_data_dir(errors)
+    errors.set_defaults(handler=_cmd_errors)
 
     tune = commands.add_parser("tune", help="KerasTuner search over the tutorial's and modern knobs")
     tune.add_argument("--budget", type=_positive_float, default=30.0, help="minutes of search (default 30)")
@@ -326,6 +343,40 @@ def _cmd_combine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from trainer.paired import PairingError, describe, pair, pooled, read_test_errors, scored_export
+
+    if len(args.sources) % 2:
+        print("digits-train: compare: give models in pairs, NEW OLD [NEW OLD ...]", file=sys.stderr)
+        return 2
+    score = scored_export(args.data_dir, log=_log)
+    try:
+        errors = [read_test_errors(source, score) for source in args.sources]
+        pairs = [pair(new, old) for new, old in zip(errors[::2], errors[1::2], strict=True)]
+    except PairingError as exc:
+        print(f"digits-train: compare: {exc}", file=sys.stderr)
+        return 1
+    for paired in pairs:
+        _log(f"{paired.new.source} vs {paired.old.source}: {describe(paired)}")
+    if len(pairs) > 1:
+        total = pooled(pairs)
+        _log(f"pooled over {len(pairs)} pairs: only the first right on {total.only_a_correct}, only the "
+             f"second on {total.only_b_correct}; exact McNemar p = {total.p_value:.3g}")
+    return 0
+
+
+def _cmd_errors(args: argparse.Namespace) -> int:
+    from trainer.paired import PairingError, read_test_errors, scored_export
+
+    try:
+        errors = read_test_errors(args.source, scored_export(args.data_dir, log=_log_to_stderr))
+    except PairingError as exc:
+        print(f"digits-train: errors: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(sorted(errors.indices)))
+    return 0
+
+
 def _report_and_export(
     result: TrainResult, dataset: Dataset, args: argparse.Namespace, card_fields: dict[str, Any] | None = None
 ) -> Path:
@@ -481,6 +532,10 @@ def _val_size(text: str) -> int:
 
 def _log(message: str) -> None:
     print(message, flush=True)
+
+
+def _log_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

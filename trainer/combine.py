@@ -104,7 +104,7 @@ def combine_exports(
     restored = [restore_model(path) for path in paths]
     checksums = dataset.checksums()  # hashes 55 MB: once, not per source
     for path, export in zip(paths, restored, strict=True):
-        _check_same_data(path, export.card, dataset.name, checksums)
+        check_same_data(path, export.card, dataset.name, checksums)
     sources = [(str(path), model, preset)
                for path, export in zip(paths, restored, strict=True)
                for model, preset in zip(export.members, export.member_presets, strict=True)]
@@ -171,7 +171,7 @@ def _own_split_accuracy(model: keras.Model, preset: Preset, dataset: Dataset) ->
     return float(np.mean(predict_classes(model, dataset.x_train[split.val]) == dataset.y_train[split.val]))
 
 
-def _check_same_data(path: Path, card: dict[str, Any], name: str, checksums: dict[str, str]) -> None:
+def check_same_data(path: Path, card: dict[str, Any], name: str, checksums: dict[str, str]) -> None:
     """Members are scored on the dataset `name`: refuse exports that were trained on something else."""
     trained_on = card.get("dataset", {})
     if trained_on.get("name") != name:

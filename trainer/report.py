@@ -30,6 +30,7 @@ from client.plots import plot_confusion_matrix, plot_misclassified, save_figure
 from client.stats import Interval, confusion_matrix
 from trainer.augment import training_augmentation
 from trainer.data import Dataset
+from trainer.paired import ERROR_INDICES, error_indices
 from trainer.precision import accelerator_count
 from trainer.train import AVERAGED_VAL, SERVED_VAL, TrainResult
 from trainer.tta import describe as describe_tta
@@ -77,6 +78,8 @@ def model_card(result: TrainResult, dataset: Dataset) -> dict[str, Any]:
             "test_accuracy": result.test_accuracy.value,
             "test_accuracy_ci95": [result.test_accuracy.low, result.test_accuracy.high],
             "test_errors": result.test_errors,
+            # Which images: any later model scored on this test set pairs with this one (trainer/paired.py).
+            ERROR_INDICES: error_indices(result.test_predictions, dataset.y_test),
         },
         "params": result.params,
         "training_seconds": round(result.seconds, 2),
