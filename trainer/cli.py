@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # the TensorFlow import waits until a command needs it
     from trainer.train import TrainResult
 
 DEFAULT_REPORTS_DIR = "reports"
+END_OF_RUN_MODULES = ("trainer.report", "trainer.export")  # imported lazily, yet before any fit
 QUICK = {"epochs": 1, "limit_train": 5_000, "val_size": 1_000}  # reproduce-seed --quick: a smoke run
 TUNE_QUICK = {  # tune --quick: a smoke run of the whole pipeline in seconds
     "max_trials": 3, "max_epochs": 2, "limit_train": 600, "val_size": 300, "initial_random_trials": 2,
@@ -299,6 +301,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.data_dir, args.source, args.idx_dir)
     from trainer.train import train_model
 
+    # What the run's end needs is imported now, from the same code as the fit: a broken or half-updated
+    # install fails here, not after hours of training with the model unsaved.
+    for module in END_OF_RUN_MODULES:
+        importlib.import_module(module)
     preset = preset_from_args(args)
     if preset.train.members > 1:
         from trainer.ensemble import train_ensemble
@@ -386,14 +392,19 @@ def _report_and_export(
     from trainer.report import model_card, new_run_dir, write_run_report
 
     run_dir = new_run_dir(args.reports_dir, f"{result.preset.name}-{dataset.name}")
-    card = {**model_card(result, dataset), **(card_fields or {})}  # hashes the dataset: build it once
-    write_run_report(result, dataset, run_dir, card)
-    card["report_dir"] = str(run_dir)
+    card = {**model_card(result, dataset), **(card_fields or {}), "report_dir": str(run_dir)}
+    # The model first: a report that cannot be written (a full disk, a plotting error) loses no training.
     version_dir = export_model(
         result.model, args.models_dir, args.model_name, card, warmup_images=dataset.x_test
     )
-    _log(f"report: {run_dir}")
     _log(f"exported: {version_dir}")
+    try:
+        write_run_report(result, dataset, run_dir, card)
+    except Exception:
+        print(f"digits-train: the model is exported to {version_dir}, but its report in {run_dir} could "
+              "not be written:", file=sys.stderr)
+        raise
+    _log(f"report: {run_dir}")
     _log(f"test accuracy: {result.test_accuracy} ({result.test_errors} errors)")
     return run_dir
 

@@ -163,3 +163,34 @@ def test_the_cli_starts_without_keras_or_tensorflow():
     repo = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     assert out.stdout.strip() == "[]"
+
+
+TINY_RUN = ["train", "--preset", "seed-best", "--epochs", "1", "--limit-train", "300", "--val-size", "100"]
+
+
+def test_a_report_that_cannot_be_written_loses_no_model(tmp_path, mnist_data, monkeypatch, capsys):
+    import trainer.report
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer.report, "write_run_report", full_disk)
+    folders = ["--models-dir", str(tmp_path / "models"), "--reports-dir", str(tmp_path / "reports")]
+    with pytest.raises(OSError, match="No space left"):
+        main([*TINY_RUN, *folders])
+    version_dir = tmp_path / "models" / "mnist" / "1"
+    assert (version_dir / "saved_model.pb").is_file()
+    card = json.loads((version_dir / "assets.extra" / "model_card.json").read_text())
+    assert card["metrics"]["test_errors"] > 0 and Path(card["report_dir"]).parent == tmp_path / "reports"
+    assert f"the model is exported to {version_dir}" in capsys.readouterr().err
+
+
+def test_an_install_that_cannot_finish_a_run_fails_before_the_fit(tmp_path, mnist_data, monkeypatch):
+    import trainer.train
+
+    fits = []
+    monkeypatch.setattr(trainer.train, "train_model", lambda *args, **kwargs: fits.append(args))
+    monkeypatch.setitem(sys.modules, "trainer.report", None)  # as if the file were broken on disk
+    with pytest.raises(ImportError, match="trainer.report"):
+        main([*TINY_RUN, "--models-dir", str(tmp_path / "models")])
+    assert fits == [] and not (tmp_path / "models").exists()
