@@ -189,14 +189,15 @@ _M5_NET = ModelConfig(
     conv_layers=tuple(ConvLayer(filters, 5, batch_norm=True) for filters in (32, 64, 96, 128, 160)),
     dense_units=(),
 )
-# T. Doucet's residual network (github.com/ttdoucet/mnist): 128 to 512 filters, a residual 3x3 block at
-# each scale, global average pooling; 4,736,522 parameters. His recipe: each image standardised, a
-# random 25x25 crop resized to 28 (here a fixed centre crop in the network and a random shift before
-# it; `--augmentor-crops` crops his way, AUGMENTOR_CROPS), a 4x4-grid distortion of 1 px and a 10-degree
-# rotation; Adam (beta_2 0.99) at batch 100, the rate falling tenfold over 10 epochs, then one epoch
-# annealing it to a thousandth. He reports 99.71-99.77% for single networks and 99.79% for committees of
-# five, each scored once after its last epoch; here it scored 99.56% and 99.59% with Keras' layer defaults
-# and 99.55% with PyTorch's, under `best` (docs/results.md, "Doucet's residual network").
+# T. Doucet's residual network (github.com/ttdoucet/mnist): 128 to 512 filters, a residual 3x3 block at each
+# scale, global average pooling; 4,736,522 parameters. His recipe: each image standardised, a random 25x25
+# crop resized to 28 (here a fixed centre crop in the network and a random shift before it;
+# `--augmentor-crops` crops his way, AUGMENTOR_CROPS, and is recommended: 8 fewer test errors in 10,000 over
+# three seeds, docs/results.md, "A third seed of Augmentor's crops"), a 4x4-grid distortion of 1 px and a
+# 10-degree rotation; Adam (beta_2 0.99) at batch 100, the rate falling tenfold over 10 epochs, then one epoch
+# annealing it to a thousandth. He reports 99.71-99.77% for single networks and 99.79% for committees of five,
+# each scored once after its last epoch; here it scored 99.56% and 99.59% with Keras' layer defaults and
+# 99.55% with PyTorch's, under `best` (docs/results.md, "Doucet's residual network").
 _RESNET_NET = ModelConfig(
     conv_layers=(
         ConvLayer(128, 5, padding="same"),
