@@ -350,24 +350,22 @@ def _cmd_combine(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from trainer.paired import PairingError, describe, pair, pooled, read_test_errors, scored_export
+    from trainer import paired
 
     if len(args.sources) % 2:
         print("digits-train: compare: give models in pairs, NEW OLD [NEW OLD ...]", file=sys.stderr)
         return 2
-    score = scored_export(args.data_dir, log=_log)
+    score = paired.scored_export(args.data_dir, log=_log)
     try:
-        errors = [read_test_errors(source, score) for source in args.sources]
-        pairs = [pair(new, old) for new, old in zip(errors[::2], errors[1::2], strict=True)]
-    except PairingError as exc:
+        errors = [paired.read_test_errors(source, score) for source in args.sources]
+        pairs = [paired.pair(new, old) for new, old in zip(errors[::2], errors[1::2], strict=True)]
+    except paired.PairingError as exc:
         print(f"digits-train: compare: {exc}", file=sys.stderr)
         return 1
-    for paired in pairs:
-        _log(f"{paired.new.source} vs {paired.old.source}: {describe(paired)}")
+    for each in pairs:
+        _log(f"{each.new.source} vs {each.old.source}: {paired.describe(each)}")
     if len(pairs) > 1:
-        total = pooled(pairs)
-        _log(f"pooled over {len(pairs)} pairs: only the first right on {total.only_a_correct}, only the "
-             f"second on {total.only_b_correct}; exact McNemar p = {total.p_value:.3g}")
+        _log(f"pooled over {len(pairs)} pairs: {paired.describe_test(paired.pooled(pairs))}")
     return 0
 
 

@@ -114,19 +114,24 @@ def pooled(pairs: Sequence[PairedErrors]) -> McNemarResult:
 
 def describe(paired: PairedErrors) -> str:
     """One line: both error counts, the discordant images and the exact p."""
-    test = paired.mcnemar()
-    return (f"{len(paired.new.indices)} errors against {len(paired.old.indices)}: only the first right on "
-            f"{test.only_a_correct}, only the second on {test.only_b_correct}, both wrong on "
-            f"{paired.both_wrong}; exact McNemar p = {test.p_value:.3g}")
+    return (f"{len(paired.new.indices)} errors against {len(paired.old.indices)}: "
+            f"{describe_test(paired.mcnemar(), paired.both_wrong)}")
+
+
+def describe_test(test: McNemarResult, both_wrong: int | None = None) -> str:
+    """The discordant images (and those both get wrong, where known) and the exact p, in words."""
+    both = "" if both_wrong is None else f", both wrong on {both_wrong}"
+    return (f"only the first right on {test.only_a_correct}, only the second on {test.only_b_correct}{both}; "
+            f"exact McNemar p = {test.p_value:.3g}")
 
 
 def _card_path(path: Path) -> tuple[Path, bool]:
     """Where a source's JSON lies (the file itself, a report folder's card, or an export's card), and
     whether the source is an export."""
-    from trainer.export import ASSETS_EXTRA, MODEL_CARD_FILE
-
     if not path.is_dir():
         return path, False
+    from trainer.export import ASSETS_EXTRA, MODEL_CARD_FILE  # TensorFlow: only for a folder
+
     if (path / MODEL_CARD_FILE).is_file():
         return path / MODEL_CARD_FILE, False
     return path / ASSETS_EXTRA / MODEL_CARD_FILE, True
