@@ -102,10 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--augmentor-crops", action="store_true",
-        help="for a network that zooms into a centre crop (resnet): crop as T. Doucet's Augmentor pipeline "
-        "does, training on a 25x25 window at a random whole-pixel offset and serving the centre 24x24 "
-        "(Pillow rounds his centre box), both resized bicubically; pair it with --augment-policy "
-        "rotate-crop-grid, whose shift this crop replaces",
+        help="zoom into each digit as T. Doucet's Augmentor pipeline crops it: training on a 25x25 window at "
+        "a random whole-pixel offset and serving the centre 24x24 (Pillow rounds his centre box), both "
+        "resized bicubically to 28x28; replaces resnet's fixed centre crop, and gives other presets one. "
+        "With resnet pair it with --augment-policy rotate-crop-grid, whose shift this crop replaces",
     )
     train.add_argument(
         "--label-smoothing", type=_below_one, metavar="EPS",
@@ -219,9 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "weight_decay", None) and PRESETS[args.preset].train.optimizer not in ("adam", "adamw"):
         parser.error(f"--weight-decay needs a preset trained with Adam; {args.preset} uses "
                      f"{PRESETS[args.preset].train.optimizer}")
-    if getattr(args, "augmentor_crops", False) and not PRESETS[args.preset].model.centre_crop:
-        parser.error(f"--augmentor-crops is for a network that zooms into a centre crop (resnet); "
-                     f"{args.preset} does not crop")
     if getattr(args, "clean_epochs", None):
         _check_clean_epochs(parser, preset_from_args(args))
     if getattr(args, "augment_policy", None):
