@@ -16,7 +16,7 @@ from trainer.augment import AugmentationOff, training_augmentation, with_augment
 from trainer.data import Dataset
 from trainer.model import build_model, compile_model, model_input_array
 from trainer.precision import dtype_policy, resolve_precision
-from trainer.presets import Preset
+from trainer.presets import ModelConfig, Preset
 from trainer.tta import for_dataset, serving_network
 
 PREDICT_BATCH = 1_000
@@ -207,6 +207,15 @@ class WeightTwin(keras.callbacks.Callback):
         self.sync()
 
 
+def _describe_crop(model_cfg: ModelConfig) -> str:
+    """The run header's words for the network's crop-and-zoom, if it has one."""
+    centre, window = model_cfg.centre_crop, model_cfg.train_crop
+    if not centre:
+        return ""
+    served = f"the centre {centre}x{centre} zoomed to 28x28"
+    return f", {window}x{window} crops at random in training, {served} served" if window else f", {served}"
+
+
 def train_model(
     preset: Preset,
     dataset: Dataset,
@@ -261,6 +270,7 @@ def train_model(
         + (", mixed bfloat16 training (served in float32)" if bfloat16 else "")
         + (f", augmentation {augmentation.describe()}" if augmentation.changes_images else "")
         + (f" (off for the last {cfg.clean_epochs})" if cfg.clean_epochs else "")
+        + _describe_crop(preset.model)
     )
     mirrored, averaged = preset.model.mirror_average, cfg.weight_average > 0
     served_differs = model is not network  # mirror-averaged, or a float32 twin of a bfloat16 network

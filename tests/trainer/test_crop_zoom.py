@@ -8,8 +8,10 @@ import tensorflow as tf
 from PIL import Image
 
 from trainer.crop_zoom import CropZoom
+from trainer.data import Dataset
 from trainer.model import build_model
-from trainer.presets import AUGMENTOR_CROPS, ConvLayer, ModelConfig
+from trainer.presets import AUGMENTOR_CROPS, ConvLayer, ModelConfig, get_preset
+from trainer.train import predict_classes, train_model
 
 
 def _resized(images: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
@@ -57,3 +59,18 @@ def test_a_network_with_augmentor_crops_serves_deterministically_and_needs_a_cen
         build_model(ModelConfig((ConvLayer(4, 3),), (8,), train_crop=25))
     with pytest.raises(ValueError, match="does not fit"):
         build_model(ModelConfig((ConvLayer(4, 3),), (8,), centre_crop=24, train_crop=30))
+
+
+def test_best_with_augmentor_crops_keeps_its_own_augmentation_and_says_so(mnist_data):
+    """`--augmentor-crops` on a preset without a crop (best): joins best's rotation, zoom and shift."""
+    small = Dataset("mnist", mnist_data.x_train[:1200], mnist_data.y_train[:1200], mnist_data.x_test[:500],
+                    mnist_data.y_test[:500])
+    preset = get_preset("best").with_model(**AUGMENTOR_CROPS).with_overrides(
+        epochs=2, clean_epochs=1, batch_size=100, val_size=200, seed=3)
+    lines = []
+    result = train_model(preset, small, log=lines.append)
+    header = lines[0]
+    assert "augmentation rotation" in header and "(off for the last 1)" in header
+    assert header.endswith(", 25x25 crops at random in training, the centre 24x24 zoomed to 28x28 served")
+    assert result.model.get_layer("crop_zoom").size == 24
+    assert np.array_equal(predict_classes(result.model, small.x_test), result.test_predictions)
