@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--augment-policy", metavar="NAME",
                        help="a named augmentation for every run (as `digits-train train --augment-policy`)")
     train.add_argument("--augmentor-crops", action="store_true",
-                       help="every run crops as `digits-train train --augmentor-crops` (resnet)")
+                       help="every run crops as `digits-train train --augmentor-crops`")
     train.add_argument("--half-weights", action="store_true",
                        help="round each trained network's weights to float16, score it again, and keep "
                             "those (for networks too big to bring back in float32)")
