@@ -7,8 +7,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from scripts.crop_probe import main as probe
+from trainer.cli import main
 from trainer.crop_zoom import CropZoom
 from trainer.data import Dataset
+from trainer.export import read_model_card
 from trainer.model import build_model
 from trainer.presets import AUGMENTOR_CROPS, ConvLayer, ModelConfig, get_preset
 from trainer.train import predict_classes, train_model
@@ -74,3 +77,18 @@ def test_best_with_augmentor_crops_keeps_its_own_augmentation_and_says_so(mnist_
     assert header.endswith(", 25x25 crops at random in training, the centre 24x24 zoomed to 28x28 served")
     assert result.model.get_layer("crop_zoom").size == 24
     assert np.array_equal(predict_classes(result.model, small.x_test), result.test_predictions)
+
+
+def test_crop_probe_rescores_the_served_crop_as_trained_and_other_crops(tmp_path, capsys):
+    """scripts/crop_probe.py: at the crop the export serves, exactly the card's scores; other crops differ."""
+    common = ["--models-dir", str(tmp_path / "models"), "--reports-dir", str(tmp_path / "reports")]
+    tiny = ["--preset", "seed-best", "--epochs", "1", "--limit-train", "800", "--val-size", "300"]
+    assert main(["train", *tiny, "--seed", "4", "--augmentor-crops", *common]) == 0
+    version = tmp_path / "models" / "mnist" / "1"
+    metrics = read_model_card(version)["metrics"]
+    capsys.readouterr()
+    assert probe([str(version), "--crops", "24", "28"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    served, uncropped = ([int(value) for value in row] for row in rows)
+    assert served == [24, round((1 - metrics["val_accuracy"]) * 300), metrics["test_errors"]]
+    assert uncropped[0] == 28 and uncropped[1:] != served[1:]
