@@ -13,11 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
+from client.contract import IMAGE_SIZE
 from trainer.data import default_data_dir, load_dataset
 from trainer.model import build_model
 from trainer.restore import restore_model
 from trainer.train import predict_classes, stratified_split
 from trainer.tta import serving_network
+
+
+def _errors(network, images: np.ndarray, labels: np.ndarray) -> int:
+    return int(np.sum(predict_classes(network, images) != labels))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,14 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     (preset,) = restored.member_presets
     dataset = load_dataset(restored.card["dataset"]["name"], args.data_dir)
     split = stratified_split(dataset.y_train, preset.train.val_size, preset.train.seed)
+    val_images, val_labels = dataset.x_train[split.val], dataset.y_train[split.val]
     print(f"served crop  val errors (of {split.val.size:,})  test errors (of {len(dataset.y_test):,})")
     for crop in args.crops:
-        model_cfg = preset.with_model(centre_crop=0 if crop >= 28 else crop, train_crop=0).model
+        model_cfg = preset.with_model(centre_crop=0 if crop >= IMAGE_SIZE else crop, train_crop=0).model
         network = serving_network(model_cfg, build_model(model_cfg))
         network.set_weights(restored.model.get_weights())
-        val_errors = int(np.sum(predict_classes(network, dataset.x_train[split.val])
-                                != dataset.y_train[split.val])) if split.val.size else "-"
-        test_errors = int(np.sum(predict_classes(network, dataset.x_test) != dataset.y_test))
+        val_errors = _errors(network, val_images, val_labels) if split.val.size else "-"
+        test_errors = _errors(network, dataset.x_test, dataset.y_test)
         print(f"{crop:>11}  {val_errors:>24}  {test_errors:>25}", flush=True)
     return 0
 

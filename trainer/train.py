@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from client.contract import IMAGE_SIZE
 from client.stats import Interval, wilson_interval
 from trainer.augment import AugmentationOff, training_augmentation, with_augmentation
 from trainer.data import Dataset
@@ -212,7 +213,7 @@ def _describe_crop(model_cfg: ModelConfig) -> str:
     centre, window = model_cfg.centre_crop, model_cfg.train_crop
     if not centre:
         return ""
-    served = f"the centre {centre}x{centre} zoomed to 28x28"
+    served = f"the centre {centre}x{centre} zoomed to {IMAGE_SIZE}x{IMAGE_SIZE}"
     return f", {window}x{window} crops at random in training, {served} served" if window else f", {served}"
 
 
