@@ -130,8 +130,10 @@ def test_clean_finish_follows_the_augmented_fit_until_it_switches_off(mnist_data
         train_model(preset.with_overrides(clean_epochs=3), mnist_data, limit_train=600)
     # Without augmentation there is nothing to switch off: the clean finish is no finish at all.
     plain = preset.with_overrides(augment=0.0, epochs=1, clean_epochs=5)
-    unswitched = train_model(plain, mnist_data, limit_train=600, log=lambda line: None)
+    plain_lines: list[str] = []
+    unswitched = train_model(plain, mnist_data, limit_train=600, log=plain_lines.append)
     assert unswitched.history["loss"] and unswitched.preset.train.clean_epochs == 0  # the card says so
+    assert plain_lines[0].endswith(", no augmentation")  # the header, so a log says what it trained on
 
 
 def test_op_check_sees_augmentation_in_a_graph_that_has_it(tmp_path, digits):
