@@ -265,13 +265,12 @@ def train_model(
         compile_model(fit_model, cfg, steps_per_epoch=math.ceil(len(train_idx) / cfg.batch_size))
         twin = build_model(preset.model) if bfloat16 else network  # float32: what is scored and served
     model = serving_network(preset.model, twin)
-    described = augmentation.describe() if augmentation.changes_images else ""
-    augmented = f", augmentation {described}" if described else ", no augmentation"
     log(
         f"{preset.name}: {model.count_params():,} params, {len(train_idx):,} train / {len(split.val):,} val "
         f"images of {dataset.name}, batch {cfg.batch_size}, {cfg.epochs} epochs"
         + (", mixed bfloat16 training (served in float32)" if bfloat16 else "")
-        + augmented
+        + (f", augmentation {augmentation.describe()}" if augmentation.changes_images
+           else ", no augmentation")
         + (f" (off for the last {cfg.clean_epochs})" if cfg.clean_epochs else "")
         + _describe_crop(preset.model)
     )
