@@ -50,8 +50,9 @@ demo: data  ## a short end-to-end run: train, export, serve, evaluate, print the
 browsers:  ## Debian's Chromium for the drawing-page test
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
-tools:  ## static checker for compose (hadolint and kubectl with kustomize v5 come from PyPI)
+tools:  ## static checker for compose (hadolint and kubectl with kustomize v5 come from PyPI); curl for the README test
 	@command -v docker-compose >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose; }
+	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends curl; }
 
 test: data browsers tools  ## the whole default test suite (fast, offline)
 	$(PY) -m pytest -m "not slow" $(ARGS)
