@@ -36,7 +36,7 @@ def localised(commands: str, served_model, gateway_url: str) -> str:
         "localhost:8500": served_model.grpc_target,
         "localhost:8080": gateway_url.removeprefix("http://"),
         ".venv/bin/": f"{bin_dir}/",
-        "data/mnist.npz": str(data_dir() / "mnist.npz"),
+        "data/mnist.npz": str(data_dir().resolve() / "mnist.npz"),
     }
     for old, new in replacements.items():
         assert old in commands, f"the README's commands no longer mention {old}"
@@ -61,7 +61,7 @@ def json_objects(text: str) -> list[str]:
 def test_the_try_it_commands_work_as_written(served_model, gateway, mnist_data, tmp_path):
     Image.fromarray(mnist_data.x_test[0]).save(tmp_path / "my_digit.png")
     script = localised(try_it_commands(), served_model, gateway.url)
-    env = {**os.environ, "DIGITS_DATA_DIR": str(data_dir())}
+    env = {**os.environ, "DIGITS_DATA_DIR": str(data_dir().resolve())}  # absolute: the commands run elsewhere
 
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
