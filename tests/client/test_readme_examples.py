@@ -28,7 +28,7 @@ def try_it_commands() -> str:
     return match.group(1)
 
 
-def localised(commands: str, served_model, gateway_url: str) -> str:
+def localised(commands: str, served_model, gateway_url: str, data: Path) -> str:
     """The README's commands aimed at the test's server, gateway, data and interpreter."""
     bin_dir = Path(sys.executable).parent
     replacements = {
@@ -36,7 +36,7 @@ def localised(commands: str, served_model, gateway_url: str) -> str:
         "localhost:8500": served_model.grpc_target,
         "localhost:8080": gateway_url.removeprefix("http://"),
         ".venv/bin/": f"{bin_dir}/",
-        "data/mnist.npz": str(data_dir().resolve() / "mnist.npz"),
+        "data/mnist.npz": str(data / "mnist.npz"),
     }
     for old, new in replacements.items():
         assert old in commands, f"the README's commands no longer mention {old}"
@@ -60,8 +60,9 @@ def json_objects(text: str) -> list[str]:
 
 def test_the_try_it_commands_work_as_written(served_model, gateway, mnist_data, tmp_path):
     Image.fromarray(mnist_data.x_test[0]).save(tmp_path / "my_digit.png")
-    script = localised(try_it_commands(), served_model, gateway.url)
-    env = {**os.environ, "DIGITS_DATA_DIR": str(data_dir().resolve())}  # absolute: the commands run elsewhere
+    data = data_dir().resolve()  # absolute: `make` exports a relative one, and the commands run in tmp_path
+    script = localised(try_it_commands(), served_model, gateway.url, data)
+    env = {**os.environ, "DIGITS_DATA_DIR": str(data)}
 
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
