@@ -27,6 +27,7 @@ from trainer.precision import PRECISIONS, accelerator_count
 from trainer.presets import AUGMENTOR_CROPS, LAYER_DEFAULTS, PRESETS, SEED_PRESETS, Preset, TrainConfig
 
 if TYPE_CHECKING:  # the TensorFlow import waits until a command needs it
+    from trainer.paired import Misclassified
     from trainer.train import TrainResult
 
 DEFAULT_REPORTS_DIR = "reports"
@@ -166,11 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="pairs of models: a report folder or its model_card.json, an exported version, or a JSON "
         "list of misclassified test indices (as `digits-train errors` prints)",
     )
+    _add_split(compare)
     _add_data_dir(compare)
     compare.set_defaults(handler=_cmd_compare)
 
-    errors = commands.add_parser("errors", help="print the indices of the test images a model gets wrong")
+    errors = commands.add_parser(
+        "errors", help="print the indices of the test (or validation) images a model gets wrong"
+    )
     errors.add_argument("source", type=Path, help="a report folder, a model_card.json or an exported version")
+    _add_split(errors)
     _add_data_dir(errors)
     errors.set_defaults(handler=_cmd_errors)
 
@@ -352,9 +357,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if len(args.sources) % 2:
         print("digits-train: compare: give models in pairs, NEW OLD [NEW OLD ...]", file=sys.stderr)
         return 2
-    score = paired.scored_export(args.data_dir, log=_log)
     try:
-        errors = [paired.read_test_errors(source, score) for source in args.sources]
+        errors = [_read_errors(source, args, _log) for source in args.sources]
         pairs = [paired.pair(new, old) for new, old in zip(errors[::2], errors[1::2], strict=True)]
     except paired.PairingError as exc:
         print(f"digits-train: compare: {exc}", file=sys.stderr)
@@ -366,11 +370,20 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_errors(source: Path, args: argparse.Namespace, log: Callable[[str], None]) -> Misclassified:
+    """The images `source` gets wrong on the split `args.split` names."""
+    from trainer import paired
+
+    if args.split == "validation":
+        return paired.read_validation_errors(source, args.data_dir, log=log)
+    return paired.read_test_errors(source, paired.scored_export(args.data_dir, log=log))
+
+
 def _cmd_errors(args: argparse.Namespace) -> int:
-    from trainer.paired import PairingError, read_test_errors, scored_export
+    from trainer.paired import PairingError
 
     try:
-        errors = read_test_errors(args.source, scored_export(args.data_dir, log=_log_to_stderr))
+        errors = _read_errors(args.source, args, _log_to_stderr)
     except PairingError as exc:
         print(f"digits-train: errors: {exc}", file=sys.stderr)
         return 1
@@ -492,6 +505,14 @@ def _add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     parser.add_argument(
         "--reports-dir", default=DEFAULT_REPORTS_DIR, help="run outputs go to REPORTS_DIR/<run-id>/"
+    )
+
+
+def _add_split(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--split", choices=("test", "validation"), default="test",
+        help="test (default), or the validation split an export was trained beside: indices into the "
+        "training images, scored from exported versions, paired only where seed and size match",
     )
 
 

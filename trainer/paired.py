@@ -4,6 +4,10 @@ The test set is fixed, so the indices of the test images a model misclassifies a
 comparison needs: a model card lists them (`metrics.test_error_indices`), and a list kept anywhere
 (a results page, another machine) still pairs a model whose export is gone. An export whose card
 predates the list is scored on its test set instead.
+
+Models trained beside the same validation split (the same seed and size) pair on it too: each export is
+scored on the images it held out, the split that chose its epoch, so two candidates can be told apart
+without touching the test set.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Misclassified:
     dataset: str | None = None  # None: a bare list, which names no dataset
     test_sha256: tuple[str | None, str | None] = (None, None)  # of x_test and y_test, where the card has them
     test_images: int | None = None
+    held_out: str | None = None  # for validation errors: the split their indices (into x_train) come from
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,11 @@ def read_test_errors(
 
 
 def pair(new: Misclassified, old: Misclassified) -> PairedErrors:
-    """`new` against `old`, refused unless both can have been scored on the same test images."""
+    """`new` against `old`, refused unless both can have been scored on the same test images (or, for
+    validation errors, on the same held-out training images)."""
+    if new.held_out != old.held_out and None not in (new.held_out, old.held_out):
+        raise PairingError(f"{new.source} held out {new.held_out}, {old.source} {old.held_out}: "
+                           "their validation images differ")
     if new.dataset and old.dataset and new.dataset != old.dataset:
         raise PairingError(f"{new.source} was scored on {new.dataset!r}, {old.source} on {old.dataset!r}")
     if None not in (*new.test_sha256, *old.test_sha256) and new.test_sha256 != old.test_sha256:
@@ -178,3 +187,37 @@ def scored_export(data_dir: str | Path, log: Callable[[str], None] = print) -> C
         return error_indices(predict_classes(restored.model, dataset.x_test), dataset.y_test)
 
     return score
+
+
+def read_validation_errors(
+    version_dir: str | Path, data_dir: str | Path, log: Callable[[str], None] = print
+) -> Misclassified:
+    """The images of its own validation split an export gets wrong, as indices into the training set:
+    the split is rebuilt from the seed and size in its model card, on the arrays in `data_dir`."""
+    from trainer.combine import check_same_data
+    from trainer.data import load_dataset
+    from trainer.restore import RestoreError, restore_model
+    from trainer.train import predict_classes, stratified_split
+
+    version_dir = Path(version_dir)
+    if not (version_dir.is_dir() and _card_path(version_dir)[1]):
+        raise PairingError(f"{version_dir}: validation errors are scored, so pass an exported version "
+                           "(e.g. models/mnist/3), not a report or a list")
+    try:
+        restored = restore_model(version_dir)
+        dataset = load_dataset(restored.card["dataset"]["name"], data_dir)
+        check_same_data(version_dir, restored.card, dataset.name, dataset.checksums())
+    except (RestoreError, KeyError, TypeError) as exc:
+        raise PairingError(f"{version_dir}: cannot be scored ({exc})") from None
+    splits = {(p.train.seed, p.train.val_size) for p in restored.member_presets}
+    if len(splits) > 1:
+        raise PairingError(f"{version_dir}: its members held out different images; it has no one "
+                           "validation split")
+    ((seed, val_size),) = splits
+    if not val_size:
+        raise PairingError(f"{version_dir}: trained on every training image; it has no validation split")
+    held_out = f"{val_size:,} images with seed {seed}"
+    log(f"{version_dir}: scoring it on its validation split ({held_out} of {dataset.name})")
+    val = stratified_split(dataset.y_train, val_size, seed).val
+    wrong = val[predict_classes(restored.model, dataset.x_train[val]) != dataset.y_train[val]]
+    return Misclassified(str(version_dir), frozenset(wrong.tolist()), dataset=dataset.name, held_out=held_out)

@@ -15,6 +15,7 @@ from client.stats import mcnemar_exact, mcnemar_from_counts
 from trainer.cli import main
 from trainer.export import ASSETS_EXTRA, MODEL_CARD_FILE, read_model_card
 from trainer.paired import ERROR_INDICES, Misclassified, PairingError, pair, pooled, read_test_errors
+from trainer.train import stratified_split
 
 TINY = ["--preset", "seed-best", "--epochs", "1", "--limit-train", "500", "--val-size", "300"]
 
@@ -31,11 +32,39 @@ def two_exports(tmp_path_factory):
     return versions, reports
 
 
-def served_wrong(version_dir, mnist_data) -> np.ndarray:
-    """A mask of the test images the exported signature classifies wrongly."""
+@pytest.fixture(scope="module")
+def beside_seed_1(tmp_path_factory):
+    """Two more exports with seed 1: batch 50 (the same validation split as version 1 of two_exports,
+    another network) and one trained on every image (no split)."""
+    root = tmp_path_factory.mktemp("beside")
+    common = ["--seed", "1", "--models-dir", str(root / "models"), "--reports-dir", str(root / "reports")]
+    assert main(["train", *TINY, "--batch-size", "50", *common]) == 0
+    assert main(["train", *TINY[:-2], "--val-size", "0", *common]) == 0
+    return [root / "models" / "mnist" / v for v in ("1", "2")]
+
+
+def served_wrong(version_dir, mnist_data, images=None, labels=None) -> np.ndarray:
+    """A mask of the images (the test set unless given) the exported signature classifies wrongly."""
+    images, labels = (mnist_data.x_test, mnist_data.y_test) if images is None else (images, labels)
     signature = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE_NAME]
-    classes = signature(**{INPUT_NAME: tf.constant(mnist_data.x_test)})[OUTPUT_CLASSES].numpy()
-    return classes != mnist_data.y_test
+    classes = signature(**{INPUT_NAME: tf.constant(images)})[OUTPUT_CLASSES].numpy()
+    return classes != labels
+
+
+def held_out_wrong(version_dir, mnist_data) -> tuple[np.ndarray, np.ndarray]:
+    """The validation split of the tiny recipe with seed 1 (indices into x_train), and a mask of the
+    images in it the exported signature classifies wrongly."""
+    val = stratified_split(mnist_data.y_train, 300, 1).val
+    return val, served_wrong(version_dir, mnist_data, mnist_data.x_train[val], mnist_data.y_train[val])
+
+
+def described(new_wrong: np.ndarray, old_wrong: np.ndarray) -> str:
+    """What `compare` prints for a pair, computed from the two masks of wrongly classified images."""
+    expected = mcnemar_exact(~new_wrong, ~old_wrong)
+    assert expected.only_a_correct + expected.only_b_correct > 0  # the two models differ somewhere
+    return (f"{new_wrong.sum()} errors against {old_wrong.sum()}: only the first right on "
+            f"{expected.only_a_correct}, only the second on {expected.only_b_correct}, both wrong on "
+            f"{int(np.sum(new_wrong & old_wrong))}; exact McNemar p = {expected.p_value:.3g}")
 
 
 def without_error_list(version_dir, target) -> str:
@@ -60,14 +89,8 @@ def test_the_model_card_lists_the_test_images_the_served_model_gets_wrong(two_ex
 def test_compare_is_mcnemar_on_what_the_two_exports_serve(two_exports, mnist_data, capsys):
     versions, _ = two_exports
     wrong = [served_wrong(version, mnist_data) for version in versions]
-    expected = mcnemar_exact(~wrong[0], ~wrong[1])
-    assert expected.only_a_correct + expected.only_b_correct > 0  # the two seeds differ somewhere
-
     assert main(["compare", str(versions[0]), str(versions[1])]) == 0
-    out = capsys.readouterr().out
-    assert (f"{wrong[0].sum()} errors against {wrong[1].sum()}: only the first right on "
-            f"{expected.only_a_correct}, only the second on {expected.only_b_correct}, both wrong on "
-            f"{int(np.sum(wrong[0] & wrong[1]))}; exact McNemar p = {expected.p_value:.3g}") in out
+    assert described(*wrong) in capsys.readouterr().out
 
 
 def test_an_export_whose_card_predates_the_list_is_scored(two_exports, tmp_path, capsys):
@@ -165,3 +188,38 @@ def test_the_exact_p_is_the_two_sided_binomial_tail(b, c):
     assert mcnemar_from_counts(b, c).p_value == pytest.approx(min(1.0, 2 * tail), rel=1e-9)
     with pytest.raises(ValueError, match="cannot be negative"):
         mcnemar_from_counts(-1, c)
+
+
+def test_validation_errors_are_the_held_out_images_the_model_gets_wrong(two_exports, mnist_data, capsys):
+    version = two_exports[0][0]
+    val, wrong = held_out_wrong(version, mnist_data)
+    assert main(["errors", "--split", "validation", str(version)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == sorted(val[wrong].tolist())
+    assert "validation split (300 images with seed 1 of mnist)" in captured.err
+    # The split that chose its epoch: the model card's validation accuracy agrees.
+    assert read_model_card(version)["metrics"]["val_accuracy"] == pytest.approx(1 - wrong.mean(), abs=1e-6)
+
+
+def test_compare_pairs_models_on_the_validation_split_they_share(
+    two_exports, beside_seed_1, mnist_data, capsys
+):
+    new, old = beside_seed_1[0], two_exports[0][0]
+    assert main(["compare", "--split", "validation", str(new), str(old)]) == 0
+    expected = described(held_out_wrong(new, mnist_data)[1], held_out_wrong(old, mnist_data)[1])
+    assert expected in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        (lambda two, beside: [two[0][1], two[0][0]], "their validation images differ"),  # seeds 2 and 1
+        (lambda two, beside: [beside[1], two[0][0]], "it has no validation split"),  # --val-size 0
+        (lambda two, beside: [two[1][0], two[0][0]], "pass an exported version"),  # a report folder
+    ],
+)
+def test_models_without_one_shared_validation_split_are_not_paired_on_it(
+    two_exports, beside_seed_1, capsys, sources, message
+):
+    assert main(["compare", "--split", "validation", *map(str, sources(two_exports, beside_seed_1))]) == 1
+    assert message in capsys.readouterr().err
