@@ -6,7 +6,7 @@ misclassified.png into --report. `--compare V1 V2` evaluates two versions on the
 McNemar's exact test on their disagreements.
 
 Exit codes: 0 done, 2 bad arguments or data (also data that does not fit the model's input, or
-requests the server refuses, e.g. a batch over its limit),
+requests the server refuses, e.g. a batch over its limit, or a --report folder that cannot be written),
 3 model server unreachable, 4 model/version/label not served, 1 any other server error.
 """
 
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from client import contract
@@ -28,7 +30,7 @@ from client.datasets import (
     load_npz,
 )
 from client.errors import ClientError, DeadlineExceeded, InvalidInput, ModelNotFound, ServerUnavailable
-from client.eval_report import console_text, write_comparison, write_report
+from client.eval_report import comparison_verdict, console_text, report_dict, write_comparison, write_report
 from client.evaluation import ProgressBar, predict_all, score
 from client.model_client import ClientConfig, ModelClient, connect
 from client.stats import mcnemar_exact
@@ -73,11 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("V1", "V2"),
         help="evaluate two versions on the same images; McNemar's exact test",
     )
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default %(default)s)")
+    p.add_argument(
+        "--timeout", type=_positive_seconds, default=30.0, help="seconds per request (default %(default)s)"
+    )
     p.add_argument(
         "--report", type=Path, default=Path("reports/eval"), help="output folder (default %(default)s)"
     )
     return p
+
+
+def _positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         data = _load_data(args)
     except DataError as err:
         return _fail(EXIT_BAD_INPUT, str(err))
+    try:  # before the evaluation, not after it: an unusable --report would lose the results
+        args.report.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return _fail(EXIT_BAD_INPUT, f"cannot create the report folder {args.report}: {err}")
     config = ClientConfig(
         target=args.target, protocol=args.protocol, model_name=args.model_name,
         model_version=args.model_version, version_label=args.version_label,
@@ -123,11 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(EXIT_BAD_INPUT, f"the model server refused the request: {err}{hint}")
     except ClientError as err:
         return _fail(EXIT_SERVER_ERROR, f"the model server failed the request: {err}")
+    written = all(saved for _, _, saved in reports)
     if args.compare:
-        first, second = reports
-        test = mcnemar_exact(first[1], second[1])
-        comparison = write_comparison(args.report, first[0], second[0], test)
-        print(f"\n{comparison['verdict']}")
+        (first, first_correct, _), (second, second_correct, _) = reports
+        test = mcnemar_exact(first_correct, second_correct)
+        print(f"\n{comparison_verdict(first, second, test)}")
+        written = _save(args.report, lambda: write_comparison(args.report, first, second, test)) and written
+    if not written:
+        return EXIT_BAD_INPUT
     print(f"\nreport: {args.report}/report.md")
     return EXIT_OK
 
@@ -170,7 +192,7 @@ def _check_model_input(client: ModelClient, version: int | None) -> int | None:
 
 
 def _evaluate(client: ModelClient, data: LabelledImages, args: argparse.Namespace, version, served, nested):
-    """Evaluate one version; print and write its report. Returns (report, per-image correctness)."""
+    """Evaluate one version; print and write its report. Returns (report, per-image correctness, written)."""
     label = f"v{version}" if version is not None else (args.version_label or "latest")
     # One untimed request first: connection set-up and the server's first run at this batch size
     # are not what the latency percentiles should measure.
@@ -190,9 +212,20 @@ def _evaluate(client: ModelClient, data: LabelledImages, args: argparse.Namespac
         "concurrency": args.concurrency, "dataset": args.dataset,
     }  # fmt: skip
     folder = args.report / f"v{run.model_version}" if nested else args.report
-    report = write_report(folder, scores, run, data, setup)
-    print(console_text(report, data.class_names))
-    return report, run.classes == data.labels
+    report = report_dict(scores, run, data, setup)
+    print(console_text(report, data.class_names))  # first: the results survive a failed write
+    written = _save(folder, lambda: write_report(folder, scores, run, data, setup))
+    return report, run.classes == data.labels, written
+
+
+def _save(folder: Path, write: Callable[[], object]) -> bool:
+    """Run `write`; when the files cannot be written, say so instead of a traceback."""
+    try:
+        write()
+    except OSError as err:
+        print(f"digits-eval: error: cannot write the report into {folder}: {err}", file=sys.stderr)
+        return False
+    return True
 
 
 def _fail(code: int, message: str) -> int:

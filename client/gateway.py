@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from client import contract
 from client.errors import ClientError, ModelNotFound, ServerUnavailable
-from client.gateway_settings import DEFAULTS, GatewaySettings
+from client.gateway_settings import DEFAULTS, GatewaySettings, env_strings
 from client.model_client import ModelClient, Prediction, available_versions, connect
 from client.openapi_spec import openapi_document
 from client.preprocess import BadImage
@@ -66,6 +66,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("DIGITS")
+    app.config.from_mapping(env_strings())  # strings verbatim, not JSON-parsed
     if test_config:
         app.config.from_mapping(test_config)
     app.config["DEBUG"] = False  # never: Werkzeug's debugger runs code sent by the browser

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from client import contract
@@ -23,6 +25,10 @@ DEFAULTS = {
     "MAX_BATCH_IMAGES": 256,
     "AUTH_TOKEN": None,  # when set, /v1/* needs "Authorization: Bearer <token>"
 }
+# Taken verbatim from the environment: Flask parses DIGITS_* values as JSON, which would turn a token
+# "null" into None (authentication off) and "1e3" into 1000.0.
+STRING_SETTINGS = ("MODEL_SERVER", "PROTOCOL", "MODEL_NAME", "VERSION_LABEL", "DATASET", "AUTH_TOKEN")
+ENV_PREFIX = "DIGITS_"
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,6 @@ class GatewaySettings:
         dataset = str(config["DATASET"])
         if dataset not in contract.CLASS_NAMES:
             raise ValueError(f"DIGITS_DATASET must be one of {sorted(contract.CLASS_NAMES)}, not {dataset!r}")
-        token = config["AUTH_TOKEN"]
         return cls(
             model_server=str(config["MODEL_SERVER"] or f"localhost:{default_port}"),
             protocol=protocol,
@@ -67,7 +72,7 @@ class GatewaySettings:
             max_image_pixels=int(config["MAX_IMAGE_PIXELS"]),
             max_image_side=int(config["MAX_IMAGE_SIDE"]),
             max_batch_images=int(config["MAX_BATCH_IMAGES"]),
-            auth_token=str(token) if token not in (None, "") else None,  # "1234" arrives as an int
+            auth_token=_auth_token(config["AUTH_TOKEN"]),
         )
 
     @property
@@ -93,6 +98,24 @@ class GatewaySettings:
     def class_names(self) -> tuple[str, ...]:
         """The names to answer with, by class index."""
         return contract.CLASS_NAMES[self.dataset]
+
+
+def env_strings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The string settings present in the environment, exactly as written there."""
+    return {key: environ[ENV_PREFIX + key] for key in STRING_SETTINGS if ENV_PREFIX + key in environ}
+
+
+def _auth_token(value: object) -> str | None:
+    """None when unset; a set token that could never match (empty, padded) is refused, not ignored."""
+    if value is None:
+        return None
+    token = str(value)
+    if not token.strip() or token != token.strip():
+        raise ValueError(
+            "DIGITS_AUTH_TOKEN is set but empty or starts/ends with whitespace; "
+            "unset it to run without authentication"
+        )
+    return token
 
 
 def _optional_int(value: object) -> int | None:

@@ -70,6 +70,8 @@ def pixels_to_grey(pixels: object, limits: ImageLimits = ImageLimits()) -> np.nd
         array = np.asarray(pixels, dtype=np.float64)
     except (ValueError, TypeError):
         raise BadImage("pixels must be a rectangular 2-D array of numbers (rows of equal length)") from None
+    except OverflowError:  # an integer too large for a float, e.g. 1e400 written out in full
+        raise BadImage(f"pixel values must lie in 0..{contract.PIXEL_MAX}") from None
     if array.ndim != 2 or 0 in array.shape:
         raise BadImage(f"pixels must be a non-empty 2-D array [height][width], got shape {list(array.shape)}")
     _check_size(array.shape[1], array.shape[0], limits)

@@ -28,6 +28,14 @@ from client.model_client import (
     VersionStatus,
 )
 
+# What requests raises for a target it cannot even parse, e.g. "localhost:notaport" or "http://".
+BAD_ADDRESS = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.URLRequired,
+)
+
 
 class RestModelClient(ModelClient):
     """`/v1/models/<name>[/versions/N | /labels/L]` endpoints as in TF Serving's REST API."""
@@ -109,6 +117,10 @@ class RestModelClient(ModelClient):
             raise DeadlineExceeded(f"no answer from {self.base_url} within {self.config.timeout_s}s") from err
         except requests.ConnectionError as err:
             raise ServerUnavailable(f"cannot connect to {self.base_url}: {_root_cause(err)}") from err
+        except BAD_ADDRESS as err:
+            raise ServerUnavailable(f"cannot connect to {self.base_url}: not a valid address: {err}") from err
+        except requests.RequestException as err:
+            raise ServerError(f"request to {self.base_url} failed: {type(err).__name__}: {err}") from err
         try:
             answer = reply.json()
         except ValueError:

@@ -63,6 +63,10 @@ def _json_images(body: bytes, limits: ImageLimits, batch: bool, max_images: int)
         raise BadImage("body is not UTF-8 text, so not JSON; send images as multipart or raw bytes") from None
     except json.JSONDecodeError as err:
         raise BadImage(f"body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+    except RecursionError:
+        raise BadImage("body is not usable JSON: it nests too deeply") from None
+    except ValueError as err:  # e.g. an integer literal over Python's 4300-digit conversion limit
+        raise BadImage(f"body is not usable JSON: {str(err)[:200]}") from None
     preprocess = isinstance(document, dict) and document.get("preprocess") is True
     if batch:
         items = document.get("images") if isinstance(document, dict) else document

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
+import sys
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,9 @@ from serving.servable import Signature, TensorSpec, is_string
 from serving.tensor_codec import dtype_name
 
 _INT_KINDS = "iu"
+_MAX_DIMS = 64  # numpy's limit (NPY_MAXDIMS); deeper lists are no tensor, and recursing on them is a crash
+_INT64_RANGE = (-(2**63), 2**63 - 1)
+_DOUBLE_RANGE = (-sys.float_info.max, sys.float_info.max)  # a bigger JSON integer cannot become a float
 
 
 def parse_json_body(body: bytes) -> dict:
@@ -30,6 +35,8 @@ def parse_json_body(body: bytes) -> dict:
         raise InvalidArgument(f"JSON Parse error: {error.msg}. at offset: {error.pos}") from None
     except RecursionError:
         raise InvalidArgument("JSON Parse error: Nesting too deep. at offset: 0") from None
+    except ValueError:  # an integer literal over Python's 4300-digit conversion limit
+        raise InvalidArgument("JSON Parse error: Number too big (an integer of over 4300 digits)") from None
     if not isinstance(doc, dict):
         raise InvalidArgument(f"JSON Value: {_short(doc)} Is not object")
     return doc
@@ -126,6 +133,8 @@ def _to_array(value: Any, spec: TensorSpec, key: str, row: bool = False) -> np.n
     kind = array.dtype.kind
     if target.kind == "b":
         ok = kind == "b"
+    elif _has_bool(value, array.ndim):  # numpy turns [1, true] into [1, 1]
+        ok = False
     elif target.kind == "f":
         ok = kind in "iuf"
     else:
@@ -135,6 +144,16 @@ def _to_array(value: Any, spec: TensorSpec, key: str, row: bool = False) -> np.n
     if not ok:
         _raise_first_bad(value, spec, key, row)
     return array.astype(target, copy=False)
+
+
+def _has_bool(value: Any, ndim: int) -> bool:
+    """Whether a regular nested list of `ndim` levels (numpy accepted it) holds a JSON true/false."""
+    if ndim == 0:
+        return isinstance(value, bool)
+    leaves = value
+    for _ in range(ndim - 1):
+        leaves = itertools.chain.from_iterable(leaves)
+    return bool in set(map(type, leaves))
 
 
 def _string_array(value: Any, key: str, row: bool) -> np.ndarray:
@@ -171,11 +190,15 @@ def _decode_b64(text: Any) -> bytes:
         ) from None
 
 
-def _nested_shape(value: Any, key: str, row: bool) -> tuple[int, ...]:
+def _nested_shape(value: Any, key: str, row: bool, depth: int = 0) -> tuple[int, ...]:
     """The dense shape of nested lists; a ragged list names the first element that differs."""
     if not isinstance(value, list):
         return ()
-    shapes = [_nested_shape(item, key, False) for item in value]
+    if depth == _MAX_DIMS:
+        raise InvalidArgument(
+            f"'{key}' nests lists more than {_MAX_DIMS} deep, but a tensor has at most {_MAX_DIMS} dimensions"
+        )
+    shapes = [_nested_shape(item, key, False, depth + 1) for item in value]
     for index, shape in enumerate(shapes[1:], start=1):
         if shape != shapes[0]:
             where = (
@@ -352,8 +375,10 @@ def _example_from_json(features: dict, where: str):
         values = value if isinstance(value, list) else [value]
         feature = example.features.feature[name]
         if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            _check_ints(values, _INT64_RANGE, f"{where}: feature '{name}'", "int64")
             feature.int64_list.value.extend(values)
         elif values and all(_is_number(v) for v in values):
+            _check_ints(values, _DOUBLE_RANGE, f"{where}: feature '{name}'", "float")
             feature.float_list.value.extend(values)
         elif values and all(isinstance(v, str) or _is_b64(v) for v in values):
             feature.bytes_list.value.extend(
@@ -367,3 +392,11 @@ def _example_from_json(features: dict, where: str):
                 f'{{"b64": ...}} or a list of one of these, got {_short(value)}'
             )
     return example
+
+
+def _check_ints(values: list, bounds: tuple, what: str, kind: str) -> None:
+    """Refuse the first integer outside bounds, which the feature's proto list cannot hold."""
+    low, high = bounds
+    bad = next((v for v in values if isinstance(v, int) and not low <= v <= high), None)
+    if bad is not None:
+        raise InvalidArgument(f"{what} has {_short(bad)}, out of the {kind} range [{low}, {high}]")

@@ -35,6 +35,7 @@ _GET = re.compile(
     r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:\/(metadata))?"
 )
 _CORS_ORIGIN = re.compile(r"https?://.*")
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]+")  # RFC 9112's 1*HEXDIG; int(x, 16) would also take -1, 0x1, 1_0
 _CORS_HEADERS = (
     ("Access-Control-Allow-Origin", "*"),
     ("Access-Control-Allow-Methods", "POST, GET"),
@@ -184,10 +185,10 @@ _API_NAMES = {
 def _version(text: str | None) -> int | None:
     if text is None:
         return None
-    value = int(text)
-    if value >= 2**63:
+    # The length check first: int() refuses over 4300 digits, and an int64 has at most 19.
+    if len(text.lstrip("0")) > 19 or int(text) >= 2**63:
         raise InvalidArgument(f"Failed to convert version: {text} to numeric.")
-    return value
+    return int(text)
 
 
 def _proto_json(message) -> bytes:
@@ -302,10 +303,10 @@ class _Handler(BaseHTTPRequestHandler):
         parts, total = [], 0
         while True:
             line = self.rfile.readline(65537)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _BodyError(400, "Malformed chunked request body") from None
+            digits = line.split(b";", 1)[0].strip()
+            if not _CHUNK_SIZE.fullmatch(digits):  # a size of -1 would read to EOF, past the limit
+                raise _BodyError(400, "Malformed chunked request body: invalid chunk size")
+            size = int(digits, 16)
             if size == 0:
                 while self.rfile.readline(65537).strip():
                     pass  # trailers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
@@ -61,7 +63,7 @@ def to_ndarray(proto: tensor_pb2.TensorProto, name: str = "") -> np.ndarray:
         raise InvalidArgument(f"input tensor {name!r} has a negative dimension: {list(shape)}")
     dtype = _NUMPY_BY_DTYPE.get(proto.dtype)
     if dtype is not None and proto.tensor_content:
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        expected = math.prod(shape) * dtype.itemsize  # Python ints: np.prod would wrap around int64
         if len(proto.tensor_content) != expected:
             raise InvalidArgument(
                 f"input tensor {name!r}: tensor_content has {len(proto.tensor_content)} bytes but shape "
@@ -85,7 +87,7 @@ def _check_expansion(proto: tensor_pb2.TensorProto, shape: tuple[int, ...], name
     TF fills a repeated-field tensor from its last value; unbounded, a 40-byte request would make the
     server allocate gigabytes and run the model for minutes.
     """
-    elements = int(np.prod(shape, dtype=np.int64))
+    elements = math.prod(shape)
     carried = sum(len(values) for field, values in proto.ListFields() if field.name.endswith("_val"))
     if elements > max(carried, MAX_PADDED_ELEMENTS):
         raise InvalidArgument(

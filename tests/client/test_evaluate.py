@@ -171,3 +171,34 @@ def test_unreachable_server_exits_3_with_a_message(unused_port, tmp_path, test_d
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 3
     assert "cannot reach the model server" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_timeout_that_is_not_positive_is_a_usage_error(capsys, value):
+    with pytest.raises(SystemExit) as done:
+        main(["--timeout", value])
+    assert done.value.code == 2
+    assert "argument --timeout: must be a positive number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_an_unusable_report_path_is_refused_before_evaluating(tmp_path, unused_port, capsys, where):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    npz = bad_npz(tmp_path, "ok.npz", x_test=np.zeros((4, 28, 28), np.uint8), y_test=np.zeros(4, np.uint8))
+    report = taken if where == "a file" else taken / "report"
+    code = main(["--protocol", "rest", "--target", f"127.0.0.1:{unused_port}", "--npz", npz,
+                 "--report", str(report)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err  # not 3: the (absent) model server was never asked
+    assert err.startswith("digits-eval: error: cannot create the report folder") and "Traceback" not in err
+
+
+
+def test_an_unwritable_report_still_prints_the_results(served_model, small_split, tmp_path, capsys):
+    (tmp_path / "r" / "report.json").mkdir(parents=True)  # the folder is fine; one file in it cannot be
+    code = evaluate(served_model, "grpc", "--npz", str(small_split), "--report", str(tmp_path / "r"))
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert "accuracy " in out and "confusion matrix" in out
+    assert "digits-eval: error: cannot write the report into" in err and "Traceback" not in err

@@ -160,3 +160,24 @@ def test_unknown_model_is_not_ready_and_answers_503(served_model, test_digits, g
         assert ready.status_code == 503 and "letters" in ready.json()["error"]
         reply = requests.post(f"{running.url}/v1/predict", data=encode(test_digits[0][0], "PNG"), timeout=30)
         assert reply.status_code == 503 and "letters" in reply.json()["error"]
+
+
+def test_string_settings_are_taken_verbatim_from_the_environment(monkeypatch):
+    from client.gateway import create_app
+
+    for name, value in {"PROTOCOL": "rest", "MODEL_NAME": "1e3", "VERSION_LABEL": "null"}.items():
+        monkeypatch.setenv(f"DIGITS_{name}", value)  # Flask's JSON parsing: 1000.0 and None
+    app = create_app()
+    settings = app.extensions["digits"].settings
+    app.extensions["digits"].client.close()
+    assert (settings.model_name, settings.version_label) == ("1e3", "null")
+
+
+@pytest.mark.parametrize("target", ["localhost:notaport", "http://"])
+def test_a_malformed_rest_address_is_not_ready_and_answers_503(gateway_factory, target):
+    with gateway_factory({"PROTOCOL": "rest", "MODEL_SERVER": target, "RETRIES": 0}) as running:
+        ready = requests.get(f"{running.url}/readyz", timeout=10)
+        assert ready.status_code == 503 and "not a valid address" in ready.json()["error"]
+        digit = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8).tolist()
+        reply = requests.post(f"{running.url}/v1/predict", json=digit, timeout=30)
+        assert reply.status_code == 503 and "not a valid address" in reply.json()["error"]

@@ -125,7 +125,7 @@ def test_right_token_is_let_through_and_probes_need_none(locked_gateway, test_di
 def test_numeric_token_from_the_environment_still_works(
     served_model, gateway_factory, test_digits, monkeypatch
 ):
-    monkeypatch.setenv("DIGITS_AUTH_TOKEN", "12345")  # parsed as JSON by Flask: arrives as an int
+    monkeypatch.setenv("DIGITS_AUTH_TOKEN", "12345")  # Flask would parse it as JSON into an int
     with gateway_factory({"MODEL_SERVER": served_model.grpc_target}) as running:
         url = f"{running.url}/v1/predict"
         pixels = test_digits[0][0].tolist()
@@ -140,3 +140,41 @@ def test_debug_mode_is_off_whatever_the_environment_says(served_model, gateway_f
         assert running.app.debug is False
         reply = requests.post(f"{running.url}/v1/predict", data=b"junk", timeout=30)
         assert reply.status_code == 400 and "Traceback" not in reply.text
+
+
+def offline_gateway_config(port: int) -> dict:
+    """A REST gateway whose model server is down: what is refused here never reaches it."""
+    return {"MODEL_SERVER": f"127.0.0.1:{port}", "PROTOCOL": "rest", "RETRIES": 0}
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [(b"[" * 100_000, "nests too deeply"), (b"[[" + b"1" * 5000 + b"]]", "4300 digits"),
+     (b'{"pixels": [[1' + b"0" * 400 + b"]]}", "0..255")],
+    ids=["deeply nested", "integer over 4300 digits", "integer too large for a float"],
+)  # fmt: skip
+def test_json_python_cannot_parse_or_convert_gets_400(gateway_factory, unused_port, body, words):
+    with gateway_factory(offline_gateway_config(unused_port)) as running:
+        reply = requests.post(f"{running.url}{ONE}", data=body, headers={"Content-Type": "application/json"},
+                              timeout=30)  # fmt: skip
+    assert reply.status_code == 400, reply.text
+    assert words in reply.json()["error"]
+
+
+@pytest.mark.parametrize("token", ["null", "1e3", "true", "1.50", '"quoted"'])
+def test_the_token_is_taken_verbatim_from_the_environment(gateway_factory, unused_port, monkeypatch, token):
+    monkeypatch.setenv("DIGITS_AUTH_TOKEN", token)  # Flask would parse these as JSON: None, 1000.0, True...
+    with gateway_factory(offline_gateway_config(unused_port)) as running:
+        url = f"{running.url}{ONE}"
+        assert requests.post(url, data=b"junk", timeout=30).status_code == 401
+        let_in = requests.post(url, data=b"junk", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert let_in.status_code == 400 and NOT_IMAGE in let_in.json()["error"]  # past the token check
+
+
+@pytest.mark.parametrize("token", ["", "   ", " padded "])
+def test_a_token_that_could_never_match_stops_the_gateway_from_starting(monkeypatch, token):
+    from client.gateway import create_app
+
+    monkeypatch.setenv("DIGITS_AUTH_TOKEN", token)
+    with pytest.raises(ValueError, match="DIGITS_AUTH_TOKEN is set but empty"):
+        create_app({"PROTOCOL": "rest"})

@@ -180,3 +180,10 @@ def test_errors_other_than_unavailable_are_not_retried(served_model, test_digits
         with pytest.raises(ModelNotFound):
             model.predict(test_digits[0][:3])
     assert model.attempts == 1
+
+
+@pytest.mark.parametrize("target", ["localhost:notaport", "http://", "ftp://127.0.0.1:1"])
+def test_an_address_requests_cannot_parse_raises_server_unavailable(target):
+    with connect(ClientConfig(target, protocol="rest", retries=0)) as model:
+        with pytest.raises(ServerUnavailable, match="not a valid address"):
+            model.status()

@@ -4,6 +4,7 @@ and the server keeps answering correctly afterwards."""
 from __future__ import annotations
 
 import gzip
+import socket
 import time
 
 import grpc
@@ -44,6 +45,33 @@ REST_CASES = [
         {},
         400,
         "JSON Parse error",
+    ),
+    (
+        "integer literal over 4300 digits",
+        "POST",
+        PREDICT,
+        b'{"instances": [' + b"1" * 5000 + b"]}",
+        {},
+        400,
+        "JSON Parse error: Number too big",
+    ),
+    (
+        "instances 500 lists deep",
+        "POST",
+        PREDICT,
+        b'{"instances": ' + b"[" * 500 + b"300" + b"]" * 500 + b"}",
+        {},
+        400,
+        "a tensor has at most 64 dimensions",
+    ),
+    (
+        "string input 65 lists deep",
+        "POST",
+        ODD,
+        b'{"inputs": {"text": ' + b"[" * 65 + b'"a"' + b"]" * 65 + b', "values": [[1, 2, 3]]}}',
+        {},
+        400,
+        "a tensor has at most 64 dimensions",
     ),
     ("no inputs key", "POST", PREDICT, {"instanses": IMG}, {}, 400, "Missing 'inputs' or 'instances' key"),
     (
@@ -132,6 +160,24 @@ REST_CASES = [
         "Type: Bool is not of expected",
     ),
     (
+        "bool among pixels",
+        "POST",
+        PREDICT,
+        {"instances": [[[1] * 27 + [True]] + ROW[1:]]},
+        {},
+        400,
+        "JSON Value: true Type: Bool is not of expected type: uint8",
+    ),
+    (
+        "bool among floats",
+        "POST",
+        ODD,
+        {"instances": [{"text": "a", "values": [1.5, False, 2]}]},
+        {},
+        400,
+        "JSON Value: false Type: Bool is not of expected type: float",
+    ),
+    (
         "huge integer",
         "POST",
         PREDICT,
@@ -193,6 +239,15 @@ REST_CASES = [
         {},
         400,
         "Failed to convert version: 99999999999999999999 to numeric.",
+    ),
+    (
+        "version over 4300 digits",
+        "GET",
+        "/v1/models/digits/versions/" + "9" * 5000,
+        None,
+        {},
+        400,
+        "Failed to convert version: 9999",
     ),
     (
         "unknown model status",
@@ -335,6 +390,33 @@ REST_CASES = [
         400,
         "feature 'x' must be a number, a string",
     ),
+    (
+        "example integer over int64",
+        "POST",
+        "/v1/models/estimator:classify",
+        {"examples": [{"x": 2**63}]},
+        {},
+        400,
+        "feature 'x' has 9223372036854775808, out of the int64 range",
+    ),
+    (
+        "example integer under int64",
+        "POST",
+        "/v1/models/estimator:regress",
+        {"signature_name": "regress_x", "examples": [{"x": [1, -(2**63) - 1]}]},
+        {},
+        400,
+        "out of the int64 range",
+    ),
+    (
+        "example integer too large for a float",
+        "POST",
+        "/v1/models/estimator:classify",
+        {"examples": [{"x": [1.5, 10**400]}]},
+        {},
+        400,
+        "out of the float range",
+    ),
 ]
 
 
@@ -405,6 +487,16 @@ SHORT_CONTENT = tensor_pb2.TensorProto(
     tensor_content=b"\x00" * 10,
     tensor_shape={"dim": [{"size": 1}, {"size": 28}, {"size": 28}]},
 )
+HUGE_DIMS = tensor_pb2.TensorProto(
+    dtype=tf.uint8.as_datatype_enum,
+    tensor_content=b"\x01",
+    tensor_shape={"dim": [{"size": 7}, {"size": 7905747460161236407}]},  # the product wraps to 1 in int64
+)
+HUGE_PADDING = tensor_pb2.TensorProto(
+    dtype=tf.uint8.as_datatype_enum,
+    int_val=[1],
+    tensor_shape={"dim": [{"size": 2**32}, {"size": 2**32}]},  # the product wraps to 0 in int64
+)
 GRPC_PREDICT_CASES = [
     ("unknown model", _request(GOOD, name="nope"), grpc.StatusCode.NOT_FOUND, "Latest(nope)"),
     ("unknown version", _request(GOOD, version=99), grpc.StatusCode.NOT_FOUND, "Specific(digits, 99)"),
@@ -468,6 +560,18 @@ GRPC_PREDICT_CASES = [
         _with_input(_request(None), INPUT_NAME, SHORT_CONTENT),
         grpc.StatusCode.INVALID_ARGUMENT,
         "tensor_content has 10 bytes",
+    ),
+    (
+        "dimensions whose product overflows int64",
+        _with_input(_request(None), INPUT_NAME, HUGE_DIMS),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "tensor_content has 1 bytes but shape [7, 7905747460161236407] of uint8 needs 55340232221128654849",
+    ),
+    (
+        "padding whose element count overflows int64",
+        _with_input(_request(None), INPUT_NAME, HUGE_PADDING),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "padding a tensor from its last value is limited",
     ),
     (
         "string into a float input",
@@ -562,9 +666,17 @@ def test_bad_model_config_text_is_a_config_error(text, message):
         parse_model_server_config(text)
 
 
-def test_clients_that_disconnect_mid_request_do_not_hurt_the_server(server, rest_url, http, built_models):
-    import socket
+@pytest.mark.parametrize("size", [b"-1", b"-7d0", b"0x10", b"+10", b" "])
+def test_invalid_chunk_size_is_refused_at_once(server, size):
+    """int(b"-1", 16) parses, and reading -1 bytes would wait for EOF past the body limit."""
+    head = b"POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=5) as connection:
+        connection.sendall(head + size + b"\r\n")
+        answer = connection.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Malformed chunked request body" in answer, answer
 
+
+def test_clients_that_disconnect_mid_request_do_not_hurt_the_server(server, rest_url, http, built_models):
     port = server.rest_port
     partial_requests = [
         b'POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{"instances": [',
