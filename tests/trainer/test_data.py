@@ -75,6 +75,32 @@ def test_damaged_npz_is_rejected_with_a_clear_error(tmp_path, mnist_data, damage
     assert str(path) in str(err.value) and "make data" in str(err.value)
 
 
+@pytest.mark.parametrize("offset", [60, 200])  # the first array's data (zlib.error), its header (TokenError)
+def test_a_copy_with_bytes_overwritten_is_damaged_not_a_crash(tmp_path, mnist_data, offset):
+    raw = bytearray(open(mnist_data.source, "rb").read())
+    raw[offset : offset + 64] = b"\xff" * 64
+    path = tmp_path / "mnist.npz"
+    path.write_bytes(raw)
+    with pytest.raises(DataError, match="unreadable, the file is damaged") as err:
+        load_npz(path, "mnist")
+    assert str(path) in str(err.value) and "`digits-train data` (make data)" in str(err.value)
+
+
+def test_a_damaged_gzip_idx_file_is_a_data_error(tmp_path, mnist_data):
+    labels = write_idx(tmp_path / "labels.gz", mnist_data.y_test)
+    raw = bytearray(labels.read_bytes())
+    raw[60:124] = b"\xff" * 64  # inside the deflate stream: zlib.error, not gzip's OSError
+    labels.write_bytes(raw)
+    with pytest.raises(DataError, match="the file is damaged"):
+        data.read_idx(labels)
+
+
+def test_a_data_dir_under_a_regular_file_is_a_data_error(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(DataError, match="cannot create the data folder"):
+        prepare_data(tmp_path / "a-file" / "sub", log=lambda _: None)
+
+
 def test_idx_files_keras_cache_and_npz_agree(tmp_path, mnist_data, monkeypatch):
     idx_dir = tmp_path / "idx"
     idx_dir.mkdir()
