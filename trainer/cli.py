@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # the TensorFlow import waits until a command needs it
     from trainer.train import TrainResult
 
 DEFAULT_REPORTS_DIR = "reports"
+SEED_MAX = 2**32 - 1  # numpy's seeds (keras.utils.set_random_seed) are 32-bit unsigned
 END_OF_RUN_MODULES = ("trainer.report", "trainer.export")  # imported lazily, yet before any fit
 QUICK = {"epochs": 1, "limit_train": 5_000, "val_size": 1_000}  # reproduce-seed --quick: a smoke run
 TUNE_QUICK = {  # tune --quick: a smoke run of the whole pipeline in seconds
@@ -53,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--epochs", type=_positive_int, help="override the preset's epochs")
     train.add_argument("--batch-size", type=_positive_int, help="override the preset's batch size")
-    train.add_argument("--seed", type=int, help="override the preset's random seed")
+    train.add_argument(
+        "--seed", type=_seed,
+        help=f"override the preset's random seed, 0 to {SEED_MAX} (an ensemble's members take SEED, "
+        "SEED+1, ...)",
+    )
     train.add_argument(
         "--augment",
         type=_strength,
@@ -230,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         _check_augment_policy(parser, preset_from_args(args))
     if getattr(args, "members_dir", None) and preset_from_args(args).train.members == 1:
         parser.error(f"--members-dir is for ensembles; {args.preset} trains one network (add --members N)")
+    if args.command == "train":
+        _check_train(parser, args)
+    _check_output_dirs(parser, args)
     try:
         return args.handler(args)
     except DataError as exc:
@@ -238,6 +246,58 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("digits-train: interrupted", file=sys.stderr)
         return 130
+
+
+def _check_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse `train` flags that contradict each other or would do nothing, before any data is read."""
+    if args.idx_dir is not None and args.source != "idx":
+        parser.error(f"--idx-dir is read with --source idx only; this run reads --source {args.source}")
+    if args.source == "idx" and args.idx_dir is None:
+        parser.error("--source idx needs --idx-dir, the folder holding the four IDX .gz files")
+    preset = preset_from_args(args)
+    cfg = preset.train
+    if args.elastic and not cfg.augment:  # the distortion scales with the strength: 0 leaves every image be
+        parser.error(f"--elastic needs augmentation; {preset.name} trains with none (add --augment)")
+    if args.elastic_probability is not None and not cfg.elastic:
+        parser.error(f"--elastic-probability needs --elastic; {preset.name} has no elastic distortion")
+    if cfg.weight_average and _trains_in_bfloat16(cfg.precision):
+        parser.error(f"--weight-average trains in float32 only, and --precision {cfg.precision} trains in "
+                     "bfloat16 here; use --precision float32")
+    last_seed = cfg.seed + cfg.members - 1  # member i trains with seed + i (trainer/ensemble.py)
+    if cfg.members > 1 and last_seed > SEED_MAX:
+        parser.error(f"--seed {cfg.seed} with {cfg.members} members needs seeds up to {last_seed}, above "
+                     f"{SEED_MAX}; choose a seed of at most {SEED_MAX - cfg.members + 1}")
+
+
+def _trains_in_bfloat16(precision: str) -> bool:
+    """Whether `precision` means bfloat16 here ("auto" is asked of the machine only when it matters)."""
+    if precision != "auto":
+        return precision == "bfloat16"
+    from trainer.precision import resolve_precision  # "auto" asks Keras for the accelerators: seconds
+
+    return resolve_precision(precision) == "bfloat16"
+
+
+def _check_output_dirs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, before any training, a folder the run will write to that cannot be created or written."""
+    for flag in ("--models-dir", "--reports-dir", "--members-dir", "--directory"):
+        folder = getattr(args, flag[2:].replace("-", "_"), None)
+        problem = folder is not None and _unusable_folder(Path(folder))
+        if problem:
+            parser.error(f"{flag} {folder}: {problem}")
+
+
+def _unusable_folder(folder: Path) -> str:
+    """Why `folder` cannot be created or written to ("" if it can), without creating anything."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "it" if existing == folder else existing
+        return f"{where} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable" if existing != folder else "not writable"
+    return ""
 
 
 def _check_clean_epochs(parser: argparse.ArgumentParser, preset: Preset) -> None:
@@ -321,8 +381,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = ensemble.combined
     else:
         result = train_model(preset, dataset, limit_train=args.limit_train, log=_log)
-    _report_and_export(result, dataset, args)
-    return 0
+    return 0 if _report_and_export(result, dataset, args) else 1
 
 
 def _cmd_combine(args: argparse.Namespace) -> int:
@@ -345,6 +404,8 @@ def _cmd_combine(args: argparse.Namespace) -> int:
         print(f"digits-train: combine: {exc}", file=sys.stderr)
         return 1
     run_dir = _report_and_export(combined.combined, dataset, args, combined.card_fields())
+    if run_dir is None:
+        return 1
     member_errors = [member.test_errors for member in combined.members]
     curve = plot_errors_by_members(combined.errors_by_size, member_errors, run_dir / "members.png")
     _log(f"members curve: {curve}")
@@ -393,19 +454,28 @@ def _cmd_errors(args: argparse.Namespace) -> int:
 
 def _report_and_export(
     result: TrainResult, dataset: Dataset, args: argparse.Namespace, card_fields: dict[str, Any] | None = None
-) -> Path:
-    """Write the run's report and export the model as the next version, as `train` and `combine` do;
-    returns the report's folder."""
+) -> Path | None:
+    """Export the model as the next version and write the run's report, as `train` and `combine` do;
+    returns the report's folder, None (said on stderr) if none could be created."""
     from trainer.export import export_model
     from trainer.report import model_card, new_run_dir, write_run_report
 
-    run_dir = new_run_dir(args.reports_dir, f"{result.preset.name}-{dataset.name}")
-    card = {**model_card(result, dataset), **(card_fields or {}), "report_dir": str(run_dir)}
+    try:
+        run_dir: Path | None = new_run_dir(args.reports_dir, f"{result.preset.name}-{dataset.name}")
+    except OSError as exc:  # checked before the fit, yet a folder can go bad in the hours since
+        run_dir, run_dir_error = None, exc
+    report_dir = str(run_dir) if run_dir else None
+    card = {**model_card(result, dataset), **(card_fields or {}), "report_dir": report_dir}
     # The model first: a report that cannot be written (a full disk, a plotting error) loses no training.
     version_dir = export_model(
         result.model, args.models_dir, args.model_name, card, warmup_images=dataset.x_test
     )
     _log(f"exported: {version_dir}")
+    if run_dir is None:
+        _log(f"test accuracy: {result.test_accuracy} ({result.test_errors} errors)")
+        print(f"digits-train: the model is exported to {version_dir}, but no report folder could be created "
+              f"in {args.reports_dir}: {run_dir_error}", file=sys.stderr)
+        return None
     try:
         write_run_report(result, dataset, run_dir, card)
     except Exception:
@@ -539,6 +609,7 @@ def _checked(cast: type, ok: Callable[[float], bool], requirement: str) -> Calla
 
 
 _positive_int = _checked(int, lambda v: v > 0, "must be positive")
+_seed = _checked(int, lambda v: 0 <= v <= SEED_MAX, f"must be between 0 and {SEED_MAX}")
 _non_negative_int = _checked(int, lambda v: v >= 0, "must be 0 or more")
 _positive_float = _checked(float, lambda v: v > 0, "must be positive")
 _strength = _checked(float, lambda v: 0.0 <= v <= 2.0, "must be between 0 and 2")

@@ -50,6 +50,105 @@ def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.fixture
+def handlers_run(monkeypatch) -> list[str]:
+    """The commands that reached their handler, each replaced by a stand-in: a check that lets bad arguments
+    through then trains nothing."""
+    import trainer.cli
+
+    ran: list[str] = []
+    for name in ("_cmd_train", "_cmd_combine", "_cmd_tune", "_cmd_reproduce"):
+        monkeypatch.setattr(trainer.cli, name, lambda args, name=name: ran.append(name) or 0)
+    return ran
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--preset", "best", "--seed", "-1"], "must be between 0 and 4294967295, got -1"),
+        (["--preset", "best", "--seed", "4294967296"], "must be between 0 and 4294967295"),
+        (["--preset", "ensemble", "--seed", "4294967295"], "needs seeds up to 4294967300"),  # 6 members
+        (["--preset", "best", "--members", "2", "--seed", "4294967295"], "at most 4294967294"),
+        (["--preset", "best", "--precision", "bfloat16", "--weight-average", "0.999"], "float32 only"),
+        (["--preset", "fast", "--elastic", "34"], "--elastic needs augmentation; fast trains with none"),
+        (["--preset", "best", "--elastic-probability", "0.5"], "--elastic-probability needs --elastic"),
+        (["--preset", "best", "--elastic", "0", "--elastic-probability", "0.5"], "needs --elastic"),
+        (["--preset", "best", "--idx-dir", "idx"], "--idx-dir is read with --source idx only"),
+        (["--preset", "best", "--source", "idx"], "--source idx needs --idx-dir"),
+    ],
+)
+def test_training_flags_that_fail_or_do_nothing_exit_2(argv, message, handlers_run, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *argv])
+    assert exc.value.code == 2 and handlers_run == []
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--preset", "best", "--seed", "0"],
+        ["--preset", "best", "--seed", "4294967295"],
+        ["--preset", "ensemble", "--seed", "4294967290"],  # members 4294967290..4294967295
+        ["--preset", "best", "--elastic", "34", "--elastic-probability", "0.5"],
+        ["--preset", "fast", "--augment", "1", "--elastic", "34"],
+        ["--preset", "best", "--source", "idx", "--idx-dir", "idx"],
+        ["--preset", "best", "--precision", "float32", "--weight-average", "0.999"],
+    ],
+)
+def test_training_flags_at_their_limits_reach_the_training(argv, handlers_run):
+    assert main(["train", *argv]) == 0 and handlers_run == ["_cmd_train"]
+
+
+def test_unusable_output_folders_are_refused_before_any_work(tmp_path, handlers_run, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    cases = [
+        (["train", "--preset", "seed-best", "--reports-dir", str(a_file / "sub")],
+         f"--reports-dir {a_file / 'sub'}: {a_file} is a file, not a folder"),
+        (["train", "--preset", "seed-best", "--models-dir", str(a_file)], "--models-dir"),
+        (["train", "--preset", "ensemble", "--members-dir", str(a_file / "m")], "--members-dir"),
+        (["combine", "models/mnist/1", "--reports-dir", str(a_file)], "--reports-dir"),
+        (["tune", "--directory", str(a_file)], f"--directory {a_file}: it is a file, not a folder"),
+        (["tune", "--reports-dir", str(a_file / "sub")], "--reports-dir"),
+        (["reproduce-seed", "--reports-dir", str(a_file / "sub")], "--reports-dir"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert handlers_run == []
+
+
+def test_damaged_data_or_an_unusable_data_dir_is_exit_1_not_a_traceback(tmp_path, mnist_data, monkeypatch,
+                                                                        capsys):
+    import trainer.data
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    raw = bytearray(Path(mnist_data.source).read_bytes())
+    raw[60:124] = b"\xff" * 64  # inside the first array's deflate stream: a zlib.error, deep in numpy
+    (damaged / "mnist.npz").write_bytes(raw)
+    assert main(["train", "--preset", "seed-best", "--data-dir", str(damaged)]) == 1
+    err = capsys.readouterr().err
+    assert f"{damaged / 'mnist.npz'}: unreadable, the file is damaged" in err and "`digits-train data`" in err
+
+    def offline(log):
+        raise trainer.data.DataError("offline")
+
+    monkeypatch.setattr(trainer.data, "fetch_mnist", offline)
+    assert main(["data", "--data-dir", str(damaged)]) == 1  # the damaged file is fetched again
+    out, err = capsys.readouterr()
+    assert "the file is damaged" in out and err == "digits-train: data error: offline\n"
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert main(["data", "--data-dir", str(a_file / "sub")]) == 1
+    err = capsys.readouterr().err
+    assert f"{a_file / 'sub'}: cannot create the data folder" in err and "Traceback" not in err
+
+
 def test_missing_data_is_one_clear_line_not_a_traceback(tmp_path):
     result = subprocess.run(
         [str(DIGITS_TRAIN), "train", "--preset", "seed-best", "--data-dir", str(tmp_path / "empty")],
@@ -191,3 +290,22 @@ def test_an_install_that_cannot_finish_a_run_fails_before_the_fit(tmp_path, mnis
     with pytest.raises(ImportError, match="trainer.report"):
         main([*TINY_RUN, "--models-dir", str(tmp_path / "models")])
     assert fits == [] and not (tmp_path / "models").exists()
+
+
+def test_a_report_folder_that_cannot_be_made_loses_no_model(tmp_path, mnist_data, monkeypatch, capsys):
+    import trainer.report
+
+    def gone_bad(reports_dir, label):  # usable when checked before the fit, not at its end
+        raise NotADirectoryError(20, "Not a directory", str(reports_dir))
+
+    monkeypatch.setattr(trainer.report, "new_run_dir", gone_bad)
+    folders = ["--models-dir", str(tmp_path / "models"), "--reports-dir", str(tmp_path / "reports")]
+    assert main([*TINY_RUN, *folders]) == 1
+    version_dir = tmp_path / "models" / "mnist" / "1"
+    assert (version_dir / "saved_model.pb").is_file()
+    card = json.loads((version_dir / "assets.extra" / "model_card.json").read_text())
+    assert card["report_dir"] is None and card["metrics"]["test_errors"] > 0
+    out, err = capsys.readouterr()
+    assert f"exported: {version_dir}" in out and "test accuracy:" in out
+    assert f"the model is exported to {version_dir}, but no report folder could be created" in err
+    assert "Not a directory" in err
