@@ -14,7 +14,7 @@ from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.errors import InvalidArgument, NotFound
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound
 from serving.servable import Servable
 
 log = logging.getLogger(__name__)
@@ -41,16 +41,27 @@ class ManagedModel:
     warned_empty: bool = False
 
 
+def parse_version(name: str) -> int | None:
+    """A directory name as a version: ASCII digits within int64 (as absl::SimpleAtoi), else None.
+
+    str.isdigit() alone also accepts '²', '③' (int() then raises) and '١' (int() reads 1).
+    """
+    if not (name.isascii() and name.isdigit()):
+        return None
+    version = int(name)
+    return version if version < 2**63 else None
+
+
 def list_version_dirs(base_path: Path) -> dict[int, Path]:
-    """Numeric child directories of a base path (names that do not parse as int64 are ignored)."""
-    try:
-        children = list(os.scandir(base_path))
-    except OSError:
-        return {}
+    """Numeric child directories of a base path (other names are ignored).
+
+    Raises OSError when the base path is missing or unreadable: the caller keeps what it serves.
+    """
     versions: dict[int, Path] = {}
-    for child in children:
-        if child.is_dir() and child.name.isdigit() and int(child.name) < 2**63:
-            versions.setdefault(int(child.name), Path(child.path))
+    for child in list(os.scandir(base_path)):
+        version = parse_version(child.name)
+        if version is not None and child.is_dir():
+            versions.setdefault(version, Path(child.path))
     return versions
 
 
@@ -117,7 +128,8 @@ class ModelManager:
         """Realise a new config (and only it): load what it adds, unload what it drops, check labels.
 
         As in TF Serving, labels may only name AVAILABLE versions; if one does not, the model changes
-        stay applied but every model keeps its previous labels, and the reload fails.
+        stay applied but every model keeps its previous labels, and the reload fails (FAILED_PRECONDITION).
+        A base path that is missing keeps the model's versions serving (see _poll_model).
         """
         with self._lock:
             old_labels = {name: dict(m.config.version_labels) for name, m in self._models.items()}
@@ -127,22 +139,32 @@ class ModelManager:
             for name in removed:
                 if not any(e.servable for e in self._models[name].versions.values()):
                     del self._models[name]
-            problems = []
-            for model in config.model_config_list.config:
-                for version in model.version_labels.values():
-                    entry = self._models[model.name].versions.get(version)
-                    if entry is None or entry.state != State.AVAILABLE:
-                        problems.append(
-                            f"Request to assign label to version {version} of model "
-                            f"{model.name}, which is not currently available for inference"
-                        )
+            problems = self._label_problems(config.model_config_list.config)
             if problems:
                 for model in config.model_config_list.config:
                     labels = self._models[model.name].config.version_labels
                     labels.clear()
                     labels.update(old_labels.get(model.name, {}))
         if problems:
-            raise InvalidArgument("; ".join(problems))
+            raise FailedPrecondition("; ".join(problems))
+
+    def _label_problems(self, configs) -> list[str]:
+        """TF Serving's refusal for every label naming a version that is not AVAILABLE (lock held)."""
+        problems = []
+        for model in configs:
+            for version in model.version_labels.values():
+                entry = self._models[model.name].versions.get(version)
+                if entry is None or entry.state != State.AVAILABLE:
+                    problems.append(
+                        f"Request to assign label to version {version} of model "
+                        f"{model.name}, which is not currently available for inference"
+                    )
+        return problems
+
+    def label_problems(self) -> list[str]:
+        """Labels of the current config that name a version not AVAILABLE (checked between polls)."""
+        with self._poll_lock, self._lock:
+            return self._label_problems([m.config for m in self._models.values()])
 
     def model_names(self) -> list[str]:
         """Configured model names."""
@@ -180,11 +202,23 @@ class ModelManager:
             with self._lock:
                 models = list(self._models.items())
             for name, model in models:
-                self._poll_model(name, model)
+                try:
+                    self._poll_model(name, model)
+                except Exception:  # noqa: BLE001 -- one model's failure must not stop the others' updates
+                    log.exception("Polling servable %s failed (its current versions keep serving)", name)
 
     def _poll_model(self, name: str, model: ManagedModel) -> None:
         base = Path(model.config.base_path) if model.config.base_path else None
-        dirs = list_version_dirs(base) if base else {}
+        try:
+            dirs = list_version_dirs(base) if base else {}
+        except OSError as error:  # as TF Serving: this poll fails, nothing is aspired or unaspired
+            reason = (
+                f"Could not find base path {base} for servable {name}"
+                if isinstance(error, FileNotFoundError | NotADirectoryError)
+                else f"Could not read base path {base} for servable {name}: {error.strerror or error}"
+            )
+            log.error("%s (its current versions keep serving)", reason)
+            return
         complete = {v: p for v, p in dirs.items() if (p / "saved_model.pb").is_file()}
         if base and not complete and not model.warned_empty:
             log.warning(

@@ -65,7 +65,10 @@ class ModelServer:
 
     # --------------------------------------------------------------------------------- lifecycle
     def start(self, ready_timeout_s: float | None = None) -> None:
-        """Load the initial models (blocking, as TF Serving does), then open the ports."""
+        """Load the initial models (blocking, as TF Serving does), check their labels, then open the ports.
+
+        A model whose base path is missing or has no version yet is waited for (polled), as TF Serving does.
+        """
         self.manager.start()
         deadline = None if ready_timeout_s is None else time.monotonic() + ready_timeout_s
         while not self.manager.is_ready():
@@ -80,6 +83,10 @@ class ModelServer:
             if deadline is not None and time.monotonic() > deadline:
                 self.manager.stop()
                 raise StartupError("timed out waiting for the models to become available")
+        label_problems = self.manager.label_problems()
+        if label_problems:  # TF Serving: a label may only name an AVAILABLE version, at startup too
+            self.manager.stop()
+            raise StartupError("; ".join(label_problems))
         try:
             self._open_ports()
         except OSError as error:

@@ -180,3 +180,19 @@ def test_startup_failure_exits_non_zero_with_the_reason(tmp_path):
     assert result.returncode == 1
     assert "Failed to start server. Error: 1 servable(s) did not become available" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_label_on_a_version_that_is_not_available_exits_non_zero_in_one_line(tmp_path, built_models):
+    shutil.copytree(built_models.digits[1], tmp_path / "m" / "1")
+    config = tmp_path / "models.config"
+    config.write_text(
+        f"model_config_list {{ config {{ name: 'm' base_path: '{tmp_path / 'm'}' "
+        "version_labels { key: 'stable' value: 9 } } }"
+    )
+    result = _run(["--model_config_file", str(config), "--port=0", "--rest_api_port=0"])
+    assert result.returncode == 1
+    assert (
+        "Failed to start server. Error: Request to assign label to version 9 of model m, "
+        "which is not currently available for inference\n"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr

@@ -203,8 +203,10 @@ def test_reload_config_adds_and_removes_models(tmp_path, built_models, server_fa
         models.HandleReloadConfigRequest(
             model_management_pb2.ReloadConfigRequest(config=bad_labels), timeout=30
         )
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "assign label to version 4 of model b" in error.value.details()
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.value.details() == (
+        "Request to assign label to version 4 of model b, which is not currently available for inference"
+    )
     beta = _predict_request(np.zeros((1, 28, 28), np.uint8), name="b", label="beta")
     with pytest.raises(grpc.RpcError) as error:  # the rejected label was not kept
         prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(beta, timeout=10)

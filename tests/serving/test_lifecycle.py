@@ -13,9 +13,17 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_log_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from client.contract import INPUT_NAME, OUTPUT_CLASSES, OUTPUT_PROBABILITIES
+from serving.config_files import parse_model_server_config
+from serving.model_manager import list_version_dirs
 from serving.server import StartupError
 
 
@@ -255,3 +263,79 @@ def test_model_config_file_is_polled(tmp_path, built_models, server_factory):
     _wait_for(lambda: requests.get(f"{rest}/v2/health/ready", timeout=5).status_code == 503, what="not ready")
     assert requests.get(f"{rest}/v2/health/ready", timeout=5).json() == {"ready": False}
     assert requests.get(f"{rest}/v2/health/live", timeout=5).status_code == 200
+
+
+def _predicted_classes(rest, images):
+    r = requests.post(f"{rest}/v1/models/digits:predict", json={"instances": images.tolist()}, timeout=10)
+    assert r.status_code == 200, r.text
+    return [p[OUTPUT_CLASSES] for p in r.json()["predictions"]]
+
+
+def test_only_ascii_digit_names_within_int64_are_versions(tmp_path):
+    names = ["1", "007", str(2**63 - 1), str(2**63), "²", "③", "١", "-2", "+3", "1.0", "v4"]
+    for name in names:
+        (tmp_path / name).mkdir()
+    (tmp_path / "5").write_text("a file, not a version directory")
+    assert sorted(list_version_dirs(tmp_path)) == [1, 7, 2**63 - 1]
+
+
+def test_unicode_digit_folders_are_ignored_and_polling_goes_on(
+    tmp_path, built_models, images, answers, server_factory
+):
+    base = tmp_path / "digits"
+    base.mkdir()
+    _publish(built_models.digits[1], base / "1")
+    for name in ("²", "③", "١"):  # str.isdigit() holds for each; int() fails on two and reads '١' as 1
+        shutil.copytree(built_models.digits[2], base / name)
+    server = server_factory(_config("digits", base))
+    rest = f"http://127.0.0.1:{server.rest_port}"
+    assert list(_states(rest, "digits")) == [1]
+    assert _predicted_classes(rest, images) == answers[1][OUTPUT_CLASSES].tolist()
+    _publish(built_models.digits[2], base / "2")
+    _wait_for(lambda: _states(rest, "digits")[1]["state"] == "END", what="version 2 to replace version 1")
+    assert _predicted_classes(rest, images) == answers[2][OUTPUT_CLASSES].tolist()
+
+
+def test_a_missing_base_path_keeps_the_served_versions(
+    tmp_path, built_models, images, answers, server_factory, caplog
+):
+    base = tmp_path / "digits"
+    base.mkdir()
+    _publish(built_models.digits[1], base / "1")
+    server = server_factory(_config("digits", base))
+    rest = f"http://127.0.0.1:{server.rest_port}"
+    models = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+
+    def reload(base_path):
+        request = model_management_pb2.ReloadConfigRequest(
+            config=parse_model_server_config(_config("digits", base_path))
+        )
+        return models.HandleReloadConfigRequest(request, timeout=30).status.error_code
+
+    with caplog.at_level(logging.ERROR):
+        os.rename(base, tmp_path / "moved")  # the base path vanishes: each poll fails, nothing unloads
+        _wait_for(
+            lambda: caplog.text.count(f"Could not find base path {base} for servable digits") >= 2,
+            what="two failed polls",
+        )
+        assert _states(rest, "digits")[1]["state"] == "AVAILABLE"
+        assert _predicted_classes(rest, images) == answers[1][OUTPUT_CLASSES].tolist()
+        # A reload with a typo in base_path succeeds, as TF Serving's does, and version 1 keeps serving.
+        assert reload(tmp_path / "digitz") == 0
+        assert f"Could not find base path {tmp_path / 'digitz'} for servable digits" in caplog.text
+    assert _states(rest, "digits")[1]["state"] == "AVAILABLE"
+    assert _predicted_classes(rest, images) == answers[1][OUTPUT_CLASSES].tolist()
+    os.rename(tmp_path / "moved", base)
+    assert reload(base) == 0
+    _publish(built_models.digits[2], base / "2")  # polling goes on as before
+    _wait_for(lambda: _states(rest, "digits")[1]["state"] == "END", what="version 2 to replace version 1")
+    assert _predicted_classes(rest, images) == answers[2][OUTPUT_CLASSES].tolist()
+
+
+def test_a_label_on_a_version_that_is_not_available_fails_startup(tmp_path, built_models, server_factory):
+    shutil.copytree(built_models.digits[1], tmp_path / "e" / "1")
+    with pytest.raises(StartupError) as error:
+        server_factory(_config("e", tmp_path / "e", "version_labels { key: 'stable' value: 9 }"))
+    assert str(error.value) == (
+        "Request to assign label to version 9 of model e, which is not currently available for inference"
+    )
