@@ -37,7 +37,10 @@ pids+=($!)
 
 # The REST port opens only once the model is loaded (as in TF Serving): wait for AVAILABLE.
 for _ in $(seq 1 120); do
-  if curl -fsS "http://localhost:$REST_PORT/v1/models/$MODEL_NAME" 2>/dev/null | grep -q AVAILABLE; then break; fi
+  if "$BIN/python" - "http://localhost:$REST_PORT/v1/models/$MODEL_NAME" 2>/dev/null <<'PY'; then break; fi
+import sys, urllib.request
+sys.exit(b"AVAILABLE" not in urllib.request.urlopen(sys.argv[1], timeout=2).read())
+PY
   kill -0 "${pids[0]}" 2>/dev/null || { echo "up: digits-serve exited"; exit 1; }
   sleep 1
 done
