@@ -12,16 +12,28 @@ if TYPE_CHECKING:
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
-def _responses(ok_schema: str) -> dict:
-    def error(text: str) -> dict:
-        return {"description": text, "content": {"application/json": {"schema": _ERROR}}}
+def _error(text: str) -> dict:
+    return {"description": text, "content": {"application/json": {"schema": _ERROR}}}
 
+
+def _json(schema: dict, text: str) -> dict:
+    return {"description": text, "content": {"application/json": {"schema": schema}}}
+
+
+def _responses(ok_schema: str) -> dict:
+    unauthorized = _error("missing or wrong bearer token (only when the gateway has one configured)")
+    unauthorized["headers"] = {
+        "WWW-Authenticate": {"schema": {"type": "string"}, "description": 'always Bearer realm="digits"'}
+    }
     return {
-        "200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": ok_schema}}}},
-        "400": error("not an image, truncated file, empty input, wrong JSON or pixel array"),
-        "401": error("missing or wrong bearer token (only when the gateway has one configured)"),
-        "413": error("body or image dimensions over the limit"),
-        "503": error("the model server is down or does not serve the model"),
+        "200": _json({"$ref": ok_schema}, "OK"),
+        "400": _error("not an image, truncated file, empty input, wrong JSON or pixel array"),
+        "401": unauthorized,
+        "413": _error("body or image dimensions over the limit"),
+        "500": _error("unexpected error in the gateway, or one the model server did not classify"),
+        "502": _error("the model server failed or rejected the preprocessed input"),
+        "503": _error("the model server is down or does not serve the model"),
+        "504": _error("the model server did not answer within the timeout"),
     }
 
 
@@ -30,29 +42,31 @@ def _image_body(batch: bool) -> dict:
     pixels = {
         "type": "array",
         "items": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": contract.PIXEL_MAX}},
-        "description": f"grey pixels [height][width]; {side}x{side} is taken as MNIST format "
-        "(ink bright on black) unless preprocess is true, any other size is preprocessed",
+        "description": f"grey pixels [height][width], JSON numbers only; {side}x{side} is taken as MNIST "
+        "format (ink bright on black) unless preprocess is true, any other size is preprocessed",
     }
+    preprocess = {"type": "boolean", "description": f"preprocess a {side}x{side} pixel array too"}
+    # A single image's object may carry "preprocess"; a batch takes it once, next to "images".
+    pixels_object = {"pixels": pixels} if batch else {"pixels": pixels, "preprocess": preprocess}
     item = {
         "oneOf": [
             pixels,
-            {"type": "object", "properties": {"pixels": pixels}, "required": ["pixels"]},
+            {"type": "object", "properties": pixels_object, "required": ["pixels"]},
             {
                 "type": "object",
-                "properties": {"b64": {"type": "string", "format": "byte"}},
+                "properties": {"b64": {"type": "string", "format": "byte", "description": "an image file"}},
                 "required": ["b64"],
             },
-        ]
+        ],
+        "description": "an object with both pixels and b64 is refused",
     }
     json_schema = (
         {
             "oneOf": [
                 {
                     "type": "object",
-                    "properties": {
-                        "images": {"type": "array", "items": item},
-                        "preprocess": {"type": "boolean"},
-                    },
+                    "properties": {"images": {"type": "array", "items": item}, "preprocess": preprocess},
+                    "required": ["images"],
                 },
                 {"type": "array", "items": item},
             ]
@@ -61,24 +75,35 @@ def _image_body(batch: bool) -> dict:
         else item
     )
     files = {"type": "string", "format": "binary"}
-    multipart = (
-        {"type": "object", "properties": {"image": {"type": "array", "items": files}}}
-        if batch
-        else {"type": "object", "properties": {"image": files}, "required": ["image"]}
-    )
+    sent = "the images as files, in order" if batch else "the image as one file"
+    multipart = {
+        "type": "object",
+        "properties": {"image": {"type": "array", "items": files} if batch else files},
+        "description": f"{sent}; `image` is the usual field name, but a file in a field of any name is "
+        "taken, and non-file fields are ignored",
+    }
     return {
         "required": True,
+        "description": "multipart/form-data; JSON (application/json or any type ending in +json); "
+        "any other Content-Type, or none, is read as the bytes of one image file (PNG, JPEG, BMP, GIF, WEBP)",
         "content": {
             "multipart/form-data": {"schema": multipart},
-            "image/*": {"schema": files},
             "application/json": {"schema": json_schema},
+            "image/*": {"schema": files},
+            "application/octet-stream": {"schema": files},
         },
     }
 
 
+def _object(**properties: dict) -> dict:
+    """An object schema in which every property is always present."""
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
 def openapi_document(settings: GatewaySettings) -> dict:
     """The document, with this gateway's limits filled in."""
-    n = contract.NUM_CLASSES
+    n, side = contract.NUM_CLASSES, contract.IMAGE_SIZE
+    grey = {"type": "integer", "minimum": 0, "maximum": contract.PIXEL_MAX}
     answer = {
         "type": "object",
         "properties": {
@@ -86,10 +111,17 @@ def openapi_document(settings: GatewaySettings) -> dict:
             "label": {"type": "string"},
             "confidence": {"type": "number"},
             "probabilities": {"type": "array", "items": {"type": "number"}, "minItems": n, "maxItems": n},
-            "input": {"type": "array", "description": "the preprocessed 28x28 image (?include_input=1)"},
+            "input": {
+                "type": "array",
+                "items": {"type": "array", "items": grey, "minItems": side, "maxItems": side},
+                "minItems": side,
+                "maxItems": side,
+                "description": f"the preprocessed {side}x{side} image [row][column] (?include_input=1)",
+            },
         },
     }
-    model = {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "integer"}}}
+    version = {"type": "integer", "nullable": True, "description": "null when the gateway cannot look it up"}
+    model = {"type": "object", "properties": {"name": {"type": "string"}, "version": version}}
     timings = {"type": "object", "additionalProperties": {"type": "number"}}
     include = {
         "name": "include_input",
@@ -98,6 +130,16 @@ def openapi_document(settings: GatewaySettings) -> dict:
         "description": "also return the preprocessed 28x28 image the model saw",
     }
     security = [{"bearer": []}] if settings.auth_token else []
+    ready = _object(
+        ready={"type": "boolean", "enum": [True]},
+        model={"type": "string"},
+        available_versions={
+            "type": "array",
+            "items": {"type": "integer"},
+            "description": "newest first; only the pinned label's version when one is set",
+        },
+    )
+    not_ready = _object(ready={"type": "boolean", "enum": [False]}, error={"type": "string"})
     return {
         "openapi": "3.0.3",
         "info": {
@@ -105,7 +147,8 @@ def openapi_document(settings: GatewaySettings) -> dict:
             "version": "0.1.0",
             "description": "Handwritten-digit recognition in front of a TF-Serving-compatible model server. "
             f"Limits: {settings.max_content_length} bytes a body, {settings.max_image_pixels} pixels and "
-            f"{settings.max_image_side} px a side an image, {settings.max_batch_images} images a batch.",
+            f"{settings.max_image_side} px a side an image, {settings.max_batch_images} images a batch. "
+            'Every error, 404 (unknown path) and 405 (wrong method) included, has the body {"error": "..."}.',
         },
         "paths": {
             "/v1/predict": {
@@ -127,15 +170,36 @@ def openapi_document(settings: GatewaySettings) -> dict:
                 }
             },
             "/healthz": {
-                "get": {"summary": "The process is alive", "responses": {"200": {"description": "OK"}}}
+                "get": {
+                    "summary": "The process is alive (says nothing about the model server)",
+                    "responses": {"200": _json(_object(status={"type": "string", "enum": ["ok"]}), "alive")},
+                }
             },
             "/readyz": {
                 "get": {
-                    "summary": "The model server answers and the model is AVAILABLE",
-                    "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+                    "summary": "The model server answers and the model has an AVAILABLE version",
+                    "responses": {
+                        "200": _json(ready, "ready"),
+                        "503": _json(
+                            not_ready,
+                            "not ready: no answer from the model server, or the model, "
+                            "version or label is not AVAILABLE",
+                        ),
+                    },
                 }
             },
-            "/": {"get": {"summary": "Drawing page", "responses": {"200": {"description": "HTML"}}}},
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": _json({"type": "object"}, "the OpenAPI 3 document")},
+                }
+            },
+            "/": {
+                "get": {
+                    "summary": "Drawing page",
+                    "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+                }
+            },
         },
         "components": {
             "schemas": {

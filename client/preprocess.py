@@ -7,6 +7,7 @@ to_mnist:     grey [H, W] -> uint8 [28, 28]: ink bright on black, longest side 2
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ from client import contract
 ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 WORK_SIDE = 512  # larger pictures are shrunk to this first: the result is 20 px wide anyway
 BORDER_SAMPLES = 2_000  # border pixels used to fit the paper's lighting
+JSON_TYPE_NAMES = {str: "strings", bool: "booleans", type(None): "null", dict: "objects"}
 MIN_CONTRAST = 24  # grey levels between background and ink below which we call the picture blank
 FRAME_CENTRE = contract.IMAGE_SIZE / 2  # MNIST test digits' mean centre of mass, in pixel indices: 14.0
 
@@ -66,6 +68,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray
 
 def pixels_to_grey(pixels: object, limits: ImageLimits = ImageLimits()) -> np.ndarray:
     """Validate a nested list of pixel values 0..255 ([H][W]) and return it as uint8 [H, W]."""
+    _check_numbers(pixels)
     try:
         array = np.asarray(pixels, dtype=np.float64)
     except (ValueError, TypeError):
@@ -80,6 +83,17 @@ def pixels_to_grey(pixels: object, limits: ImageLimits = ImageLimits()) -> np.nd
     if array.min() < 0 or array.max() > contract.PIXEL_MAX:
         raise BadImage(f"pixel values must lie in 0..{contract.PIXEL_MAX}")
     return np.rint(array).astype(np.uint8)
+
+
+def _check_numbers(pixels: object) -> None:
+    """Refuse values that are not numbers, which numpy would take: "7" as 7, true as 1, null as NaN."""
+    if not isinstance(pixels, list):
+        return
+    rows = (row for row in pixels if isinstance(row, list))  # other shapes are refused after this
+    kinds = set(map(type, itertools.chain.from_iterable(rows))) - {int, float, list}
+    if kinds:
+        found = sorted(JSON_TYPE_NAMES.get(kind, kind.__name__) for kind in kinds)
+        raise BadImage(f"pixel values must be numbers 0..{contract.PIXEL_MAX}, not {' or '.join(found)}")
 
 
 def to_mnist(grey: np.ndarray) -> np.ndarray:

@@ -81,6 +81,8 @@ def _json_images(body: bytes, limits: ImageLimits, batch: bool, max_images: int)
 def _json_item(item: object, limits: ImageLimits, preprocess: bool, where: str) -> np.ndarray:
     """One JSON image: a pixel array, {"pixels": ...} or {"b64": ...}."""
     if isinstance(item, dict):
+        if "b64" in item and "pixels" in item:
+            raise BadImage(f"{where}: send either 'pixels' or 'b64', not both")
         if "b64" in item:
             return prepare_image(_b64_bytes(item["b64"], where), limits)
         if "pixels" in item:

@@ -111,6 +111,72 @@ def test_health_readiness_and_openapi(gateway):
     assert {"/v1/predict", "/v1/predict/batch", "/healthz", "/readyz"} <= set(spec["paths"])
 
 
+@pytest.fixture(scope="module")
+def openapi_spec(gateway_factory) -> dict:
+    """GET /openapi.json from a gateway whose model server is never asked (the document needs none)."""
+    with gateway_factory({"PROTOCOL": "rest", "RETRIES": 0}) as running:
+        reply = requests.get(f"{running.url}/openapi.json", timeout=10)
+    assert reply.status_code == 200
+    return reply.json()
+
+
+def schemas_in(node: object) -> list[dict]:
+    """Every dict under `node` that has a "type" (the document's schemas), depth first."""
+    if isinstance(node, list):
+        return [found for child in node for found in schemas_in(child)]
+    if not isinstance(node, dict):
+        return []
+    own = [node] if isinstance(node.get("type"), str) else []
+    return own + [found for child in node.values() for found in schemas_in(child)]
+
+
+def json_schema(described: dict) -> dict:
+    """The application/json schema of a response or request body in the document."""
+    return described["content"]["application/json"]["schema"]
+
+
+def test_openapi_every_array_schema_says_what_its_items_are(openapi_spec):
+    arrays = [schema for schema in schemas_in(openapi_spec) if schema["type"] == "array"]
+    assert len(arrays) > 10
+    assert all("items" in schema for schema in arrays), [s for s in arrays if "items" not in s]
+
+
+def test_openapi_lists_every_route_and_the_probes_bodies(openapi_spec):
+    paths = openapi_spec["paths"]
+    assert set(paths) == {"/v1/predict", "/v1/predict/batch", "/healthz", "/readyz", "/openapi.json", "/"}
+    assert json_schema(paths["/healthz"]["get"]["responses"]["200"])["required"] == ["status"]
+    ready = paths["/readyz"]["get"]["responses"]
+    fields = {code: json_schema(ready[code])["required"] for code in ("200", "503")}
+    assert fields == {"200": ["ready", "model", "available_versions"], "503": ["ready", "error"]}
+
+
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/predict/batch"])
+def test_openapi_predict_operations_list_what_they_answer(openapi_spec, path):
+    operation = openapi_spec["paths"][path]["post"]
+    responses = operation["responses"]
+    assert set(responses) == {"200", "400", "401", "413", "500", "502", "503", "504"}
+    for code in set(responses) - {"200"}:
+        assert json_schema(responses[code]) == {"$ref": "#/components/schemas/Error"}
+    assert "Bearer" in responses["401"]["headers"]["WWW-Authenticate"]["description"]
+    assert {"multipart/form-data", "application/json", "image/*", "application/octet-stream"} <= set(
+        operation["requestBody"]["content"]
+    )
+
+
+def test_openapi_describes_the_answer_and_the_json_bodies(openapi_spec):
+    schemas = openapi_spec["components"]["schemas"]
+    answer, extra = schemas["Prediction"]["allOf"]
+    image = answer["properties"]["input"]
+    assert (image["minItems"], image["items"]["maxItems"]) == (IMAGE_SIZE, IMAGE_SIZE)
+    assert image["items"]["items"] == {"type": "integer", "minimum": 0, "maximum": 255}
+    assert extra["properties"]["model"]["properties"]["version"]["nullable"] is True
+    paths = openapi_spec["paths"]
+    single = json_schema(paths["/v1/predict"]["post"]["requestBody"])
+    assert "preprocess" in single["oneOf"][1]["properties"]
+    batch = json_schema(paths["/v1/predict/batch"]["post"]["requestBody"])
+    assert batch["oneOf"][0]["required"] == ["images"]
+
+
 def test_drawing_page_and_its_assets_are_served(gateway):
     page = requests.get(f"{gateway.url}/", timeout=10)
     assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]

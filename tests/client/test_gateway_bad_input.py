@@ -161,6 +161,28 @@ def test_json_python_cannot_parse_or_convert_gets_400(gateway_factory, unused_po
     assert words in reply.json()["error"]
 
 
+ZEROS = np.zeros((28, 28), int).tolist()
+PNG_B64 = base64.b64encode(encode(NOISE, "PNG")).decode()
+
+
+@pytest.mark.parametrize(
+    "path, body, words",
+    [(ONE, {"pixels": [["0"] * 28] * 28}, "not strings"),
+     (ONE, [[0, True], [255, False]], "not booleans"),
+     (ONE, {"pixels": [[None] * 28] * 28}, "not null"),
+     (BATCH, [ZEROS, [[0, 1], [2, "3"]]], "images[1]: pixel values must be numbers"),
+     (ONE, {"pixels": ZEROS, "b64": PNG_B64}, "not both"),
+     (BATCH, {"images": [ZEROS, {"pixels": ZEROS, "b64": PNG_B64}]}, "images[1]: send either")],
+    ids=["string pixels", "boolean pixels", "null pixels", "string in a batch item", "pixels and b64",
+         "pixels and b64 in a batch item"],
+)  # fmt: skip
+def test_non_number_pixels_or_pixels_with_b64_get_400(gateway_factory, unused_port, path, body, words):
+    with gateway_factory(offline_gateway_config(unused_port)) as running:
+        reply = requests.post(f"{running.url}{path}", json=body, timeout=30)
+    assert reply.status_code == 400, reply.text
+    assert words in reply.json()["error"]
+
+
 @pytest.mark.parametrize("token", ["null", "1e3", "true", "1.50", '"quoted"'])
 def test_the_token_is_taken_verbatim_from_the_environment(gateway_factory, unused_port, monkeypatch, token):
     monkeypatch.setenv("DIGITS_AUTH_TOKEN", token)  # Flask would parse these as JSON: None, 1000.0, True...
