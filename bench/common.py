@@ -6,7 +6,9 @@ this module, and they must start fast (no TensorFlow) so that they measure the s
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import re
@@ -54,6 +56,30 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number above 0 (0 or less exits 2 with usage, as a malformed flag does)."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number, 0 or more."""
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
+    return value
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -302,6 +328,7 @@ class LoadResult:
     latencies_s: list[float] = field(default_factory=list)
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
+    warmup_ok: int = 0  # untimed warm-up requests answered (before `started`)
     started: float = float("inf")
     ended: float = 0.0
 
@@ -324,6 +351,7 @@ class LoadResult:
     def merge(self, part: dict) -> None:
         self.latencies_s.extend(part["latencies"])
         self.errors += part["errors"]
+        self.warmup_ok += part["warmup_ok"]
         self.error_samples.extend(part["samples"][: max(0, 5 - len(self.error_samples))])
         if part["latencies"] or part["errors"]:
             self.started, self.ended = min(self.started, part["started"]), max(self.ended, part["ended"])
@@ -332,6 +360,7 @@ class LoadResult:
         return {
             "clients": self.clients,
             "requests": self.ok,
+            "warmup_requests": self.warmup_ok,
             "errors": self.errors,
             "wall_s": round(self.wall_s, 3),
             "rps": round(self.rps, 1),
@@ -390,6 +419,9 @@ def _client_thread(job: LoadJob, offset: int, barrier, out: dict, lock: threadin
             with lock:
                 out["errors"] += 1
                 out["samples"].append(f"warmup: {error}"[:300])
+        else:
+            with lock:
+                out["warmup_ok"] += 1
     barrier.wait()
     latencies, errors, samples = [], 0, []
     started = time.monotonic()
@@ -421,7 +453,8 @@ def _worker_main(index: int, jobs, results) -> None:
         if item is None:
             return
         job, threads, first_offset = item
-        out = {"latencies": [], "errors": 0, "samples": [], "started": float("inf"), "ended": 0.0}
+        out = {"latencies": [], "errors": 0, "warmup_ok": 0, "samples": [],
+               "started": float("inf"), "ended": 0.0}
         lock = threading.Lock()
         barrier = threading.Barrier(threads + 1)
         workers = [

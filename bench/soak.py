@@ -7,7 +7,10 @@ in-process predictions of each version), while the test
   3. disconnects clients mid-request (REST and gRPC), and
   4. sends SIGTERM to the server and restarts it on the same ports.
 It reports requests sent, failed and wrong, the server's resident memory along the way, and exits
-non-zero if any check fails. Loopback only; bounded by --requests and --time-limit.
+non-zero if any check fails. The memory check compares the server's resident memory at the middle of the
+stream (or, if steps 1-3 took longer, after them) with its memory after the rest of the stream (as many
+requests again); a stream cut short by --time-limit leaves it unchecked, which fails. Loopback only;
+bounded by --requests and --time-limit. Writes a JSON summary, and keeps the logs, under bench/results/.
 
 Version 2 is the same network reading mirrored images: a different model (its answers differ on most
 images), so an answer from the wrong version is caught as wrong.
@@ -16,6 +19,7 @@ images), so an answer from the wrong version is caught as wrong.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -25,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import common
@@ -49,7 +53,7 @@ NOT_ACCEPTED = (
 class SoakConfig:
     """How big and how long."""
 
-    requests: int = 100_000  # the steady stream's size; RSS is compared before and after it
+    requests: int = 100_000  # the steady stream's size; RSS is compared in the middle and at the end
     time_limit_s: float = 900.0
     poll_s: float = 1.0  # digits-serve --file_system_poll_wait_seconds
     disconnects: int = 200  # abandoned requests per protocol
@@ -330,10 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--requests", type=int, help="size of the steady stream (default 100000; --quick 2000)"
+        "--requests",
+        type=common.positive_int,
+        help="size of the steady stream (default 100000; --quick 2000); more when steps 1-3 outlast its "
+        "first half, so that the memory check spans as many requests again",
     )
     parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
-    parser.add_argument("--time-limit", type=float, help="seconds before the stream is cut short")
+    parser.add_argument(
+        "--time-limit", type=common.positive_float, help="seconds before the stream is cut short"
+    )
     parser.add_argument(
         "--model-base",
         type=Path,
@@ -345,10 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--swap-slack",
-        type=float,
+        type=common.non_negative_float,
         default=SoakConfig.swap_slack_s,
         help="seconds allowed beyond poll + load time for a new version to answer (default 0.5)",
     )
+    parser.add_argument("--out", type=Path, help="JSON summary file (default bench/results/soak.json)")
     return parser
 
 
@@ -368,14 +378,31 @@ class Checks:
         return all(ok for _, ok, _ in self.results)
 
 
+def memory_check(mid: tuple[int, float], end: tuple[int, float], span: int) -> tuple[bool, str]:
+    """Whether the server's RSS held over `span` requests: `mid` and `end` are (requests answered, MiB).
+
+    Not checked, which fails, when fewer than `span` requests came between the two readings (the stream
+    was cut short) or a reading found no server: two readings back to back prove nothing.
+    """
+    (mid_ok, mid_mib), (end_ok, end_mib) = mid, end
+    readings = f"{mid_mib:.0f} MiB at {mid_ok:,} requests, {end_mib:.0f} MiB at {end_ok:,}"
+    if mid_mib <= 0 or end_mib <= 0:
+        return False, f"not checked: no server to read ({readings})"
+    if end_ok - mid_ok < span:
+        between = end_ok - mid_ok
+        return False, f"not checked: {between:,} of {span:,} requests between the readings ({readings})"
+    growth = end_mib - mid_mib
+    return growth <= max(32.0, 0.05 * mid_mib), f"{growth:+.0f} MiB: {readings}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the soak; 0 when every check passed."""
     args = build_parser().parse_args(argv)
     quick = SoakConfig(requests=2_000, time_limit_s=120, poll_s=0.5, disconnects=40)
     config = quick if args.quick else SoakConfig()
     config = SoakConfig(
-        requests=args.requests or config.requests,
-        time_limit_s=args.time_limit or config.time_limit_s,
+        requests=config.requests if args.requests is None else args.requests,
+        time_limit_s=config.time_limit_s if args.time_limit is None else args.time_limit,
         poll_s=config.poll_s,
         disconnects=config.disconnects,
         batching=not args.no_batching,
@@ -384,9 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     source = common.latest_version_dir(common.ensure_model(args.model_base, common.RESULTS_DIR))
     started = time.monotonic()
     deadline = started + config.time_limit_s
-    work = Path(
-        tempfile.mkdtemp(prefix="soak-", dir=common.RESULTS_DIR if common.RESULTS_DIR.is_dir() else None)
-    )
+    common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="soak-", dir=common.RESULTS_DIR))
     base, staging, log_dir = work / "models" / "mnist", work / "staging", work / "logs"
     base.mkdir(parents=True)
     staging.mkdir()
@@ -478,18 +504,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{made} abandoned; threads {threads_before} -> {threads_after}; ready {status}",
         )
 
-        rss["mid"] = common.rss_mib(server.pid)
-        mid_ok = stream.tally.ok
-        if not stream.wait_ok(config.requests, deadline):
-            print(f"  time limit: the stream reached {stream.tally.ok:,} of {config.requests:,} requests")
-        rss["end"] = common.rss_mib(server.pid)
-        served = stream.tally.ok
-        growth = rss["end"] - rss["mid"]
+        # Memory over the stream's second half, after steps 1-3: when they outlasted the first half, the
+        # stream runs on for as many requests again, so that the two readings are never back to back.
+        half = config.requests // 2
+        stream.wait_ok(half, deadline)
+        rss["mid"], mid_ok = common.rss_mib(server.pid), stream.tally.ok
+        span = config.requests - half
+        if not stream.wait_ok(mid_ok + span, deadline):
+            print(f"  time limit: the stream reached {stream.tally.ok:,} of {mid_ok + span:,} requests")
+        rss["end"], end_ok = common.rss_mib(server.pid), stream.tally.ok
+        held, detail = memory_check((mid_ok, rss["mid"]), (end_ok, rss["end"]), span)
         checks.add(
             "no memory growth in the steady stream",
-            growth <= max(32.0, 0.05 * rss["mid"]),
-            f"RSS {rss['warm']:.0f} MiB after warm-up, {rss['mid']:.0f} MiB at {mid_ok:,} requests, "
-            f"{rss['end']:.0f} MiB at {served:,}",
+            held,
+            f"RSS {rss['warm']:.0f} MiB after warm-up; {detail}",
         )
 
         print("4. SIGTERM and restart", flush=True)
@@ -539,7 +567,29 @@ def main(argv: list[str] | None = None) -> int:
     print("server RSS (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
     for sample in tally.samples:
         print(f"  e.g. {sample}")
+    out = args.out or common.RESULTS_DIR / "soak.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "passed": checks.all_ok,
+        "checks": [{"check": name, "ok": ok, "detail": detail} for name, ok, detail in checks.results],
+        "config": asdict(config),
+        "requests": {
+            "sent": tally.sent,
+            "ok": tally.ok,
+            "failed": tally.failed,
+            "wrong": tally.wrong,
+            "accepted_then_failed": tally.accepted_then_failed,
+            "refused_while_restarting": tally.refused_while_down,
+            "refusals": tally.refusals,
+        },
+        "answers_by_version": {str(k): v for k, v in sorted(tally.versions.items())},
+        "server_rss_mib": rss,
+        "wall_s": round(time.monotonic() - started, 1),
+        "logs": str(log_dir),
+    }
+    out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{'PASS' if checks.all_ok else 'FAIL'} in {time.monotonic() - started:.0f} s; logs in {log_dir}")
+    print(f"summary: {out}")
     if checks.all_ok:
         shutil.rmtree(work / "models", ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)

@@ -3,8 +3,10 @@
 All runs share this one process, so the ratio is fair on a shared machine: a few epochs of seed-best are
 timed before each candidate run and after the last one (other jobs' load drifts), and extrapolated to its
 40 (the first epoch as measured, it carries the graph tracing; the rest at the median of the later
-epochs); `fast` runs to completion, once per seed, and its median fit time is compared. Medians, because
-another job taking one of two cores for a few seconds doubles an epoch now and then.
+epochs); `fast` runs to completion, once per seed, and its median fit time is compared. Both sides time
+the same span: the sum of the epochs, each from its start to its end-of-epoch callbacks (validation
+included), without fit's set-up before the first epoch and its end-of-training callbacks after the last.
+Medians, because another job taking one of two cores for a few seconds doubles an epoch now and then.
 
 Seed-best is timed two ways each time: as the tutorial's code runs it (all 60,000 training images each
 epoch, one-hot labels and categorical cross-entropy, the 10,000 test images as validation data after
@@ -47,10 +49,15 @@ class RunTime:
     epochs: int
     test_accuracy: float
     val_accuracy: float | None  # None for the tutorial's recipe, which validates on the test set
-    fit_seconds: float
-    epoch_seconds: list[float]
+    fit_seconds: float  # the whole fit() call, set-up and end-of-training callbacks included (not compared)
+    epoch_seconds: list[float]  # wall time of each epoch (what is compared)
     epoch_cpu_seconds: list[float]  # process CPU time of each epoch
     cpu_seconds: float  # process CPU time of the whole run (fit, validation, test scoring)
+
+    @property
+    def epochs_seconds(self) -> float:
+        """Wall seconds of all its epochs: the span the reference is extrapolated over."""
+        return sum(self.epoch_seconds)
 
 
 def extrapolate(epoch_seconds: list[float], epochs: int, center=statistics.median) -> float:
@@ -141,7 +148,7 @@ def compare(references: list[RunTime], candidates: list[RunTime], epochs: int) -
     """The reference's runs, extrapolated to `epochs` (wall and CPU), and the candidates' ratios to it."""
     wall = extrapolate_runs(references, epochs)
     cpu = extrapolate_runs(references, epochs, field="epoch_cpu_seconds")
-    fit_seconds = [c.fit_seconds for c in candidates]
+    fit_seconds = [c.epochs_seconds for c in candidates]  # the same span as the reference's epochs
     return {
         "runs": [asdict(r) for r in references],
         "extrapolated_seconds": round(wall, 1),
@@ -176,8 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         print("train_bench: --reference-epochs must be >= 2 and --seeds >= 1", file=sys.stderr)
         return 2
     sys.path.insert(0, str(REPO_ROOT))
+    from trainer.presets import PRESETS, get_preset
+
+    if args.candidate not in PRESETS:  # now, not after the first timed runs
+        print(f"train_bench: unknown --candidate {args.candidate!r}; known: {', '.join(PRESETS)}",
+              file=sys.stderr)
+        return 2
     from trainer.data import load_dataset
-    from trainer.presets import get_preset
 
     dataset = load_dataset("mnist", args.data_dir)
     reference_preset = get_preset(REFERENCE)
@@ -205,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     accuracies = [c.test_accuracy for c in candidates]
     mean_accuracy = statistics.fmean(accuracies)
-    fit_seconds = [c.fit_seconds for c in candidates]
+    fit_seconds = [c.epochs_seconds for c in candidates]
     cpu_seconds = [sum(c.epoch_cpu_seconds) for c in candidates]
     compared = {
         "tutorial_code": compare(as_written, candidates, full_epochs),

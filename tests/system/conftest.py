@@ -30,6 +30,11 @@ def bench_common() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
+def bench_serve() -> ModuleType:
+    return load_bench_module("serve_bench")
+
+
+@pytest.fixture(scope="session")
 def bench_soak() -> ModuleType:
     return load_bench_module("soak")
 

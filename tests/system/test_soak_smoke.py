@@ -1,13 +1,17 @@
 """`bench/soak.py --quick` as a test: a hot-swap, corrupt versions, abandoned requests and a SIGTERM restart
 while 16 clients stream requests; no failed request, no wrong answer, no accepted request lost. And how the
-soak tells a call refused while the server restarts from a failure, without a server."""
+soak tells a call refused while the server restarts from a failure, its memory check and its flags,
+without a server."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKS = (
@@ -15,6 +19,7 @@ CHECKS = (
     "status reports the corrupt version 3",
     "version 2 keeps serving",
     "server unaffected by abandoned requests",
+    "no memory growth in the steady stream",
     "SIGTERM: clean exit",
     "every request accepted before SIGTERM completed",
     "no failed request",
@@ -22,7 +27,7 @@ CHECKS = (
 )
 
 
-def test_quick_soak_passes_every_check(mnist_model_dir):
+def test_quick_soak_passes_every_check(mnist_model_dir, tmp_path):
     data_dir = os.environ.get("DIGITS_DATA_DIR") or str(REPO_ROOT / "data")
     argv = [
         sys.executable,
@@ -36,6 +41,8 @@ def test_quick_soak_passes_every_check(mnist_model_dir):
         # picked up without a restart; how fast is bench/soak.py's business on a quiet machine.
         "--swap-slack",
         "5",
+        "--out",
+        str(tmp_path / "soak.json"),
     ]
     run = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT)
     report = run.stdout + "\n" + run.stderr[-3000:]
@@ -43,6 +50,8 @@ def test_quick_soak_passes_every_check(mnist_model_dir):
     assert "PASS" in run.stdout, report
     for check in CHECKS:
         assert f"[ok] {check}" in run.stdout, report
+    summary = json.loads((tmp_path / "soak.json").read_text())
+    assert summary["passed"] and all(check["ok"] for check in summary["checks"]), summary
 
 
 class _RpcError:
@@ -110,3 +119,26 @@ def test_the_restart_window_closes_per_client_once_the_restarted_server_answers_
     stream._failed(REFUSED, bench_soak.time.monotonic(), client=3)  # ...so a refusal now is a failure
     assert (tally.failed, tally.refused_while_down, tally.ok, tally.wrong) == (3, 3, 2, 0)
     assert stream.wait_reconnected(bench_soak.time.monotonic()) is False  # 14 clients not yet answered
+
+
+def test_memory_is_checked_only_over_a_full_second_half(bench_soak):
+    held, detail = bench_soak.memory_check((1000, 300.0), (2000, 310.0), 1000)
+    assert held and detail.startswith("+10 MiB")
+    grew, _ = bench_soak.memory_check((1000, 300.0), (2000, 340.0), 1000)
+    assert not grew
+    # Two readings back to back (the stream had already reached its size): nothing was checked.
+    back_to_back, detail = bench_soak.memory_check((2500, 300.0), (2500, 300.0), 1000)
+    assert not back_to_back and detail.startswith("not checked: 0 of 1,000 requests")
+    cut_short, _ = bench_soak.memory_check((1000, 300.0), (1400, 300.0), 1000)  # the time limit
+    assert not cut_short
+    gone, detail = bench_soak.memory_check((1000, 300.0), (2000, 0.0), 1000)  # no server to read
+    assert not gone and detail.startswith("not checked: no server")
+
+
+@pytest.mark.parametrize(
+    "flag", [["--requests", "0"], ["--requests", "-5"], ["--time-limit", "0"], ["--swap-slack", "-1"]]
+)
+def test_numbers_that_would_fall_back_to_defaults_are_refused(bench_soak, flag, capsys):
+    with pytest.raises(SystemExit) as exited:
+        bench_soak.build_parser().parse_args(flag)
+    assert exited.value.code == 2 and flag[0] in capsys.readouterr().err

@@ -48,3 +48,20 @@ def test_ratios_against_a_reference(bench_train):
     assert compared["extrapolated_seconds"] == pytest.approx(5.0 + 39 * 2.0)
     assert compared["ratio"] == pytest.approx(7.0 / 83.0, abs=1e-4)  # median of fits 6 and 8
     assert compared["cpu_ratio"] == pytest.approx(9.0 / (6.0 + 39 * 3.0), abs=1e-4)
+
+
+def test_the_candidate_is_timed_over_its_epochs_as_the_reference_is(bench_train):
+    """Not its whole fit(): set-up and end-of-training callbacks are no part of the reference's epochs."""
+    reference = [run_time(bench_train, [5.0, 2.0, 2.0], [6.0, 3.0, 3.0])]
+    candidate = bench_train.RunTime("fast", 42, 2, 0.99, 0.99, 9.5, [3.0, 3.0], [4.0, 4.0], 9.0)
+    assert candidate.epochs_seconds == 6.0
+    compared = bench_train.compare(reference, [candidate], 40)
+    assert compared["ratio"] == pytest.approx(6.0 / 83.0, abs=1e-4)
+    assert compared["ratio_of_means"] == pytest.approx(6.0 / 83.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("argv", [["--candidate", "fsat"], ["--seeds", "0"], ["--reference-epochs", "1"]])
+def test_bad_arguments_are_refused_before_anything_is_timed(bench_train, argv, tmp_path, capsys):
+    assert bench_train.main([*argv, "--data-dir", str(tmp_path), "--out", str(tmp_path / "b.json")]) == 2
+    assert "train_bench:" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()

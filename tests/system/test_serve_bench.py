@@ -1,0 +1,90 @@
+"""bench/serve_bench.py without servers: the targets when a measurement answered nothing, its flags, and
+the server CPU per request counting the warm-up requests its reading spans."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def load(rps: float, requests: int | None = None) -> dict:
+    """One load measurement's summary, as `LoadResult.summary()` writes it (NaN latencies when empty)."""
+    requests = int(rps * 4) if requests is None else requests
+    p50 = 1.5 if requests else float("nan")
+    return {"clients": 1, "requests": requests, "warmup_requests": 5, "errors": 0 if requests else 40,
+            "wall_s": 4.0, "rps": rps, "p50_ms": p50, "p99_ms": 2 * p50, "error_samples": [],
+            "server_cpu_us_per_req": 900}
+
+
+def results(**rps: float) -> dict:
+    """A run's results; `rps` overrides the req/s of "off32", "on32", "off1" (gRPC c1) and "naive"."""
+    rates = {"off32": 800.0, "on32": 1300.0, "off1": 600.0, "naive": 20.0, **rps}
+    serving = {f"{protocol}/batching-{mode}/c{clients}": load(500.0)
+               for mode in ("off", "on") for protocol in ("grpc", "rest") for clients in (1, 8, 32)}
+    serving["grpc/batching-off/c32"] = load(rates["off32"])
+    serving["grpc/batching-on/c32"] = load(rates["on32"])
+    serving["grpc/batching-off/c1"] = load(rates["off1"])
+    best = {"batch_size": 1000, "concurrency": 2, "wall_s": 1.1, "images_per_s": 9000.0, "errors": 80,
+            "images": 10000}
+    return {
+        "model": "m/1", "cpus": 2, "wall_s": 60.0, "load_average": (0.5, 0.7),
+        "in_process": {"p50_ms": 0.6, "p99_ms": 0.9, "batched_images_per_s": {100: 5e4, 1000: 9e4}},
+        "wrong_answers": {"off": 0, "on": 0},
+        "digits_serve": serving,
+        "transport_ceiling": {"c1": load(2000.0), "c32": load(3400.0)},
+        "gateway": load(300.0),
+        "naive": {"c1": load(rates["naive"]), "c32": load(rates["naive"])},
+        "eval": {"runs": [best], "best": best, "in_process_wall_s": 1.0, "in_process_errors": 80},
+    }
+
+
+def by_name(targets: list[dict]) -> dict[str, dict]:
+    return {t["target"]: t for t in targets}
+
+
+def test_a_measurement_that_answered_nothing_misses_its_targets_with_the_reason(bench_serve):
+    run = results(off32=0.0, naive=0.0)
+    run["digits_serve"]["grpc/batching-off/c1"] = load(0.0, requests=0)
+    run["targets"] = bench_serve.targets(run)
+    targets = by_name(run["targets"])
+    batching = targets["32 gRPC clients: batching on >= 5x batching off"]
+    assert not batching["met"] and "gRPC batching off c32 answered no request" in batching["measured"]
+    naive = targets["32 gRPC clients, batching on >= 50x naive Flask"]
+    assert not naive["met"] and naive["measured"] == "not measured: naive Flask answered no request"
+    latency = targets["gRPC single-image p50 within 1 ms of in-process"]
+    assert not latency["met"] and "not measured" in latency["measured"]
+    assert targets["REST single-image p50 within 2 ms of in-process"]["met"]
+    assert not targets["every answer right, no failed request"]["met"]  # the empty arm's failures
+    json.dumps(run, allow_nan=True)  # what main() writes
+    table = bench_serve.render(run)
+    assert "[MISSED] 32 gRPC clients: batching on >= 5x batching off: not measured" in table
+
+
+def test_measured_arms_keep_their_ratios(bench_serve):
+    targets = by_name(bench_serve.targets(results()))
+    batching = targets["32 gRPC clients: batching on >= 5x batching off"]
+    assert not batching["met"] and batching["measured"].startswith("1300 vs 800 req/s (1.6x)")
+    naive = targets["32 gRPC clients, batching on >= 50x naive Flask"]
+    assert naive["met"] and naive["measured"] == "1300 vs 20.0 req/s (65x)"
+    assert all(t["met"] is True or t["met"] is False for t in targets.values())
+
+
+@pytest.mark.parametrize("flag", [["--duration", "0"], ["--duration", "-1"], ["--duration", "nan"]])
+def test_a_duration_that_measures_nothing_is_refused(bench_serve, flag, capsys):
+    with pytest.raises(SystemExit) as exited:
+        bench_serve.build_parser().parse_args(flag)
+    assert exited.value.code == 2 and "--duration" in capsys.readouterr().err
+
+
+def test_duration_is_used_when_given(bench_serve):
+    assert bench_serve.build_parser().parse_args(["--duration", "0.5"]).duration == 0.5
+
+
+def test_warm_up_requests_are_counted_with_the_timed_ones(bench_common):
+    result = bench_common.LoadResult(clients=2)
+    for started in (10.0, 10.2):
+        result.merge({"latencies": [0.001] * 100, "errors": 0, "warmup_ok": 5, "samples": [],
+                      "started": started, "ended": started + 1.0})
+    assert (result.ok, result.warmup_ok) == (200, 10)
+    assert result.summary()["warmup_requests"] == 10
