@@ -23,7 +23,7 @@ from trainer.data import (
     default_data_dir,
     prepare_data,
 )
-from trainer.precision import PRECISIONS, accelerator_count
+from trainer.precision import PRECISIONS, accelerator_count, resolve_precision
 from trainer.presets import AUGMENTOR_CROPS, LAYER_DEFAULTS, PRESETS, SEED_PRESETS, Preset, TrainConfig
 
 if TYPE_CHECKING:  # the TensorFlow import waits until a command needs it
@@ -260,22 +260,13 @@ def _check_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(f"--elastic needs augmentation; {preset.name} trains with none (add --augment)")
     if args.elastic_probability is not None and not cfg.elastic:
         parser.error(f"--elastic-probability needs --elastic; {preset.name} has no elastic distortion")
-    if cfg.weight_average and _trains_in_bfloat16(cfg.precision):
+    if cfg.weight_average and resolve_precision(cfg.precision) == "bfloat16":  # "auto" asks the machine
         parser.error(f"--weight-average trains in float32 only, and --precision {cfg.precision} trains in "
                      "bfloat16 here; use --precision float32")
     last_seed = cfg.seed + cfg.members - 1  # member i trains with seed + i (trainer/ensemble.py)
     if cfg.members > 1 and last_seed > SEED_MAX:
         parser.error(f"--seed {cfg.seed} with {cfg.members} members needs seeds up to {last_seed}, above "
                      f"{SEED_MAX}; choose a seed of at most {SEED_MAX - cfg.members + 1}")
-
-
-def _trains_in_bfloat16(precision: str) -> bool:
-    """Whether `precision` means bfloat16 here ("auto" is asked of the machine only when it matters)."""
-    if precision != "auto":
-        return precision == "bfloat16"
-    from trainer.precision import resolve_precision  # "auto" asks Keras for the accelerators: seconds
-
-    return resolve_precision(precision) == "bfloat16"
 
 
 def _check_output_dirs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

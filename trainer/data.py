@@ -33,7 +33,7 @@ DAMAGED_FIX = f"re-create it with `digits-train data` ({FIX_COMMAND})"
 # What a damaged npz raises from inside numpy and zipfile: a bad zip structure, a bad deflate stream, a
 # mangled .npy header (tokenize and ast run on it), a compression method mangled into an unknown one.
 NPZ_DECODE_ERRORS = (
-    OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, tokenize.TokenError, SyntaxError,
+    ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, tokenize.TokenError, SyntaxError,
     NotImplementedError,
 )
 DATA_DIR_ENV = "DIGITS_DATA_DIR"
@@ -170,6 +170,8 @@ def load_npz(path: str | Path, name: str = "mnist") -> Dataset:
         raise DataError(
             f"{path}: unreadable, the file is damaged ({type(exc).__name__}: {exc}). Fix: {DAMAGED_FIX}"
         ) from exc
+    except OSError as exc:  # permissions, a folder by that name: nothing to re-create
+        raise DataError(f"{path}: cannot read it ({exc})") from exc
     verify(name, arrays, path)
     return Dataset(name, source=str(path), **arrays)
 

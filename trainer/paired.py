@@ -43,7 +43,8 @@ class Misclassified:
 
 @dataclass(frozen=True)
 class PairedErrors:
-    """Two models on the same test images: the images only one of them gets right, and those both miss."""
+    """Two models on the same images (test, or one validation split): the images only one of them gets
+    right, and those both miss."""
 
     new: Misclassified
     old: Misclassified
@@ -102,9 +103,9 @@ def read_test_errors(
 def pair(new: Misclassified, old: Misclassified) -> PairedErrors:
     """`new` against `old`, refused unless both can have been scored on the same test images (or, for
     validation errors, on the same held-out training images)."""
-    if new.held_out != old.held_out and None not in (new.held_out, old.held_out):
-        raise PairingError(f"{new.source} held out {new.held_out}, {old.source} {old.held_out}: "
-                           "their validation images differ")
+    if new.held_out != old.held_out:
+        raise PairingError(f"{new.source} was scored on {_scored_on(new)}, {old.source} on "
+                           f"{_scored_on(old)}: not the same images")
     if new.dataset and old.dataset and new.dataset != old.dataset:
         raise PairingError(f"{new.source} was scored on {new.dataset!r}, {old.source} on {old.dataset!r}")
     if None not in (*new.test_sha256, *old.test_sha256) and new.test_sha256 != old.test_sha256:
@@ -114,6 +115,10 @@ def pair(new: Misclassified, old: Misclassified) -> PairedErrors:
             raise PairingError(f"{other.source} lists test image {max(other.indices)}; "
                                f"{one.source} was scored on {one.test_images}")
     return PairedErrors(new, old)
+
+
+def _scored_on(errors: Misclassified) -> str:
+    return f"its validation split ({errors.held_out})" if errors.held_out else "the test set"
 
 
 def pooled(pairs: Sequence[PairedErrors]) -> McNemarResult:
@@ -172,21 +177,28 @@ def scored_export(data_dir: str | Path, log: Callable[[str], None] = print) -> C
     in `data_dir`, refused if those are not the arrays it was trained on."""
 
     def score(version_dir: Path) -> list[int]:
-        from trainer.combine import check_same_data
-        from trainer.data import load_dataset
-        from trainer.restore import RestoreError, restore_model
         from trainer.train import predict_classes
 
-        try:
-            restored = restore_model(version_dir)
-            dataset = load_dataset(restored.card["dataset"]["name"], data_dir)
-            check_same_data(version_dir, restored.card, dataset.name, dataset.checksums())
-        except (RestoreError, KeyError, TypeError) as exc:
-            raise PairingError(f"{version_dir}: cannot be scored ({exc})") from None
+        restored, dataset = _restored_with_its_data(version_dir, data_dir)
         log(f"{version_dir}: its card lists no test errors; scoring it on the {dataset.name} test set")
         return error_indices(predict_classes(restored.model, dataset.x_test), dataset.y_test)
 
     return score
+
+
+def _restored_with_its_data(version_dir: Path, data_dir: str | Path):
+    """The export rebuilt, and the dataset in `data_dir` it was trained on (refused if the arrays differ)."""
+    from trainer.combine import check_same_data
+    from trainer.data import load_dataset
+    from trainer.restore import RestoreError, restore_model
+
+    try:
+        restored = restore_model(version_dir)
+        dataset = load_dataset(restored.card["dataset"]["name"], data_dir)
+        check_same_data(version_dir, restored.card, dataset.name, dataset.checksums())
+    except (RestoreError, KeyError, TypeError) as exc:
+        raise PairingError(f"{version_dir}: cannot be scored ({exc})") from None
+    return restored, dataset
 
 
 def read_validation_errors(
@@ -194,21 +206,13 @@ def read_validation_errors(
 ) -> Misclassified:
     """The images of its own validation split an export gets wrong, as indices into the training set:
     the split is rebuilt from the seed and size in its model card, on the arrays in `data_dir`."""
-    from trainer.combine import check_same_data
-    from trainer.data import load_dataset
-    from trainer.restore import RestoreError, restore_model
     from trainer.train import predict_classes, stratified_split
 
     version_dir = Path(version_dir)
     if not (version_dir.is_dir() and _card_path(version_dir)[1]):
         raise PairingError(f"{version_dir}: validation errors are scored, so pass an exported version "
                            "(e.g. models/mnist/3), not a report or a list")
-    try:
-        restored = restore_model(version_dir)
-        dataset = load_dataset(restored.card["dataset"]["name"], data_dir)
-        check_same_data(version_dir, restored.card, dataset.name, dataset.checksums())
-    except (RestoreError, KeyError, TypeError) as exc:
-        raise PairingError(f"{version_dir}: cannot be scored ({exc})") from None
+    restored, dataset = _restored_with_its_data(version_dir, data_dir)
     splits = {(p.train.seed, p.train.val_size) for p in restored.member_presets}
     if len(splits) > 1:
         raise PairingError(f"{version_dir}: its members held out different images; it has no one "
@@ -219,5 +223,5 @@ def read_validation_errors(
     held_out = f"{val_size:,} images with seed {seed}"
     log(f"{version_dir}: scoring it on its validation split ({held_out} of {dataset.name})")
     val = stratified_split(dataset.y_train, val_size, seed).val
-    wrong = val[predict_classes(restored.model, dataset.x_train[val]) != dataset.y_train[val]]
+    wrong = val[error_indices(predict_classes(restored.model, dataset.x_train[val]), dataset.y_train[val])]
     return Misclassified(str(version_dir), frozenset(wrong.tolist()), dataset=dataset.name, held_out=held_out)

@@ -54,7 +54,7 @@ def test_the_candidate_is_timed_over_its_epochs_as_the_reference_is(bench_train)
     """Not its whole fit(): set-up and end-of-training callbacks are no part of the reference's epochs."""
     reference = [run_time(bench_train, [5.0, 2.0, 2.0], [6.0, 3.0, 3.0])]
     candidate = bench_train.RunTime("fast", 42, 2, 0.99, 0.99, 9.5, [3.0, 3.0], [4.0, 4.0], 9.0)
-    assert candidate.epochs_seconds == 6.0
+    assert candidate.total_epoch_seconds == 6.0
     compared = bench_train.compare(reference, [candidate], 40)
     assert compared["ratio"] == pytest.approx(6.0 / 83.0, abs=1e-4)
     assert compared["ratio_of_means"] == pytest.approx(6.0 / 83.0, abs=1e-4)

@@ -213,7 +213,7 @@ def test_compare_pairs_models_on_the_validation_split_they_share(
 @pytest.mark.parametrize(
     ("sources", "message"),
     [
-        (lambda two, beside: [two[0][1], two[0][0]], "their validation images differ"),  # seeds 2 and 1
+        (lambda two, beside: [two[0][1], two[0][0]], "not the same images"),  # seeds 2 and 1
         (lambda two, beside: [beside[1], two[0][0]], "it has no validation split"),  # --val-size 0
         (lambda two, beside: [two[1][0], two[0][0]], "pass an exported version"),  # a report folder
     ],
