@@ -29,6 +29,7 @@ RESULTS_DIR = REPO_ROOT / "bench" / "results"
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 _GRPC_PORT_LINE = re.compile(r"Running gRPC ModelServer at [^:]+:(\d+)")
 _REST_PORT_LINE = re.compile(r"Exporting HTTP/REST API at:[^:]+:(\d+)")
+_VERSION_DIR = re.compile(r"[0-9]+")  # ASCII only, as the server reads it: str.isdigit() also takes '²'
 
 
 # ------------------------------------------------------------------------------------------ small utils
@@ -265,11 +266,11 @@ def ensure_model(
     """A model base path with at least one version: the given one, or one trained once into `cache_dir`."""
     if model_base is not None:
         base = Path(model_base)
-        if not base.is_dir() or not any(p.name.isdigit() for p in base.iterdir()):
+        if not base.is_dir() or not _version_dirs(base):
             raise SystemExit(f"{base} holds no numbered version directory")
         return base
     base = cache_dir / "models" / model_name
-    if base.is_dir() and any((p / "saved_model.pb").is_file() for p in base.iterdir() if p.name.isdigit()):
+    if base.is_dir() and any((p / "saved_model.pb").is_file() for p in _version_dirs(base)):
         return base
     print(f"training a model for the benchmark (seed-best, {epochs} epochs) into {base} ...", flush=True)
     subprocess.run(
@@ -296,7 +297,12 @@ def ensure_model(
 
 def latest_version_dir(model_base: Path) -> Path:
     """The highest numbered version directory under a model base path."""
-    return max((p for p in Path(model_base).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    return max(_version_dirs(Path(model_base)), key=lambda p: int(p.name))
+
+
+def _version_dirs(model_base: Path) -> list[Path]:
+    """The entries under a model base path named as versions (ASCII digits)."""
+    return [p for p in model_base.iterdir() if _VERSION_DIR.fullmatch(p.name)]
 
 
 # -------------------------------------------------------------------------------------- load workers

@@ -42,6 +42,15 @@ def parse_json_body(body: bytes) -> dict:
     return doc
 
 
+def may_hold_bool(body: bytes) -> bool:
+    """Whether a JSON body can hold a true/false: only its literals make one (a cheap bytes search).
+
+    The one-byte searches (memchr) go first: in a body of digits, b"true" in body is tens of times slower; a
+    numeric body rarely has a 'u' or an 'l'. A NUL byte means UTF-16 or UTF-32, which json.loads reads too.
+    """
+    return (b"u" in body and b"true" in body) or (b"l" in body and b"false" in body) or b"\0" in body
+
+
 def signature_name_of(doc: dict) -> str:
     """The request's optional signature_name ('' means serving_default)."""
     name = doc.get("signature_name", "")
@@ -51,8 +60,13 @@ def signature_name_of(doc: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------ predict request
-def predict_inputs(doc: dict, signature: Signature) -> tuple[dict[str, np.ndarray], bool]:
-    """The signature's input tensors from a predict request; True when it used the row format."""
+def predict_inputs(
+    doc: dict, signature: Signature, *, may_hold_bool: bool = True
+) -> tuple[dict[str, np.ndarray], bool]:
+    """The signature's input tensors from a predict request; True when it used the row format.
+
+    may_hold_bool=False (see may_hold_bool()) skips the per-value walk that rejects true/false in numbers.
+    """
     has_instances, has_inputs = "instances" in doc, "inputs" in doc
     if has_instances and has_inputs:
         raise InvalidArgument(
@@ -61,11 +75,11 @@ def predict_inputs(doc: dict, signature: Signature) -> tuple[dict[str, np.ndarra
     if not (has_instances or has_inputs):
         raise InvalidArgument("Missing 'inputs' or 'instances' key")
     if has_instances:
-        return _row_inputs(doc["instances"], signature), True
-    return _columnar_inputs(doc["inputs"], signature), False
+        return _row_inputs(doc["instances"], signature, may_hold_bool), True
+    return _columnar_inputs(doc["inputs"], signature, may_hold_bool), False
 
 
-def _row_inputs(instances: Any, signature: Signature) -> dict[str, np.ndarray]:
+def _row_inputs(instances: Any, signature: Signature, may_hold_bool: bool) -> dict[str, np.ndarray]:
     if not isinstance(instances, list):
         raise InvalidArgument("Expecting 'instances' to be an list/array")
     if not instances:
@@ -74,7 +88,7 @@ def _row_inputs(instances: Any, signature: Signature) -> dict[str, np.ndarray]:
     objects = [isinstance(e, dict) and not _is_b64(e) for e in instances]
     if len(names) == 1 and not any(objects):
         spec = signature.inputs[names[0]]
-        return {spec.alias: _to_array(instances, spec, "instances", row=True)}
+        return {spec.alias: _to_array(instances, spec, "instances", may_hold_bool, row=True)}
     if not all(objects):
         raise InvalidArgument(
             "instances is a plain list, but expecting list of objects as multiple input "
@@ -95,10 +109,13 @@ def _row_inputs(instances: Any, signature: Signature) -> dict[str, np.ndarray]:
             )
         for name in names:
             columns[name].append(element[name])
-    return {name: _to_array(columns[name], signature.inputs[name], "instances", row=True) for name in names}
+    return {
+        name: _to_array(columns[name], signature.inputs[name], "instances", may_hold_bool, row=True)
+        for name in names
+    }
 
 
-def _columnar_inputs(inputs: Any, signature: Signature) -> dict[str, np.ndarray]:
+def _columnar_inputs(inputs: Any, signature: Signature, may_hold_bool: bool) -> dict[str, np.ndarray]:
     names = sorted(signature.inputs)
     if isinstance(inputs, dict) and not _is_b64(inputs):
         for name in names:
@@ -109,17 +126,19 @@ def _columnar_inputs(inputs: Any, signature: Signature) -> dict[str, np.ndarray]
             raise InvalidArgument(
                 f"'inputs' object keys must be equal to: {','.join(names)} (unexpected: {','.join(extra)})"
             )
-        return {name: _to_array(inputs[name], signature.inputs[name], "inputs") for name in names}
+        return {
+            name: _to_array(inputs[name], signature.inputs[name], "inputs", may_hold_bool) for name in names
+        }
     if len(names) != 1:
         raise InvalidArgument(
             f"'inputs' is a plain value, but the signature has several inputs "
             f"({','.join(names)}): send an object of name -> tensor"
         )
     spec = signature.inputs[names[0]]
-    return {spec.alias: _to_array(inputs, spec, "inputs")}
+    return {spec.alias: _to_array(inputs, spec, "inputs", may_hold_bool)}
 
 
-def _to_array(value: Any, spec: TensorSpec, key: str, row: bool = False) -> np.ndarray:
+def _to_array(value: Any, spec: TensorSpec, key: str, may_hold_bool: bool, row: bool = False) -> np.ndarray:
     """One JSON (nested) list -> an array of the signature's dtype; rejects ragged lists and wrong types."""
     if is_string(spec):
         return _string_array(value, key, row)
@@ -133,7 +152,7 @@ def _to_array(value: Any, spec: TensorSpec, key: str, row: bool = False) -> np.n
     kind = array.dtype.kind
     if target.kind == "b":
         ok = kind == "b"
-    elif _has_bool(value, array.ndim):  # numpy turns [1, true] into [1, 1]
+    elif may_hold_bool and _has_bool(value, array.ndim):  # numpy turns [1, true] into [1, 1]
         ok = False
     elif target.kind == "f":
         ok = kind in "iuf"

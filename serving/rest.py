@@ -123,7 +123,9 @@ class RestApi:
         signature_name = json_tensors.signature_name_of(doc)
         if api == "predict":
             signature = servable.signature(signature_name, rest=True)
-            inputs, row = json_tensors.predict_inputs(doc, signature)
+            inputs, row = json_tensors.predict_inputs(
+                doc, signature, may_hold_bool=json_tensors.may_hold_bool(body)
+            )
             remaining = self._options.timeout_ms / 1000 - (time.perf_counter() - started)
             outputs = servable.predict(signature, inputs, timeout=max(remaining, 0.001))
             result = json_tensors.predict_response(outputs, row)
@@ -185,10 +187,11 @@ _API_NAMES = {
 def _version(text: str | None) -> int | None:
     if text is None:
         return None
-    # The length check first: int() refuses over 4300 digits, and an int64 has at most 19.
-    if len(text.lstrip("0")) > 19 or int(text) >= 2**63:
+    # Leading zeros are allowed; strip them before int(), which refuses over 4300 digits (an int64 has 19).
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 19 or int(digits) >= 2**63:
         raise InvalidArgument(f"Failed to convert version: {text} to numeric.")
-    return int(text)
+    return int(digits)
 
 
 def _proto_json(message) -> bytes:

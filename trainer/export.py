@@ -29,7 +29,10 @@ ASSETS_EXTRA = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
 MODEL_CARD_FILE = "model_card.json"
 WARMUP_BATCH_SIZES = (1, 2, 4, 8, 16)
-_VERSION_DIR = re.compile(r"^\d+$")
+# ASCII digits within int64, as TF Serving (and serving.model_manager.parse_version) reads a version
+# directory: \d would also take '١', which int() reads as 1.
+_VERSION_DIR = re.compile(r"[0-9]+")
+_MAX_VERSION = 2**63 - 1
 _TMP_PREFIX = ".export-"  # not all digits, so TF Serving's version scan ignores it
 
 
@@ -62,7 +65,8 @@ def existing_versions(model_base: str | Path) -> list[int]:
     base = Path(model_base)
     if not base.is_dir():
         return []
-    return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and _VERSION_DIR.match(p.name))
+    names = [p.name for p in base.iterdir() if p.is_dir() and _VERSION_DIR.fullmatch(p.name)]
+    return sorted(version for version in map(int, names) if version <= _MAX_VERSION)
 
 
 def next_version(model_base: str | Path) -> int:

@@ -4,6 +4,7 @@ and the server keeps answering correctly afterwards."""
 from __future__ import annotations
 
 import gzip
+import json
 import socket
 import time
 
@@ -169,6 +170,15 @@ REST_CASES = [
         "JSON Value: true Type: Bool is not of expected type: uint8",
     ),
     (
+        "bool among pixels in UTF-16",
+        "POST",
+        PREDICT,
+        json.dumps({"instances": [[[1] * 27 + [True]] + ROW[1:]]}).encode("utf-16"),
+        {},
+        400,
+        "JSON Value: true Type: Bool is not of expected type: uint8",
+    ),
+    (
         "bool among floats",
         "POST",
         ODD,
@@ -248,6 +258,24 @@ REST_CASES = [
         {},
         400,
         "Failed to convert version: 9999",
+    ),
+    (
+        "version 42 after 5000 leading zeros",
+        "GET",
+        "/v1/models/digits/versions/" + "0" * 5000 + "42",
+        None,
+        {},
+        404,
+        "Could not find version 42 of model digits",
+    ),
+    (
+        "version over int64 after leading zeros",
+        "POST",
+        "/v1/models/digits/versions/000" + "9" * 20 + ":predict",
+        {"instances": IMG},
+        {},
+        400,
+        "Failed to convert version: 000" + "9" * 20 + " to numeric.",
     ),
     (
         "unknown model status",

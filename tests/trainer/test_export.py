@@ -26,6 +26,7 @@ from trainer.export import (
     WARMUP_FILE,
     existing_versions,
     export_model,
+    next_version,
     read_model_card,
 )
 from trainer.model import build_model, to_model_input
@@ -83,6 +84,15 @@ def test_versions_increment_and_card_is_written(tmp_path, small_model):
     assert [first.name, second.name, third.name] == ["1", "2", "8"]
     assert read_model_card(third) == {**card, "model_name": "m", "version": 8}
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2", "7", "8"]
+
+
+def test_next_version_counts_only_what_the_server_reads_as_versions(tmp_path):
+    assert next_version(tmp_path / "missing") == 1
+    # '٩' and '²' pass \d or str.isdigit(); '12\n' passes ^\d+$; none is a version the server serves.
+    for name in ("1", "3", "٩", "²", "12\n", str(2**63), "v4"):
+        (tmp_path / name).mkdir()
+    assert existing_versions(tmp_path) == [1, 3]
+    assert next_version(tmp_path) == 4
 
 
 def test_concurrent_reader_never_sees_a_partial_version(tmp_path, small_model):
