@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import os
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,13 @@ from client.preprocess import ImageLimits, prepare_image
 
 DATA_DIR_ENV = "DIGITS_DATA_DIR"
 SPLITS = ("test", "train")
+# What a damaged npz raises from inside numpy and zipfile: a bad zip structure, a bad deflate stream, a
+# mangled .npy header (tokenize and ast run on it), a compression method mangled into an unknown one.
+# The same tuple as trainer/data.py's NPZ_DECODE_ERRORS, repeated because the client never imports it.
+NPZ_DECODE_ERRORS = (
+    OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, tokenize.TokenError, SyntaxError,
+    NotImplementedError,
+)
 
 
 class DataError(ValueError):
@@ -63,10 +72,15 @@ def load_npz(path: Path, split: str, class_names: tuple[str, ...]) -> LabelledIm
             if missing:
                 raise DataError(f"{path} has no {', '.join(missing)} (it has {', '.join(archive.files)})")
             images, labels = archive[keys[0]], archive[keys[1]]
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        if isinstance(err, DataError):
-            raise
-        raise DataError(f"cannot read {path} as an .npz file: {err}") from None
+    except DataError:
+        raise
+    except OSError as err:  # missing, a directory, no permission: the file itself is fine or absent
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
+    except NPZ_DECODE_ERRORS as err:
+        raise DataError(
+            f"cannot read {path}: the file is damaged or not an .npz ({_error_name(err)}: {err}); "
+            "copy or download it again"
+        ) from None
     return _checked(images, labels, class_names, f"{path} ({split})")
 
 
@@ -116,3 +130,9 @@ def _checked(
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= len(class_names):
         raise DataError(f"{source}: labels must be integers 0..{len(class_names) - 1}")
     return LabelledImages(np.ascontiguousarray(images), labels.astype(np.int64), class_names, source)
+
+
+def _error_name(err: BaseException) -> str:
+    """`ValueError`, but `zlib.error` and `tokenize.TokenError`: bare, those names say little."""
+    kind = type(err)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"

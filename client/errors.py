@@ -35,6 +35,12 @@ class ServerUnavailable(ClientError):
     http_status = 503
 
 
+class BadTarget(ClientError):
+    """The model server address (or the proxy setting) is not a valid URL: to fix, not to retry."""
+
+    http_status = 503  # to the gateway's callers the model server is unusable, as when it is down
+
+
 class DeadlineExceeded(ClientError):
     """The request did not finish within its timeout."""
 

@@ -6,7 +6,8 @@ misclassified.png into --report. `--compare V1 V2` evaluates two versions on the
 McNemar's exact test on their disagreements.
 
 Exit codes: 0 done, 2 bad arguments or data (also data that does not fit the model's input, or
-requests the server refuses, e.g. a batch over its limit, or a --report folder that cannot be written),
+requests the server refuses, e.g. a batch over its limit, a --target or proxy setting that is not a valid
+address, or a --report folder that cannot be written),
 3 model server unreachable, 4 model/version/label not served, 1 any other server error.
 """
 
@@ -29,7 +30,14 @@ from client.datasets import (
     load_named,
     load_npz,
 )
-from client.errors import ClientError, DeadlineExceeded, InvalidInput, ModelNotFound, ServerUnavailable
+from client.errors import (
+    BadTarget,
+    ClientError,
+    DeadlineExceeded,
+    InvalidInput,
+    ModelNotFound,
+    ServerUnavailable,
+)
 from client.eval_report import comparison_verdict, console_text, report_dict, write_comparison, write_report
 from client.evaluation import ProgressBar, predict_all, score
 from client.model_client import ClientConfig, ModelClient, connect
@@ -126,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 _evaluate(client, data, args, version, served_version, len(versions) > 1)
                 for version, served_version in zip(versions, served, strict=True)
             ]
-    except DataError as err:
+    except (DataError, BadTarget) as err:
         return _fail(EXIT_BAD_INPUT, str(err))
     except ServerUnavailable as err:
         return _fail(

@@ -19,7 +19,7 @@ from PIL import Image
 from werkzeug.exceptions import HTTPException
 
 from client import contract
-from client.errors import ClientError, ModelNotFound, ServerUnavailable
+from client.errors import BadTarget, ClientError, ModelNotFound, ServerUnavailable
 from client.gateway_settings import DEFAULTS, GatewaySettings, env_strings
 from client.model_client import ModelClient, Prediction, available_versions, connect
 from client.openapi_spec import openapi_document
@@ -193,6 +193,9 @@ def _answer(prediction: Prediction, names: tuple[str, ...], images: np.ndarray |
 def _model_server_error(err: ClientError):
     if isinstance(err, ServerUnavailable):
         return _error(503, f"model server unavailable: {err}")
+    if isinstance(err, BadTarget):
+        log.warning("model server unusable: %s", err)
+        return _error(503, f"model server unusable: {err}")
     if isinstance(err, ModelNotFound):
         return _error(503, f"model not available on the model server: {err}")
     log.warning("model server error: %s", err)

@@ -23,7 +23,7 @@ DEFAULTS = {
     "MAX_IMAGE_PIXELS": 16_000_000,
     "MAX_IMAGE_SIDE": 8_192,
     "MAX_BATCH_IMAGES": 256,
-    "AUTH_TOKEN": None,  # when set, /v1/* needs "Authorization: Bearer <token>"
+    "AUTH_TOKEN": None,  # when set and not empty, /v1/* needs "Authorization: Bearer <token>"
 }
 # Taken verbatim from the environment: Flask parses DIGITS_* values as JSON, which would turn a token
 # "null" into None (authentication off) and "1e3" into 1000.0.
@@ -106,14 +106,18 @@ def env_strings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
 
 
 def _auth_token(value: object) -> str | None:
-    """None when unset; a set token that could never match (empty, padded) is refused, not ignored."""
-    if value is None:
+    """None (authentication off) when unset or empty; a token padded with whitespace is refused.
+
+    Empty means off because compose files pass `DIGITS_AUTH_TOKEN: ${DIGITS_AUTH_TOKEN:-}`; a padded
+    token (or whitespace only) is a mistake no request could ever match, so it stops the start.
+    """
+    if value is None or value == "":
         return None
     token = str(value)
-    if not token.strip() or token != token.strip():
+    if token != token.strip():
         raise ValueError(
-            "DIGITS_AUTH_TOKEN is set but empty or starts/ends with whitespace; "
-            "unset it to run without authentication"
+            "DIGITS_AUTH_TOKEN starts or ends with whitespace, so no request could match it; "
+            "remove the whitespace, or set it empty (or unset it) to run without authentication"
         )
     return token
 

@@ -12,6 +12,7 @@ from requests.adapters import HTTPAdapter
 
 from client import contract
 from client.errors import (
+    BadTarget,
     ClientError,
     DeadlineExceeded,
     InvalidInput,
@@ -117,8 +118,11 @@ class RestModelClient(ModelClient):
             raise DeadlineExceeded(f"no answer from {self.base_url} within {self.config.timeout_s}s") from err
         except requests.ConnectionError as err:
             raise ServerUnavailable(f"cannot connect to {self.base_url}: {_root_cause(err)}") from err
+        except requests.exceptions.InvalidProxyURL as err:  # an InvalidURL too: the proxy's, not the target's
+            proxies = "HTTP_PROXY / HTTPS_PROXY / ALL_PROXY"
+            raise BadTarget(f"the proxy setting for {self.base_url} ({proxies}) is not valid: {err}") from err
         except BAD_ADDRESS as err:
-            raise ServerUnavailable(f"cannot connect to {self.base_url}: not a valid address: {err}") from err
+            raise BadTarget(f"the model server address {self.config.target!r} is not valid: {err}") from err
         except requests.RequestException as err:
             raise ServerError(f"request to {self.base_url} failed: {type(err).__name__}: {err}") from err
         try:

@@ -133,6 +133,25 @@ def bad_npz(tmp_path, name: str, **arrays) -> str:
 
 
 @pytest.mark.parametrize(
+    "save, count, offset",
+    [(np.savez_compressed, 4, 60), (np.savez, 8, 100)],
+    ids=["bad deflate data (zlib.error)", "mangled .npy header (tokenize.TokenError)"],
+)
+def test_a_damaged_npz_exits_2_with_a_message(tmp_path, unused_port, capsys, save, count, offset):
+    path = tmp_path / "damaged.npz"
+    save(path, x_test=np.zeros((count, 28, 28), np.uint8), y_test=np.zeros(count, np.uint8))
+    with path.open("r+b") as handle:  # 64 bytes overwritten, as a bad disk or a broken copy leaves them
+        handle.seek(offset)
+        handle.write(b"\xff" * 64)
+    code = main(["--protocol", "rest", "--target", f"127.0.0.1:{unused_port}", "--npz", str(path),
+                 "--report", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err  # the (absent) model server is never asked
+    assert err.startswith(f"digits-eval: error: cannot read {path}: the file is damaged"), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
     "case, args, code, words",
     [
         ("unknown model", ["--model-name", "letters"], 4, "letters"),
@@ -173,6 +192,16 @@ def test_unreachable_server_exits_3_with_a_message(unused_port, tmp_path, test_d
     assert "cannot reach the model server" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("target", ["localhost:notaport", "ftp://127.0.0.1:1"])
+def test_a_target_that_is_not_an_address_exits_2_at_once(tmp_path, capsys, target):
+    npz = bad_npz(tmp_path, "ok.npz", x_test=np.zeros((4, 28, 28), np.uint8), y_test=np.zeros(4, np.uint8))
+    code = main(["--protocol", "rest", "--target", target, "--npz", npz, "--report", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2, err  # a bad argument, not 3 "cannot reach" after retrying
+    assert err.startswith(f"digits-eval: error: the model server address {target!r} is not valid: "), err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "nan"])
 def test_a_timeout_that_is_not_positive_is_a_usage_error(capsys, value):
     with pytest.raises(SystemExit) as done:
@@ -192,7 +221,6 @@ def test_an_unusable_report_path_is_refused_before_evaluating(tmp_path, unused_p
     err = capsys.readouterr().err
     assert code == 2, err  # not 3: the (absent) model server was never asked
     assert err.startswith("digits-eval: error: cannot create the report folder") and "Traceback" not in err
-
 
 
 def test_an_unwritable_report_still_prints_the_results(served_model, small_split, tmp_path, capsys):

@@ -193,10 +193,18 @@ def test_the_token_is_taken_verbatim_from_the_environment(gateway_factory, unuse
         assert let_in.status_code == 400 and NOT_IMAGE in let_in.json()["error"]  # past the token check
 
 
-@pytest.mark.parametrize("token", ["", "   ", " padded "])
-def test_a_token_that_could_never_match_stops_the_gateway_from_starting(monkeypatch, token):
+def test_an_empty_token_turns_authentication_off(gateway_factory, unused_port, monkeypatch):
+    monkeypatch.setenv("DIGITS_AUTH_TOKEN", "")  # compose's `${DIGITS_AUTH_TOKEN:-}` when it is not set
+    with gateway_factory(offline_gateway_config(unused_port)) as running:
+        assert running.app.extensions["digits"].settings.auth_token is None
+        reply = requests.post(f"{running.url}{ONE}", data=b"junk", timeout=30)
+    assert reply.status_code == 400 and NOT_IMAGE in reply.json()["error"]  # no token asked for
+
+
+@pytest.mark.parametrize("token", ["   ", " padded ", "padded\n", "\tpadded"])
+def test_a_token_padded_with_whitespace_stops_the_gateway_from_starting(monkeypatch, token):
     from client.gateway import create_app
 
     monkeypatch.setenv("DIGITS_AUTH_TOKEN", token)
-    with pytest.raises(ValueError, match="DIGITS_AUTH_TOKEN is set but empty"):
+    with pytest.raises(ValueError, match="DIGITS_AUTH_TOKEN starts or ends with whitespace"):
         create_app({"PROTOCOL": "rest"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from client.contract import INPUT_NAME, NUM_CLASSES, OUTPUT_CLASSES, OUTPUT_PROBABILITIES, SIGNATURE_NAME
-from client.errors import InvalidInput, ModelNotFound, ServerUnavailable
+from client.errors import BadTarget, InvalidInput, ModelNotFound, ServerUnavailable
 from client.model_client import ClientConfig, available_versions, connect
 from client.rest_transport import RestModelClient
 
@@ -183,7 +184,18 @@ def test_errors_other_than_unavailable_are_not_retried(served_model, test_digits
 
 
 @pytest.mark.parametrize("target", ["localhost:notaport", "http://", "ftp://127.0.0.1:1"])
-def test_an_address_requests_cannot_parse_raises_server_unavailable(target):
-    with connect(ClientConfig(target, protocol="rest", retries=0)) as model:
-        with pytest.raises(ServerUnavailable, match="not a valid address"):
+def test_an_address_requests_cannot_parse_is_a_bad_target_and_not_retried(target):
+    with CountingRest(ClientConfig(target, protocol="rest", retries=3), failures=0) as model:
+        with pytest.raises(BadTarget, match=re.escape(f"the model server address {target!r} is not valid: ")):
+            model.predict(np.zeros((1, 28, 28), np.uint8))
+    assert model.attempts == 1
+
+
+def test_a_malformed_proxy_setting_is_blamed_on_the_proxy_not_the_target(monkeypatch):
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", "http://")  # requests: InvalidProxyURL, a kind of InvalidURL
+    with connect(ClientConfig("127.0.0.1:1", protocol="rest", retries=3)) as model:
+        with pytest.raises(BadTarget, match="the proxy setting for http://127.0.0.1:1 ") as raised:
             model.status()
+    assert "model server address" not in str(raised.value)
