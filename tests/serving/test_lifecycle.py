@@ -52,6 +52,15 @@ def _config(name, base, policy=""):
     return f'model_config_list {{ config {{ name: "{name}" base_path: "{base}" {policy} }} }}'
 
 
+def _serving_version_1(tmp_path, built_models, server_factory):
+    """A server of model "digits" whose base path holds version 1: (base path, server, REST address)."""
+    base = tmp_path / "digits"
+    base.mkdir()
+    _publish(built_models.digits[1], base / "1")
+    server = server_factory(_config("digits", base))
+    return base, server, f"http://127.0.0.1:{server.rest_port}"
+
+
 @pytest.fixture(scope="module")
 def answers(built_models, images):
     out = {}
@@ -65,11 +74,7 @@ def answers(built_models, images):
 def test_hot_swap_under_load_drops_no_request_and_answers_stay_right(
     tmp_path, built_models, images, answers, server_factory
 ):
-    base = tmp_path / "digits"
-    base.mkdir()
-    _publish(built_models.digits[1], base / "1")
-    server = server_factory(_config("digits", base))
-    rest = f"http://127.0.0.1:{server.rest_port}"
+    base, server, rest = _serving_version_1(tmp_path, built_models, server_factory)
     stop = threading.Event()
     seen_versions: set[int] = set()
     failures: list[str] = []
@@ -129,11 +134,7 @@ def test_hot_swap_under_load_drops_no_request_and_answers_stay_right(
 def test_corrupt_versions_are_reported_and_never_replace_a_good_one(
     tmp_path, built_models, images, answers, server_factory, caplog
 ):
-    base = tmp_path / "digits"
-    base.mkdir()
-    _publish(built_models.digits[1], base / "1")
-    server = server_factory(_config("digits", base))
-    rest = f"http://127.0.0.1:{server.rest_port}"
+    base, server, rest = _serving_version_1(tmp_path, built_models, server_factory)
     # Version 2: a truncated saved_model.pb, as a half-finished copy leaves it.
     (base / "2").mkdir()
     data = (built_models.digits[2] / "saved_model.pb").read_bytes()
@@ -299,11 +300,7 @@ def test_unicode_digit_folders_are_ignored_and_polling_goes_on(
 def test_a_missing_base_path_keeps_the_served_versions(
     tmp_path, built_models, images, answers, server_factory, caplog
 ):
-    base = tmp_path / "digits"
-    base.mkdir()
-    _publish(built_models.digits[1], base / "1")
-    server = server_factory(_config("digits", base))
-    rest = f"http://127.0.0.1:{server.rest_port}"
+    base, server, rest = _serving_version_1(tmp_path, built_models, server_factory)
     models = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
 
     def reload(base_path):
