@@ -25,7 +25,7 @@ SPLITS = ("test", "train")
 # mangled .npy header (tokenize and ast run on it), a compression method mangled into an unknown one.
 # The same tuple as trainer/data.py's NPZ_DECODE_ERRORS, repeated because the client never imports it.
 NPZ_DECODE_ERRORS = (
-    OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, tokenize.TokenError, SyntaxError,
+    ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, tokenize.TokenError, SyntaxError,
     NotImplementedError,
 )
 
