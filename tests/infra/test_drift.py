@@ -12,7 +12,9 @@ from tests.infra.conftest import REPO, container, find, pod_spec
 
 SERVING_CONFIG = REPO / "serving" / "config"
 # TensorFlow sizes its thread pools for the node's cores; only k8s knows the container's CPU limit.
-K8S_ONLY_FLAGS = ("--tensorflow_intra_op_parallelism", "--tensorflow_inter_op_parallelism")
+THREAD_FLAGS = ("--tensorflow_intra_op_parallelism", "--tensorflow_inter_op_parallelism")
+# Only k8s puts several serving replicas behind one Service address (gRPC connection rebalancing).
+K8S_ONLY_FLAGS = (*THREAD_FLAGS, "--grpc_channel_arguments")
 
 
 def _shell_default(script: str, variable: str) -> str:
@@ -90,7 +92,7 @@ def test_tf_serving_flags_and_config_files_agree(up_serve_flags, compose, k8s):
     k8s_flags = _flags(k8s_serving["args"])
     assert {f: v for f, v in k8s_flags.items() if f not in K8S_ONLY_FLAGS} == compose_flags
     cpu_limit = k8s_serving["resources"]["limits"]["cpu"]
-    assert all(k8s_flags[flag] == cpu_limit for flag in K8S_ONLY_FLAGS), "thread pools = the CPU limit"
+    assert all(k8s_flags[flag] == cpu_limit for flag in THREAD_FLAGS), "thread pools = the CPU limit"
     for flag in ("--model_config_file", "--batching_parameters_file", "--monitoring_config_file"):
         assert (SERVING_CONFIG / compose_flags[flag].removeprefix("/config/")).is_file(), flag
     # make up's digits-serve reads the same batching and monitoring files from serving/config/.
