@@ -15,6 +15,8 @@ SERVING_CONFIG = REPO / "serving" / "config"
 THREAD_FLAGS = ("--tensorflow_intra_op_parallelism", "--tensorflow_inter_op_parallelism")
 # Only k8s puts several serving replicas behind one Service address (gRPC connection rebalancing).
 K8S_ONLY_FLAGS = (*THREAD_FLAGS, "--grpc_channel_arguments")
+# The gateway's bearer token: a secret each deployment passes through, never a value written here.
+AUTH_TOKEN = "DIGITS_AUTH_TOKEN"
 
 
 def _shell_default(script: str, variable: str) -> str:
@@ -120,8 +122,13 @@ def test_gateway_settings_agree(up_script, compose, k8s, dockerfiles):
     launch = re.search(r"((?:DIGITS_\w+=\S+\s+(?:\\\s+)?)+)\"\$BIN/digits-gateway\"", up_script)
     assert launch, "scripts/up.sh no longer starts digits-gateway with DIGITS_* settings"
     up_env = dict(re.findall(r"(DIGITS_\w+)=\"?([^\"\s]+)\"?", launch.group(1)))
-    compose_env = compose["services"]["gateway"]["environment"]
-    k8s_env = {e["name"]: e["value"] for e in container(find(k8s, "Deployment", "gateway"), "gateway")["env"]}
+    compose_env = dict(compose["services"]["gateway"]["environment"])
+    k8s_env = {e["name"]: e for e in container(find(k8s, "Deployment", "gateway"), "gateway")["env"]}
+    # The token is passed through, not agreed on: compose from the shell, k8s from an optional Secret,
+    # make up from the environment digits-gateway inherits.
+    assert compose_env.pop(AUTH_TOKEN) == f"${{{AUTH_TOKEN}:-}}"
+    assert k8s_env.pop(AUTH_TOKEN)["valueFrom"]["secretKeyRef"]["optional"] is True
+    k8s_env = {name: e["value"] for name, e in k8s_env.items()}
     assert set(up_env) == set(compose_env) == set(k8s_env)
     assert up_env["DIGITS_MODEL_SERVER"] == "localhost:$GRPC_PORT"
     server = f"serving:{contract.GRPC_PORT}"  # the serving service's gRPC port, in compose and k8s alike
