@@ -3,7 +3,12 @@ model layout, TF Serving flags and config files, gateway settings and images, wi
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -189,3 +194,59 @@ def test_gateway_health_checks_use_its_own_routes(compose, k8s, dockerfiles):
     for check in (compose_check, image_check):
         path = re.search(rf"127\.0\.0\.1:{contract.GATEWAY_PORT}(/\w+)", check).group(1)
         assert path in routes, check
+
+
+# digits-serve stand-in for scripts/up.sh: keeps a copy of the --model_config_file it is given and answers
+# the REST status call with an AVAILABLE version.
+_SERVE_STUB = '''#!{python}
+import shutil, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+flags = dict(arg[2:].split("=", 1) for arg in sys.argv[1:] if "=" in arg)
+shutil.copy(flags["model_config_file"], {copy!r})
+class Status(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'{{"model_version_status": [{{"version": "1", "state": "AVAILABLE"}}]}}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", int(flags["rest_api_port"])), Status).serve_forever()
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_make_up_serves_models_config_with_the_local_model_folder(tmp_path):
+    from serving.config_files import read_model_server_config
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "up.sh", tmp_path / "scripts" / "up.sh")
+    shutil.copytree(SERVING_CONFIG, tmp_path / "serving" / "config")
+    (tmp_path / "models" / contract.DEFAULT_MODEL_NAME / "1").mkdir(parents=True)  # no training
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    served = tmp_path / "served.config"
+    stubs = {"python": f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', "digits-gateway": "#!/bin/sh\nexit 0\n",
+             "digits-serve": _SERVE_STUB.format(python=sys.executable, copy=str(served))}
+    for name, text in stubs.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path / "tmp"),
+           "GRPC_PORT": str(_free_port()), "REST_PORT": str(_free_port()), "GATEWAY_PORT": str(_free_port())}
+    for name in ("MODELS_DIR", "MODEL_NAME"):
+        env.pop(name, None)
+    result = subprocess.run(["bash", str(tmp_path / "scripts" / "up.sh")], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The file compose and k8s serve, version policy included, with this machine's model folder.
+    expected = read_model_server_config(SERVING_CONFIG / "models.config")
+    expected.model_config_list.config[0].base_path = str(tmp_path / "models" / contract.DEFAULT_MODEL_NAME)
+    assert read_model_server_config(served) == expected
+    assert not list((tmp_path / "tmp").iterdir()), "up.sh leaves its config copy behind"
