@@ -122,6 +122,20 @@ def test_serving_ages_out_grpc_connections_so_added_replicas_get_requests(overla
     assert age_s * 1.1 + DEFAULTS["TIMEOUT_S"] <= grace_s
 
 
+def test_gateway_keeps_accepting_until_its_endpoint_is_gone(rendered):
+    from client.gateway_settings import DEFAULTS
+
+    # Kubernetes takes a stopping pod out of the endpoints while it sends SIGTERM, and gunicorn closes its
+    # port on SIGTERM: a preStop pause covers the gap, and the longest request still ends in the grace period.
+    deployment = find(rendered["cpu"], "Deployment", "gateway")
+    command = container(deployment, "gateway")["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2
+    pause_s = float(command[1])
+    longest_request_s = DEFAULTS["TIMEOUT_S"] * (DEFAULTS["RETRIES"] + 1)
+    grace_s = pod_spec(deployment).get("terminationGracePeriodSeconds", 30)
+    assert 1 <= pause_s and pause_s + longest_request_s <= grace_s
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_services_hpas_and_pdb_point_at_real_pods(overlay, rendered):
     manifests = rendered[overlay]
