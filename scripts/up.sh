@@ -21,16 +21,29 @@ if ! ls -d "$base"/[0-9]* >/dev/null 2>&1; then
 fi
 
 pids=()
+config=$(mktemp "${TMPDIR:-/tmp}/digits-models.XXXXXX")
 stop() {
   trap - INT TERM EXIT
   echo "up: stopping"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait || true
+  rm -f "$config"
 }
 trap stop INT TERM EXIT
 
-"$BIN/digits-serve" --port="$GRPC_PORT" --rest_api_port="$REST_PORT" \
-  --model_name="$MODEL_NAME" --model_base_path="$base" \
+# serving/config/models.config, as docker-compose.yml and k8s/ serve it (the version policy too: the
+# newest two versions stay loaded), with this machine's folder for the containers' /models/<name>.
+"$BIN/python" - serving/config/models.config "$MODEL_NAME" "$base" >"$config" <<'PY'
+import os, sys
+from google.protobuf import text_format
+from serving.config_files import read_model_server_config
+config = read_model_server_config(sys.argv[1])
+(model,) = config.model_config_list.config
+model.name, model.base_path = sys.argv[2], os.path.abspath(sys.argv[3])
+print(text_format.MessageToString(config), end="")
+PY
+
+"$BIN/digits-serve" --port="$GRPC_PORT" --rest_api_port="$REST_PORT" --model_config_file="$config" \
   --enable_batching --batching_parameters_file=serving/config/batching.config \
   --monitoring_config_file=serving/config/monitoring.config &
 pids+=($!)

@@ -4,12 +4,14 @@ healthcheck that really tells AVAILABLE apart, a gateway that waits for it, and 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import yaml
 
 from tests.infra.conftest import REPO, run_tool
 
@@ -63,6 +65,19 @@ def test_long_running_services_restart_and_run_locked_down(compose):
 def test_gateway_starts_only_once_serving_is_healthy(compose):
     depends = compose["services"]["gateway"]["depends_on"]
     assert depends == {"serving": {"condition": "service_healthy"}}
+
+
+def test_gateway_takes_its_auth_token_from_the_shell(docker_compose):
+    from client.gateway_settings import ENV_PREFIX
+
+    name = ENV_PREFIX + "AUTH_TOKEN"
+    environ = {key: value for key, value in os.environ.items() if key != name}
+    for shell, expected in (({name: "s3cret"}, "s3cret"), ({}, "")):  # unset: empty, authentication off
+        result = subprocess.run([docker_compose, "-f", "docker-compose.yml", "config"], cwd=REPO,
+                                env={**environ, **shell}, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        environment = yaml.safe_load(result.stdout)["services"]["gateway"]["environment"]
+        assert environment.get(name) == expected, shell
 
 
 def test_trainers_are_on_demand_and_write_models_as_a_non_root_user(compose):

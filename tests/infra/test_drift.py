@@ -3,7 +3,12 @@ model layout, TF Serving flags and config files, gateway settings and images, wi
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -12,7 +17,11 @@ from tests.infra.conftest import REPO, container, find, pod_spec
 
 SERVING_CONFIG = REPO / "serving" / "config"
 # TensorFlow sizes its thread pools for the node's cores; only k8s knows the container's CPU limit.
-K8S_ONLY_FLAGS = ("--tensorflow_intra_op_parallelism", "--tensorflow_inter_op_parallelism")
+THREAD_FLAGS = ("--tensorflow_intra_op_parallelism", "--tensorflow_inter_op_parallelism")
+# Only k8s puts several serving replicas behind one Service address (gRPC connection rebalancing).
+K8S_ONLY_FLAGS = (*THREAD_FLAGS, "--grpc_channel_arguments")
+# The gateway's bearer token: a secret each deployment passes through, never a value written here.
+AUTH_TOKEN = "DIGITS_AUTH_TOKEN"
 
 
 def _shell_default(script: str, variable: str) -> str:
@@ -90,7 +99,7 @@ def test_tf_serving_flags_and_config_files_agree(up_serve_flags, compose, k8s):
     k8s_flags = _flags(k8s_serving["args"])
     assert {f: v for f, v in k8s_flags.items() if f not in K8S_ONLY_FLAGS} == compose_flags
     cpu_limit = k8s_serving["resources"]["limits"]["cpu"]
-    assert all(k8s_flags[flag] == cpu_limit for flag in K8S_ONLY_FLAGS), "thread pools = the CPU limit"
+    assert all(k8s_flags[flag] == cpu_limit for flag in THREAD_FLAGS), "thread pools = the CPU limit"
     for flag in ("--model_config_file", "--batching_parameters_file", "--monitoring_config_file"):
         assert (SERVING_CONFIG / compose_flags[flag].removeprefix("/config/")).is_file(), flag
     # make up's digits-serve reads the same batching and monitoring files from serving/config/.
@@ -118,8 +127,13 @@ def test_gateway_settings_agree(up_script, compose, k8s, dockerfiles):
     launch = re.search(r"((?:DIGITS_\w+=\S+\s+(?:\\\s+)?)+)\"\$BIN/digits-gateway\"", up_script)
     assert launch, "scripts/up.sh no longer starts digits-gateway with DIGITS_* settings"
     up_env = dict(re.findall(r"(DIGITS_\w+)=\"?([^\"\s]+)\"?", launch.group(1)))
-    compose_env = compose["services"]["gateway"]["environment"]
-    k8s_env = {e["name"]: e["value"] for e in container(find(k8s, "Deployment", "gateway"), "gateway")["env"]}
+    compose_env = dict(compose["services"]["gateway"]["environment"])
+    k8s_env = {e["name"]: e for e in container(find(k8s, "Deployment", "gateway"), "gateway")["env"]}
+    # The token is passed through, not agreed on: compose from the shell, k8s from an optional Secret,
+    # make up from the environment digits-gateway inherits.
+    assert compose_env.pop(AUTH_TOKEN) == f"${{{AUTH_TOKEN}:-}}"
+    assert k8s_env.pop(AUTH_TOKEN)["valueFrom"]["secretKeyRef"]["optional"] is True
+    k8s_env = {name: e["value"] for name, e in k8s_env.items()}
     assert set(up_env) == set(compose_env) == set(k8s_env)
     assert up_env["DIGITS_MODEL_SERVER"] == "localhost:$GRPC_PORT"
     server = f"serving:{contract.GRPC_PORT}"  # the serving service's gRPC port, in compose and k8s alike
@@ -180,3 +194,59 @@ def test_gateway_health_checks_use_its_own_routes(compose, k8s, dockerfiles):
     for check in (compose_check, image_check):
         path = re.search(rf"127\.0\.0\.1:{contract.GATEWAY_PORT}(/\w+)", check).group(1)
         assert path in routes, check
+
+
+# digits-serve stand-in for scripts/up.sh: keeps a copy of the --model_config_file it is given and answers
+# the REST status call with an AVAILABLE version.
+_SERVE_STUB = '''#!{python}
+import shutil, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+flags = dict(arg[2:].split("=", 1) for arg in sys.argv[1:] if "=" in arg)
+shutil.copy(flags["model_config_file"], {copy!r})
+class Status(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'{{"model_version_status": [{{"version": "1", "state": "AVAILABLE"}}]}}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", int(flags["rest_api_port"])), Status).serve_forever()
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_make_up_serves_models_config_with_the_local_model_folder(tmp_path):
+    from serving.config_files import read_model_server_config
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "up.sh", tmp_path / "scripts" / "up.sh")
+    shutil.copytree(SERVING_CONFIG, tmp_path / "serving" / "config")
+    (tmp_path / "models" / contract.DEFAULT_MODEL_NAME / "1").mkdir(parents=True)  # no training
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    served = tmp_path / "served.config"
+    stubs = {"python": f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', "digits-gateway": "#!/bin/sh\nexit 0\n",
+             "digits-serve": _SERVE_STUB.format(python=sys.executable, copy=str(served))}
+    for name, text in stubs.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path / "tmp"),
+           "GRPC_PORT": str(_free_port()), "REST_PORT": str(_free_port()), "GATEWAY_PORT": str(_free_port())}
+    for name in ("MODELS_DIR", "MODEL_NAME"):
+        env.pop(name, None)
+    result = subprocess.run(["bash", str(tmp_path / "scripts" / "up.sh")], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The file compose and k8s serve, version policy included, with this machine's model folder.
+    expected = read_model_server_config(SERVING_CONFIG / "models.config")
+    expected.model_config_list.config[0].base_path = str(tmp_path / "models" / contract.DEFAULT_MODEL_NAME)
+    assert read_model_server_config(served) == expected
+    assert not list((tmp_path / "tmp").iterdir()), "up.sh leaves its config copy behind"

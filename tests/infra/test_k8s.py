@@ -103,6 +103,40 @@ def test_serving_readiness_needs_an_available_version(rendered):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serving_ages_out_grpc_connections_so_added_replicas_get_requests(overlay, rendered):
+    from client.gateway_settings import DEFAULTS
+
+    # A Service balances connections, and a gateway worker keeps one: without a maximum age, replicas the
+    # HPA adds get no gRPC calls. TF Serving passes --grpc_channel_arguments (comma separated key=value,
+    # integers as int32) to its gRPC server.
+    deployment = find(rendered[overlay], "Deployment", "serving")
+    serving = container(deployment, "serving")
+    values = [arg.partition("=")[2] for arg in serving["args"] if arg.startswith("--grpc_channel_arguments=")]
+    assert len(values) == 1, "TF Serving keeps each gRPC connection for as long as the client does"
+    arguments = dict(pair.split("=", 1) for pair in values[0].split(","))
+    age_s = int(arguments["grpc.max_connection_age_ms"]) / 1000
+    assert age_s >= 1, "clients would reconnect all the time"
+    # TF Serving ignores SIGTERM and serves on until killed: every connection (gRPC adds up to 10% jitter
+    # to the age) and the gateway's last call on it must be done within the pod's grace period.
+    grace_s = pod_spec(deployment).get("terminationGracePeriodSeconds", 30)
+    assert age_s * 1.1 + DEFAULTS["TIMEOUT_S"] <= grace_s
+
+
+def test_gateway_keeps_accepting_until_its_endpoint_is_gone(rendered):
+    from client.gateway_settings import DEFAULTS
+
+    # Kubernetes takes a stopping pod out of the endpoints while it sends SIGTERM, and gunicorn closes its
+    # port on SIGTERM: a preStop pause covers the gap, and the longest request still ends in the grace period.
+    deployment = find(rendered["cpu"], "Deployment", "gateway")
+    command = container(deployment, "gateway")["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2
+    pause_s = float(command[1])
+    longest_request_s = DEFAULTS["TIMEOUT_S"] * (DEFAULTS["RETRIES"] + 1)
+    grace_s = pod_spec(deployment).get("terminationGracePeriodSeconds", 30)
+    assert 1 <= pause_s and pause_s + longest_request_s <= grace_s
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_services_hpas_and_pdb_point_at_real_pods(overlay, rendered):
     manifests = rendered[overlay]
     for name in ("serving", "gateway"):
