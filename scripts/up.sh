@@ -13,6 +13,7 @@ PRESET=${PRESET:-fast}
 GRPC_PORT=${GRPC_PORT:-8500}
 REST_PORT=${REST_PORT:-8501}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
+SERVE_WAIT_S=${SERVE_WAIT_S:-120}  # how long the model may take to become AVAILABLE
 base="$MODELS_DIR/$MODEL_NAME"
 
 if ! ls -d "$base"/[0-9]* >/dev/null 2>&1; then
@@ -49,14 +50,23 @@ PY
 pids+=($!)
 
 # The REST port opens only once the model is loaded (as in TF Serving): wait for AVAILABLE.
-for _ in $(seq 1 120); do
-  if "$BIN/python" - "http://localhost:$REST_PORT/v1/models/$MODEL_NAME" 2>/dev/null <<'PY'; then break; fi
+available=false
+for _ in $(seq 1 "$SERVE_WAIT_S"); do
+  if "$BIN/python" - "http://localhost:$REST_PORT/v1/models/$MODEL_NAME" 2>/dev/null <<'PY'; then
 import sys, urllib.request
 sys.exit(b"AVAILABLE" not in urllib.request.urlopen(sys.argv[1], timeout=2).read())
 PY
+    available=true
+    break
+  fi
   kill -0 "${pids[0]}" 2>/dev/null || { echo "up: digits-serve exited"; exit 1; }
   sleep 1
 done
+if [ "$available" != true ]; then
+  echo "up: $MODEL_NAME was not AVAILABLE after ${SERVE_WAIT_S} s (digits-serve's log is above;" \
+    "SERVE_WAIT_S=... waits longer)" >&2
+  exit 1
+fi
 
 DIGITS_MODEL_SERVER="localhost:$GRPC_PORT" DIGITS_MODEL_NAME="$MODEL_NAME" \
   "$BIN/digits-gateway" --host 0.0.0.0 --port "$GATEWAY_PORT" &

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -205,7 +206,7 @@ flags = dict(arg[2:].split("=", 1) for arg in sys.argv[1:] if "=" in arg)
 shutil.copy(flags["model_config_file"], {copy!r})
 class Status(BaseHTTPRequestHandler):
     def do_GET(self):
-        body = b'{{"model_version_status": [{{"version": "1", "state": "AVAILABLE"}}]}}'
+        body = b'{{"model_version_status": [{{"version": "1", "state": "{state}"}}]}}'
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -222,31 +223,61 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_make_up_serves_models_config_with_the_local_model_folder(tmp_path):
-    from serving.config_files import read_model_server_config
-
+def _run_up(tmp_path: Path, state: str, **env_extra: str) -> subprocess.CompletedProcess:
+    """scripts/up.sh with stand-ins: a model server that answers `state` for version 1, a gateway that
+    leaves a mark when started."""
     (tmp_path / "scripts").mkdir()
     shutil.copy(REPO / "scripts" / "up.sh", tmp_path / "scripts" / "up.sh")
     shutil.copytree(SERVING_CONFIG, tmp_path / "serving" / "config")
     (tmp_path / "models" / contract.DEFAULT_MODEL_NAME / "1").mkdir(parents=True)  # no training
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    served = tmp_path / "served.config"
-    stubs = {"python": f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', "digits-gateway": "#!/bin/sh\nexit 0\n",
-             "digits-serve": _SERVE_STUB.format(python=sys.executable, copy=str(served))}
+    stubs = {"python": f'#!/bin/sh\nexec "{sys.executable}" "$@"\n',
+             "digits-gateway": f"#!/bin/sh\ntouch {tmp_path / 'gateway-started'}\n",
+             "digits-serve": _SERVE_STUB.format(python=sys.executable, copy=str(tmp_path / "served.config"),
+                                                state=state)}
     for name, text in stubs.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     (tmp_path / "tmp").mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path / "tmp"),
-           "GRPC_PORT": str(_free_port()), "REST_PORT": str(_free_port()), "GATEWAY_PORT": str(_free_port())}
+           "GRPC_PORT": str(_free_port()), "REST_PORT": str(_free_port()), "GATEWAY_PORT": str(_free_port()),
+           **env_extra}
     for name in ("MODELS_DIR", "MODEL_NAME"):
         env.pop(name, None)
-    result = subprocess.run(["bash", str(tmp_path / "scripts" / "up.sh")], env=env, capture_output=True,
-                            text=True, timeout=60)
+    return subprocess.run(["bash", str(tmp_path / "scripts" / "up.sh")], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_make_up_serves_models_config_with_the_local_model_folder(tmp_path):
+    from serving.config_files import read_model_server_config
+
+    served = tmp_path / "served.config"
+    result = _run_up(tmp_path, "AVAILABLE")
     assert result.returncode == 0, result.stdout + result.stderr
     # The file compose and k8s serve, version policy included, with this machine's model folder.
     expected = read_model_server_config(SERVING_CONFIG / "models.config")
     expected.model_config_list.config[0].base_path = str(tmp_path / "models" / contract.DEFAULT_MODEL_NAME)
     assert read_model_server_config(served) == expected
     assert not list((tmp_path / "tmp").iterdir()), "up.sh leaves its config copy behind"
+
+
+def test_make_up_fails_when_the_model_never_becomes_available(tmp_path):
+    result = _run_up(tmp_path, "LOADING", SERVE_WAIT_S="2")
+    assert result.returncode == 1
+    assert f"{contract.DEFAULT_MODEL_NAME} was not AVAILABLE after 2 s" in result.stderr
+    assert not (tmp_path / "gateway-started").exists(), "the gateway started beside a model that never loaded"
+    assert not list((tmp_path / "tmp").iterdir()), "up.sh leaves its config copy behind"
+
+
+def test_client_requests_fit_the_served_batch_cap():
+    """TF Serving's batcher refuses a request over max_batch_size: no client default may exceed it."""
+    from client.evaluate import build_parser
+    from client.gateway_settings import DEFAULTS
+    from client.model_client import ClientConfig
+    from serving.config_files import read_batching_parameters
+
+    cap = read_batching_parameters(SERVING_CONFIG / "batching.config").max_batch_size.value
+    assert ClientConfig(target="localhost:8500").batch_size <= cap
+    assert build_parser().parse_args([]).batch_size <= cap
+    assert DEFAULTS["MAX_BATCH_IMAGES"] <= cap
