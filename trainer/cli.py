@@ -483,7 +483,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     dataset = load_dataset(args.dataset, args.data_dir)
     from trainer.report import new_run_dir
-    from trainer.tune import TuneConfig, retrain_best, retrain_summary, run_search, write_tune_report
+    from trainer.tune import (
+        TuneConfig,
+        TuneError,
+        retrain_best,
+        retrain_summary,
+        run_search,
+        write_tune_report,
+    )
 
     quick = TUNE_QUICK if args.quick else {}
     overrides = {
@@ -494,7 +501,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         "limit_train": args.limit_train,
     }
     cfg = TuneConfig(**{**quick, **{k: v for k, v in overrides.items() if v is not None}})
-    rows = run_search(dataset, cfg, args.directory, log=_log)
+    try:
+        rows = run_search(dataset, cfg, args.directory, log=_log)
+    except TuneError as exc:
+        print(f"digits-train: tune: --directory {exc}", file=sys.stderr)
+        return 2
     if not rows or rows[0].val_accuracy is None:
         print("digits-train: tune: no trial finished; raise --budget or --max-trials", file=sys.stderr)
         return 1

@@ -35,7 +35,12 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 OBJECTIVE = "val_accuracy"
 PROJECT_NAME = "digits"
+SETTINGS_FILE = "search_settings.json"  # in the project folder: what its trials were scored under
 SEARCH_SEED = 42
+
+
+class TuneError(Exception):
+    """A tuner project that cannot be resumed as asked."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,37 @@ class TuneConfig:
     val_size: int = 5_000
     limit_train: int | None = None  # train on a random subset (smoke runs)
     initial_random_trials: int = 8  # random trials before the Gaussian process takes over
+
+
+def search_settings(cfg: TuneConfig, dataset: str) -> dict[str, Any]:
+    """What a trial's score depends on besides its hyperparameters: a resumed search must keep all of it."""
+    return {
+        "dataset": dataset,
+        "val_size": cfg.val_size,
+        "limit_train": cfg.limit_train,
+        "max_epochs": cfg.max_epochs,  # KerasTuner reloads the saved search space, not a new one
+        "initial_random_trials": cfg.initial_random_trials,  # reloaded too
+    }
+
+
+def check_settings(directory: Path, settings: dict[str, Any]) -> None:
+    """Record `settings` in a new project; refuse one whose trials were scored under other settings."""
+    path = directory / PROJECT_NAME / SETTINGS_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=2) + "\n")
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TuneError(f"{directory}: {path.name} cannot be read ({exc})") from exc
+    changed = [f"{name} {saved.get(name)} (now {value})" for name, value in settings.items()
+               if saved.get(name) != value]
+    if changed:
+        raise TuneError(
+            f"{directory} holds a search scored with other settings: {', '.join(changed)}; new trials "
+            "would not compare with its trials. Resume with the same settings, or pass another --directory"
+        )
 
 
 @dataclass(frozen=True)
@@ -158,12 +194,17 @@ class DigitsTuner(keras_tuner.BayesianOptimization):
 def run_search(
     dataset: Dataset, cfg: TuneConfig, directory: str | Path, log: Callable[[str], None] = print
 ) -> list[TrialRow]:
-    """Search until the budget or max_trials runs out (resuming `directory`); all trials, best first."""
+    """Search until the budget or max_trials runs out (resuming `directory`); all trials, best first.
+
+    Raises TuneError for a project searched with other data or search-space settings.
+    """
+    directory = Path(directory)
+    check_settings(directory, search_settings(cfg, dataset.name))
     split = stratified_split(dataset.y_train, cfg.val_size, SEARCH_SEED)
     train_idx = limit_indices(split.train, cfg.limit_train, SEARCH_SEED)
     x_train = model_input_array(dataset.x_train[train_idx])
     x_val = model_input_array(dataset.x_train[split.val])
-    tuner = DigitsTuner(cfg, Path(directory), dataset.name, log)
+    tuner = DigitsTuner(cfg, directory, dataset.name, log)
     done = len(tuner.oracle.trials)
     if done:
         log(f"resuming {directory}: {done} trials already finished")

@@ -72,6 +72,21 @@ def test_second_run_resumes_instead_of_starting_over(tune_run):
         assert second[trial] == row
 
 
+def test_resuming_with_other_data_or_search_space_is_refused(tune_run, capsys):
+    reports = tune_run[0].parent
+    before = set(reports.iterdir())
+    project = reports.parent / "project"
+    common = ["tune", "--quick", "--directory", str(project), "--reports-dir", str(reports)]
+    for flags, changed in (
+        (["--max-epochs", "4"], "max_epochs 2 (now 4)"),  # KerasTuner would keep the saved epochs range
+        (["--limit-train", "500"], "limit_train 600 (now 500)"),
+        (["--dataset", "fashion_mnist"], "dataset mnist (now fashion_mnist)"),
+    ):
+        assert main([*common, *flags]) == 2, flags
+        assert changed in capsys.readouterr().err, flags
+    assert set(reports.iterdir()) == before
+
+
 def test_bad_budget_is_an_argument_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["tune", "--budget", "0"])
