@@ -196,7 +196,7 @@ def run_search(
 ) -> list[TrialRow]:
     """Search until the budget or max_trials runs out (resuming `directory`); all trials, best first.
 
-    Raises TuneError for a project searched with other data or search-space settings.
+    Raises TuneError for a project searched with other data or search-space settings, or damaged.
     """
     directory = Path(directory)
     check_settings(directory, search_settings(cfg, dataset.name))
@@ -204,7 +204,14 @@ def run_search(
     train_idx = limit_indices(split.train, cfg.limit_train, SEARCH_SEED)
     x_train = model_input_array(dataset.x_train[train_idx])
     x_val = model_input_array(dataset.x_train[split.val])
-    tuner = DigitsTuner(cfg, directory, dataset.name, log)
+    try:
+        tuner = DigitsTuner(cfg, directory, dataset.name, log)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:  # cut short mid-write, or edited
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise TuneError(
+            f"{directory}: its KerasTuner project cannot be reloaded ({reason}); pass another --directory, "
+            "or remove this one to start over"
+        ) from exc
     done = len(tuner.oracle.trials)
     if done:
         log(f"resuming {directory}: {done} trials already finished")

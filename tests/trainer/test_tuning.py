@@ -87,6 +87,20 @@ def test_resuming_with_other_data_or_search_space_is_refused(tune_run, capsys):
     assert set(reports.iterdir()) == before
 
 
+def test_a_damaged_project_is_a_clear_error(tmp_path, capsys):
+    project = tmp_path / "project"
+    (project / "digits").mkdir(parents=True)
+    (project / "digits" / "tuner0.json").write_text("{}")
+    (project / "digits" / "oracle.json").write_text('{"ongoing_trials": {')  # cut short mid-write
+    common = ["tune", "--quick", "--directory", str(project), "--reports-dir", str(tmp_path / "reports")]
+    assert main(common) == 2
+    assert f"--directory {project}: its KerasTuner project cannot be reloaded" in capsys.readouterr().err
+    (project / "digits" / "search_settings.json").write_text("{")
+    assert main(common) == 2
+    assert "search_settings.json cannot be read" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()
+
+
 def test_bad_budget_is_an_argument_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["tune", "--budget", "0"])
