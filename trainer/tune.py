@@ -164,16 +164,24 @@ class DigitsTuner(keras_tuner.BayesianOptimization):
         )
         self.cfg, self.dataset, self.log = cfg, dataset, log
         self.deadline = time.monotonic() + 60.0 * cfg.budget_minutes
+        self.stop_said = False
 
     def pre_create_trial(self) -> None:
         # Out of time: cap max_trials at the trials done, so the oracle answers STOPPED.
         out_of_time = time.monotonic() >= self.deadline
-        self.oracle.max_trials = len(self.oracle.trials) if out_of_time else self.cfg.max_trials
+        done = len(self.oracle.trials)
+        self.oracle.max_trials = done if out_of_time else self.cfg.max_trials
+        if (out_of_time or done >= self.cfg.max_trials) and not self.stop_said:
+            self.stop_said = True
+            self.log(f"budget of {self.cfg.budget_minutes:g} min spent: no new trial starts" if out_of_time
+                     else f"{done} trials in the project: --max-trials {self.cfg.max_trials} reached")
 
     def run_trial(self, trial, x_train, y_train, x_val, y_val, **_) -> dict[str, float]:
         """Fit the trial's preset; the objective is its best validation accuracy over the epochs."""
         preset = preset_from_values(trial.hyperparameters.values)
         cfg = preset.train
+        self.log(f"trial {trial.trial_id} ({int(trial.trial_id) + 1} of up to {self.cfg.max_trials}): "
+                 f"fitting {cfg.epochs} epoch(s) of batch {cfg.batch_size}")
         keras.utils.set_random_seed(SEARCH_SEED)
         model = build_model(preset.model)
         fit_model = with_augmentation(model, augment_policy(self.dataset, cfg.augment), seed=SEARCH_SEED)
@@ -212,9 +220,11 @@ def run_search(
             f"{directory}: its KerasTuner project cannot be reloaded ({reason}); pass another --directory, "
             "or remove this one to start over"
         ) from exc
-    done = len(tuner.oracle.trials)
-    if done:
-        log(f"resuming {directory}: {done} trials already finished")
+    statuses = [trial.status for trial in tuner.oracle.trials.values()]
+    if statuses:
+        interrupted = statuses.count("RUNNING")  # KerasTuner runs these again before any new trial
+        log(f"resuming {directory}: {statuses.count('COMPLETED')} trials finished"
+            + (f", {interrupted} interrupted (run again first)" if interrupted else ""))
     log(
         f"searching for up to {cfg.budget_minutes:g} min / {cfg.max_trials} trials on {len(train_idx):,} "
         f"train / {len(split.val):,} val images of {dataset.name}"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import time
 
 import pytest
 
 from trainer.cli import main
 from trainer.model import build_model
-from trainer.tune import preset_from_values, search_space
+from trainer.tune import DigitsTuner, TuneConfig, preset_from_values, search_space
 
 # KerasTuner 1.4 calls threading.currentThread(); not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:currentThread|getName:DeprecationWarning")
@@ -28,14 +31,15 @@ def test_every_point_of_the_search_space_builds_a_model():
 
 @pytest.fixture(scope="module")
 def tune_run(tmp_path_factory):
-    """Two quick invocations on one project: 2 trials, then resumed to 3."""
+    """Two quick invocations on one project: 2 trials, then resumed to 3; their run dirs, the second's log."""
     root = tmp_path_factory.mktemp("tune")
     common = ["tune", "--quick", "--directory", str(root / "project"), "--reports-dir", str(root / "reports")]
     assert main([*common, "--max-trials", "2", "--seeds", "2"]) == 0
     first = sorted((root / "reports").iterdir())
-    assert main([*common, "--max-trials", "3", "--seeds", "1"]) == 0
+    with contextlib.redirect_stdout(io.StringIO()) as log:
+        assert main([*common, "--max-trials", "3", "--seeds", "1"]) == 0
     second = sorted(set((root / "reports").iterdir()) - set(first))
-    return first[0], second[0]
+    return first[0], second[0], log.getvalue()
 
 
 def read_trials(run_dir):
@@ -44,7 +48,7 @@ def read_trials(run_dir):
 
 
 def test_smoke_search_writes_table_csv_plot_and_best_trial(tune_run):
-    run_dir, _ = tune_run
+    run_dir, *_ = tune_run
     rows = read_trials(run_dir)
     assert len(rows) == 2
     scores = [float(row["val_accuracy"]) for row in rows]
@@ -64,12 +68,30 @@ def test_smoke_search_writes_table_csv_plot_and_best_trial(tune_run):
 
 
 def test_second_run_resumes_instead_of_starting_over(tune_run):
-    first_dir, second_dir = tune_run
+    first_dir, second_dir, _ = tune_run
     first = {row["trial"]: row for row in read_trials(first_dir)}
     second = {row["trial"]: row for row in read_trials(second_dir)}
     assert len(second) == 3 and set(first) < set(second)
     for trial, row in first.items():  # reloaded, not re-run: same values and scores
         assert second[trial] == row
+
+
+def test_progress_says_what_resumes_each_trial_start_and_why_the_search_stops(tune_run):
+    log = tune_run[2]
+    assert "2 trials finished" in log
+    assert log.index("trial 2 (3 of up to 3): fitting") < log.index("trial 2: val_acc")
+    assert "3 trials in the project: --max-trials 3 reached" in log
+
+
+def test_a_spent_budget_is_said_once_and_caps_the_trials(tmp_path):
+    lines = []
+    tuner = DigitsTuner(TuneConfig(budget_minutes=5), tmp_path, log=lines.append)
+    tuner.pre_create_trial()
+    assert tuner.oracle.max_trials == TuneConfig().max_trials and lines == []
+    tuner.deadline = time.monotonic()
+    tuner.pre_create_trial()
+    tuner.pre_create_trial()
+    assert tuner.oracle.max_trials == 0 and lines == ["budget of 5 min spent: no new trial starts"]
 
 
 def test_resuming_with_other_data_or_search_space_is_refused(tune_run, capsys):
