@@ -510,9 +510,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         print("digits-train: tune: no trial finished; raise --budget or --max-trials", file=sys.stderr)
         return 1
     best = rows[0]
-    _log(f"best trial {best.trial_id} (val_acc {best.val_accuracy:.4f}); re-training with {cfg.seeds} seeds")
-    summary = retrain_summary(retrain_best(best, dataset, cfg, log=_log))
     run_dir = new_run_dir(args.reports_dir, f"tune-{dataset.name}")
+    write_tune_report(rows, None, cfg, run_dir, dataset.name)  # the search's table, before the re-training
+    _log(f"best trial {best.trial_id} (val_acc {best.val_accuracy:.4f}); trials in {run_dir}; re-training "
+         f"with {cfg.seeds} seeds")
+    summary = retrain_summary(retrain_best(best, dataset, cfg, log=_log))
     paths = write_tune_report(rows, summary, cfg, run_dir, dataset.name)
     _log(paths["markdown"].read_text())
     _log("written: " + ", ".join(str(path) for path in paths.values()))

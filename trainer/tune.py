@@ -337,9 +337,13 @@ def retrain_summary(results: list[TrainResult]) -> dict[str, Any]:
 
 
 def write_tune_report(
-    rows: list[TrialRow], summary: dict[str, Any], cfg: TuneConfig, run_dir: Path, dataset: str
+    rows: list[TrialRow], summary: dict[str, Any] | None, cfg: TuneConfig, run_dir: Path, dataset: str
 ) -> dict[str, Path]:
-    """tune_trials.csv, tune_trials.md, tune_trials.png and best_trial.json in run_dir."""
+    """tune_trials.csv, tune_trials.md, tune_trials.png and best_trial.json in run_dir.
+
+    `summary` None: the re-training of the best trial has not finished (written first, so that an
+    interrupted or failed re-training still leaves the search's table and plot).
+    """
     best = rows[0]
     preset = preset_from_values(best.values)
     paths = {
@@ -352,13 +356,21 @@ def write_tune_report(
         json.dumps({"trial": best.trial_id, "values": best.values, "preset": preset.to_dict(),
                     "retrain": summary}, indent=2) + "\n"
     )
-    mean, std = 100 * summary["mean"], 100 * summary["std"]
-    runs = ", ".join(
-        f"seed {seed}: {100 * value:.2f}% [{100 * low:.2f}, {100 * high:.2f}]"
-        for seed, value, (low, high) in zip(
-            summary["seeds"], summary["test_accuracy"], summary["test_interval_95"], strict=True
+    if summary is None:
+        retrained = f"- Best trial re-training with {cfg.seeds} seed(s): not finished."
+    else:
+        mean, std = 100 * summary["mean"], 100 * summary["std"]
+        runs = ", ".join(
+            f"seed {seed}: {100 * value:.2f}% [{100 * low:.2f}, {100 * high:.2f}]"
+            for seed, value, (low, high) in zip(
+                summary["seeds"], summary["test_accuracy"], summary["test_interval_95"], strict=True
+            )
         )
-    )
+        retrained = (
+            f"- Best trial re-trained with {len(summary['seeds'])} seed(s), test accuracy **{mean:.2f}%"
+            + (f" ± {std:.2f}%** (mean ± std)" if len(summary["seeds"]) > 1 else "**")
+            + f"; {runs}."
+        )
     finished = sum(row.val_accuracy is not None for row in rows)
     text = [
         f"# digits-train tune on {dataset}",
@@ -368,9 +380,7 @@ def write_tune_report(
         + (f", {cfg.limit_train:,} training images" if cfg.limit_train else "")
         + f"; selection on a {cfg.val_size:,}-image validation split only.",
         f"- Best trial {best.trial_id}: validation accuracy {100 * (best.val_accuracy or 0):.2f}%.",
-        f"- Best trial re-trained with {len(summary['seeds'])} seed(s), test accuracy **{mean:.2f}%"
-        + (f" ± {std:.2f}%** (mean ± std)" if len(summary["seeds"]) > 1 else "**")
-        + f"; {runs}.",
+        retrained,
         "",
         trials_markdown(rows),
     ]

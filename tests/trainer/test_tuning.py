@@ -94,6 +94,22 @@ def test_a_spent_budget_is_said_once_and_caps_the_trials(tmp_path):
     assert tuner.oracle.max_trials == 0 and lines == ["budget of 5 min spent: no new trial starts"]
 
 
+def test_an_interrupted_retraining_still_leaves_the_search_table_and_plot(tune_run, monkeypatch):
+    reports = tune_run[0].parent
+    before = set(reports.iterdir())
+
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("trainer.tune.train_model", interrupted)
+    argv = ["tune", "--quick", "--directory", str(reports.parent / "project"), "--reports-dir", str(reports)]
+    assert main(argv) == 130  # 3 trials done: nothing to search, straight to the re-training
+    (run_dir,) = set(reports.iterdir()) - before
+    assert len(read_trials(run_dir)) == 3 and (run_dir / "tune_trials.png").exists()
+    assert "re-training with 3 seed(s): not finished" in (run_dir / "tune_trials.md").read_text()
+    assert json.loads((run_dir / "best_trial.json").read_text())["retrain"] is None
+
+
 def test_resuming_with_other_data_or_search_space_is_refused(tune_run, capsys):
     reports = tune_run[0].parent
     before = set(reports.iterdir())
