@@ -272,7 +272,7 @@ def write_trials_csv(rows: list[TrialRow], path: Path) -> Path:
 
 
 def trials_markdown(rows: list[TrialRow], limit: int = 20) -> str:
-    """The best `limit` trials as a markdown table."""
+    """The best `limit` trials as a markdown table, saying so when there are more."""
     names = sorted({name for row in rows for name in row.values})
     lines = [
         "| trial | val acc | best epoch | s | " + " | ".join(names) + " |",
@@ -286,6 +286,8 @@ def trials_markdown(rows: list[TrialRow], limit: int = 20) -> str:
             + " | ".join(_short(row.values.get(name)) for name in names)
             + " |"
         )
+    if len(rows) > limit:  # the CSV has them all
+        lines += ["", f"The best {limit} of {len(rows)} trials; tune_trials.csv lists every one."]
     return "\n".join(lines) + "\n"
 
 

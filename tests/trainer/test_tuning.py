@@ -12,7 +12,7 @@ import pytest
 
 from trainer.cli import main
 from trainer.model import build_model
-from trainer.tune import DigitsTuner, TuneConfig, preset_from_values, search_space
+from trainer.tune import DigitsTuner, TrialRow, TuneConfig, preset_from_values, search_space, trials_markdown
 
 # KerasTuner 1.4 calls threading.currentThread(); not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:currentThread|getName:DeprecationWarning")
@@ -27,6 +27,13 @@ def test_every_point_of_the_search_space_builds_a_model():
     assert build_model(preset.model).count_params() > 0
     # The defaults are the tutorial's seed-best network.
     assert build_model(preset_from_values(hp.values).model).count_params() == 60_806
+
+
+def test_a_cut_markdown_table_says_so():
+    rows = [TrialRow(str(i), "COMPLETED", 0.9, 1, 1.0, {"dropout": 0.1}) for i in range(3)]
+    assert "tune_trials.csv" not in trials_markdown(rows, limit=3)
+    table = trials_markdown(rows, limit=2)
+    assert table.count("| 0.1 |") == 2 and "best 2 of 3 trials; tune_trials.csv lists every one" in table
 
 
 @pytest.fixture(scope="module")
