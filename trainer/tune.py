@@ -8,11 +8,13 @@ The search lives in a KerasTuner project directory and resumes from it (`overwri
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 OBJECTIVE = "val_accuracy"
 PROJECT_NAME = "digits"
 SETTINGS_FILE = "search_settings.json"  # in the project folder: what its trials were scored under
+LOCK_FILE = "search.lock"
 SEARCH_SEED = 42
 
 
@@ -85,6 +88,20 @@ def check_settings(directory: Path, settings: dict[str, Any]) -> None:
             f"{directory} holds a search scored with other settings: {', '.join(changed)}; new trials "
             "would not compare with its trials. Resume with the same settings, or pass another --directory"
         )
+
+
+@contextmanager
+def project_lock(directory: Path) -> Iterator[None]:
+    """Hold `directory`'s project for this process (released when it ends, however it ends)."""
+    path = directory / PROJECT_NAME / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TuneError(f"{directory} is in use by another digits-train tune; wait for it, or pass "
+                            "another --directory") from None
+        yield
 
 
 @dataclass(frozen=True)
@@ -204,9 +221,14 @@ def run_search(
 ) -> list[TrialRow]:
     """Search until the budget or max_trials runs out (resuming `directory`); all trials, best first.
 
-    Raises TuneError for a project searched with other data or search-space settings, or damaged.
+    Raises TuneError for a project searched with other data or search-space settings, damaged, or in use.
     """
     directory = Path(directory)
+    with project_lock(directory):  # two searches in one project would clobber each other's trials
+        return _search(dataset, cfg, directory, log)
+
+
+def _search(dataset: Dataset, cfg: TuneConfig, directory: Path, log: Callable[[str], None]) -> list[TrialRow]:
     check_settings(directory, search_settings(cfg, dataset.name))
     split = stratified_split(dataset.y_train, cfg.val_size, SEARCH_SEED)
     train_idx = limit_indices(split.train, cfg.limit_train, SEARCH_SEED)

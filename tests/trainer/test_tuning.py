@@ -12,7 +12,15 @@ import pytest
 
 from trainer.cli import main
 from trainer.model import build_model
-from trainer.tune import DigitsTuner, TrialRow, TuneConfig, preset_from_values, search_space, trials_markdown
+from trainer.tune import (
+    DigitsTuner,
+    TrialRow,
+    TuneConfig,
+    preset_from_values,
+    project_lock,
+    search_space,
+    trials_markdown,
+)
 
 # KerasTuner 1.4 calls threading.currentThread(); not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:currentThread|getName:DeprecationWarning")
@@ -144,6 +152,16 @@ def test_a_damaged_project_is_a_clear_error(tmp_path, capsys):
     assert main(common) == 2
     assert "search_settings.json cannot be read" in capsys.readouterr().err
     assert not (tmp_path / "reports").exists()
+
+
+def test_a_project_in_use_by_another_search_is_refused(tmp_path, capsys):
+    project = tmp_path / "project"
+    with project_lock(project):
+        argv = ["tune", "--quick", "--directory", str(project), "--reports-dir", str(tmp_path / "reports")]
+        assert main(argv) == 2
+    assert f"--directory {project} is in use by another digits-train tune" in capsys.readouterr().err
+    with project_lock(project):  # released when its holder is done
+        pass
 
 
 def test_bad_budget_is_an_argument_error(capsys):
