@@ -185,7 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     errors.set_defaults(handler=_cmd_errors)
 
     tune = commands.add_parser("tune", help="KerasTuner search over the tutorial's and modern knobs")
-    tune.add_argument("--budget", type=_positive_float, default=30.0, help="minutes of search (default 30)")
+    tune.add_argument(
+        "--budget", type=_positive_float, default=30.0,
+        help="minutes of search (default 30): no trial starts after them, one started runs to its end, and "
+        "the best trial's re-training comes after",
+    )
     tune.add_argument("--max-trials", type=_positive_int, help="stop after this many trials in the project")
     tune.add_argument("--max-epochs", type=_positive_int, help="largest epochs value a trial may pick")
     tune.add_argument("--seeds", type=_positive_int, help="re-train the best trial with this many seeds")

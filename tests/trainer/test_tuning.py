@@ -168,3 +168,10 @@ def test_bad_budget_is_an_argument_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["tune", "--budget", "0"])
     assert exc.value.code == 2 and "must be positive" in capsys.readouterr().err
+
+
+def test_budget_help_says_what_it_bounds(capsys):
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "one started runs to its end" in text and "training comes after" in text
