@@ -98,6 +98,28 @@ def test_progress_says_what_resumes_each_trial_start_and_why_the_search_stops(tu
     assert "3 trials in the project: --max-trials 3 reached" in log
 
 
+def test_a_trial_interrupted_mid_way_runs_again_on_resume(tmp_path, monkeypatch, capsys):
+    run_trial = DigitsTuner.run_trial
+
+    def interrupt_trial_1(self, trial, *args, **kwargs):
+        if trial.trial_id == "1":
+            raise KeyboardInterrupt  # Ctrl-C in the middle of its fit
+        return run_trial(self, trial, *args, **kwargs)
+
+    common = ["tune", "--quick", "--max-trials", "2", "--seeds", "1",
+              "--directory", str(tmp_path / "project"), "--reports-dir", str(tmp_path / "reports")]
+    with monkeypatch.context() as patch:
+        patch.setattr(DigitsTuner, "run_trial", interrupt_trial_1)
+        assert main(common) == 130
+    capsys.readouterr()
+    assert main(common) == 0
+    assert "1 trials finished, 1 interrupted (run again first)" in capsys.readouterr().out
+    (run_dir,) = (tmp_path / "reports").iterdir()
+    rows = read_trials(run_dir)
+    assert sorted(row["trial"] for row in rows) == ["0", "1"]
+    assert all(row["status"] == "COMPLETED" and row["val_accuracy"] for row in rows)
+
+
 def test_a_spent_budget_is_said_once_and_caps_the_trials(tmp_path):
     lines = []
     tuner = DigitsTuner(TuneConfig(budget_minutes=5), tmp_path, log=lines.append)
