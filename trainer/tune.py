@@ -324,7 +324,7 @@ def plot_trials(rows: list[TrialRow], path: Path) -> Path:
     if error:
         ax.step(ids, np.minimum.accumulate(error), where="post", color="tab:red", label="best so far")
     ax.set_yscale("log")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one trial: no -0.045 ticks
     ax.set_xlabel("trial")
     ax.set_ylabel("validation error (%, log scale)")
     ax.set_title("digits-train tune: validation error per trial (lower is better)")

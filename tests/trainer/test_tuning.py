@@ -16,6 +16,7 @@ from trainer.tune import (
     DigitsTuner,
     TrialRow,
     TuneConfig,
+    plot_trials,
     preset_from_values,
     project_lock,
     search_space,
@@ -42,6 +43,14 @@ def test_a_cut_markdown_table_says_so():
     assert "tune_trials.csv" not in trials_markdown(rows, limit=3)
     table = trials_markdown(rows, limit=2)
     assert table.count("| 0.1 |") == 2 and "best 2 of 3 trials; tune_trials.csv lists every one" in table
+
+
+def test_the_plot_of_one_trial_numbers_it_as_a_whole_trial(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr("trainer.tune.save_figure", lambda fig, path: figures.append(fig) or path)
+    plot_trials([TrialRow("0", "COMPLETED", 0.9, 1, 1.0, {})], tmp_path / "plot.png")
+    figures[0].canvas.draw()
+    assert [tick for tick in figures[0].axes[0].get_xticks() if not float(tick).is_integer()] == []
 
 
 @pytest.fixture(scope="module")
