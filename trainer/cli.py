@@ -187,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("tune", help="KerasTuner search over the tutorial's and modern knobs")
     tune.add_argument(
         "--budget", type=_positive_float, default=30.0,
-        help="minutes of search (default 30): no trial starts after them, one started runs to its end, and "
-        "the best trial's re-training comes after",
+        help="minutes of search (default 30): then no trial starts, and one still running stops and runs "
+        "again on resume (a run's first always finishes); the best trial's re-training comes after",
     )
     tune.add_argument("--max-trials", type=_positive_int, help="stop after this many trials in the project")
     tune.add_argument("--max-epochs", type=_positive_int, help="largest epochs value a trial may pick")

@@ -50,7 +50,7 @@ class TuneError(Exception):
 class TuneConfig:
     """What to search and for how long."""
 
-    budget_minutes: float = 30.0  # checked before each trial; a started trial runs to its end
+    budget_minutes: float = 30.0  # then no trial starts, and one running stops (unless a run's first)
     max_trials: int = 200
     max_epochs: int = 8
     seeds: int = 3  # re-training runs of the best trial, scored on test
@@ -161,6 +161,22 @@ def preset_from_values(values: dict[str, Any], name: str = "tuned") -> Preset:
     return Preset(name=name, description="best trial of digits-train tune", model=model, train=train)
 
 
+class BudgetSpent(BaseException):
+    """The budget ran out mid-trial: no Exception, so KerasTuner keeps the trial to run again on resume."""
+
+
+class Deadline(keras.callbacks.Callback):
+    """Stops a fit at the first batch that ends past `deadline` (time.monotonic)."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        if time.monotonic() >= self.deadline:
+            raise BudgetSpent
+
+
 class DigitsTuner(keras_tuner.BayesianOptimization):
     """Bayesian optimisation over `search_space`; each trial fits a preset and reports its best val epoch."""
 
@@ -182,6 +198,7 @@ class DigitsTuner(keras_tuner.BayesianOptimization):
         self.cfg, self.dataset, self.log = cfg, dataset, log
         self.deadline = time.monotonic() + 60.0 * cfg.budget_minutes
         self.stop_said = False
+        self.finished_here = 0  # trials this run finished
 
     def pre_create_trial(self) -> None:
         # Out of time: cap max_trials at the trials done, so the oracle answers STOPPED.
@@ -207,12 +224,15 @@ class DigitsTuner(keras_tuner.BayesianOptimization):
         history = fit_model.fit(
             x_train, y_train, validation_data=(x_val, y_val), batch_size=cfg.batch_size,
             epochs=cfg.epochs, verbose=0,
+            # The budget stops a trial mid-fit, but never a run's first: every run gets a trial further.
+            callbacks=[Deadline(self.deadline)] if self.finished_here else [],
         ).history
         seconds = time.perf_counter() - start
         val = [float(v) if math.isfinite(v) else 0.0 for v in history[OBJECTIVE]]
         best = int(np.argmax(val))
         knobs = " ".join(f"{name}={_short(v)}" for name, v in trial.hyperparameters.values.items())
         self.log(f"trial {trial.trial_id}: val_acc {val[best]:.4f} (epoch {best + 1}) {seconds:.0f}s {knobs}")
+        self.finished_here += 1
         return {OBJECTIVE: val[best], "best_epoch": float(best + 1), "seconds": seconds}
 
 
@@ -252,7 +272,12 @@ def _search(dataset: Dataset, cfg: TuneConfig, directory: Path, log: Callable[[s
         f"train / {len(split.val):,} val images of {dataset.name}"
     )
     # verbose=0: our one line per trial replaces KerasTuner's tables.
-    tuner.search(x_train, dataset.y_train[train_idx], x_val, dataset.y_train[split.val], verbose=0)
+    try:
+        tuner.search(x_train, dataset.y_train[train_idx], x_val, dataset.y_train[split.val], verbose=0)
+    except BudgetSpent:
+        cut = ", ".join(trial.trial_id for trial in tuner.oracle.ongoing_trials.values())
+        log(f"budget of {cfg.budget_minutes:g} min spent: trial {cut} stopped mid-fit; a resume runs it "
+            "again first")
     return trial_rows(tuner)
 
 
@@ -269,7 +294,7 @@ def trial_rows(tuner: keras_tuner.Tuner) -> list[TrialRow]:
         rows.append(
             TrialRow(
                 trial_id=trial.trial_id,
-                status=str(trial.status),
+                status="INTERRUPTED" if trial.status == "RUNNING" else str(trial.status),  # none runs now
                 val_accuracy=best(OBJECTIVE),
                 best_epoch=int(epoch) if epoch is not None else None,
                 seconds=best("seconds"),

@@ -129,6 +129,29 @@ def test_a_trial_interrupted_mid_way_runs_again_on_resume(tmp_path, monkeypatch,
     assert all(row["status"] == "COMPLETED" and row["val_accuracy"] for row in rows)
 
 
+def test_a_budget_spent_mid_trial_stops_it_to_run_again_on_resume(tmp_path, monkeypatch, capsys):
+    run_trial = DigitsTuner.run_trial
+
+    def budget_spent_as_trial_1_starts(self, trial, *args, **kwargs):
+        if trial.trial_id == "1":
+            self.deadline = time.monotonic()
+        return run_trial(self, trial, *args, **kwargs)
+
+    monkeypatch.setattr(DigitsTuner, "run_trial", budget_spent_as_trial_1_starts)
+    common = ["tune", "--quick", "--max-trials", "3", "--seeds", "1",
+              "--directory", str(tmp_path / "project"), "--reports-dir", str(tmp_path / "reports")]
+    assert main(common) == 0  # trial 0 finished: the table and the re-training go on
+    assert "trial 1 stopped mid-fit; a resume runs it again first" in capsys.readouterr().out
+    (first,) = (tmp_path / "reports").iterdir()
+    statuses = {row["trial"]: row["status"] for row in read_trials(first)}
+    assert statuses == {"0": "COMPLETED", "1": "INTERRUPTED"}
+    assert main(common) == 0  # trial 1 again: a run's first trial always finishes; then no new one
+    assert "1 interrupted (run again first)" in capsys.readouterr().out
+    (second,) = set((tmp_path / "reports").iterdir()) - {first}
+    statuses = {row["trial"]: row["status"] for row in read_trials(second)}
+    assert statuses == {"0": "COMPLETED", "1": "COMPLETED"}
+
+
 def test_a_spent_budget_is_said_once_and_caps_the_trials(tmp_path):
     lines = []
     tuner = DigitsTuner(TuneConfig(budget_minutes=5), tmp_path, log=lines.append)
@@ -205,4 +228,4 @@ def test_budget_help_says_what_it_bounds(capsys):
     with pytest.raises(SystemExit):
         main(["tune", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "one started runs to its end" in text and "training comes after" in text
+    assert "one still running stops and runs again on resume" in text and "training comes after" in text
