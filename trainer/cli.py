@@ -185,7 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     errors.set_defaults(handler=_cmd_errors)
 
     tune = commands.add_parser("tune", help="KerasTuner search over the tutorial's and modern knobs")
-    tune.add_argument("--budget", type=_positive_float, default=30.0, help="minutes of search (default 30)")
+    tune.add_argument(
+        "--budget", type=_positive_float, default=30.0,
+        help="minutes of search (default 30): then no trial starts, and one still running stops and runs "
+        "again on resume (a run's first always finishes); the best trial's re-training comes after",
+    )
     tune.add_argument("--max-trials", type=_positive_int, help="stop after this many trials in the project")
     tune.add_argument("--max-epochs", type=_positive_int, help="largest epochs value a trial may pick")
     tune.add_argument("--seeds", type=_positive_int, help="re-train the best trial with this many seeds")
@@ -483,7 +487,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     dataset = load_dataset(args.dataset, args.data_dir)
     from trainer.report import new_run_dir
-    from trainer.tune import TuneConfig, retrain_best, retrain_summary, run_search, write_tune_report
+    from trainer.tune import (
+        TuneConfig,
+        TuneError,
+        retrain_best,
+        retrain_summary,
+        run_search,
+        write_tune_report,
+    )
 
     quick = TUNE_QUICK if args.quick else {}
     overrides = {
@@ -494,14 +505,20 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         "limit_train": args.limit_train,
     }
     cfg = TuneConfig(**{**quick, **{k: v for k, v in overrides.items() if v is not None}})
-    rows = run_search(dataset, cfg, args.directory, log=_log)
+    try:
+        rows = run_search(dataset, cfg, args.directory, log=_log)
+    except TuneError as exc:
+        print(f"digits-train: tune: --directory {exc}", file=sys.stderr)
+        return 2
     if not rows or rows[0].val_accuracy is None:
         print("digits-train: tune: no trial finished; raise --budget or --max-trials", file=sys.stderr)
         return 1
     best = rows[0]
-    _log(f"best trial {best.trial_id} (val_acc {best.val_accuracy:.4f}); re-training with {cfg.seeds} seeds")
-    summary = retrain_summary(retrain_best(best, dataset, cfg, log=_log))
     run_dir = new_run_dir(args.reports_dir, f"tune-{dataset.name}")
+    write_tune_report(rows, None, cfg, run_dir, dataset.name)  # the search's table, before the re-training
+    _log(f"best trial {best.trial_id} (val_acc {best.val_accuracy:.4f}); trials in {run_dir}; re-training "
+         f"with {cfg.seeds} seeds")
+    summary = retrain_summary(retrain_best(best, dataset, cfg, log=_log))
     paths = write_tune_report(rows, summary, cfg, run_dir, dataset.name)
     _log(paths["markdown"].read_text())
     _log("written: " + ", ".join(str(path) for path in paths.values()))

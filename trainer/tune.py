@@ -8,11 +8,13 @@ The search lives in a KerasTuner project directory and resumes from it (`overwri
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,20 +37,71 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 OBJECTIVE = "val_accuracy"
 PROJECT_NAME = "digits"
+SETTINGS_FILE = "search_settings.json"  # in the project folder: what its trials were scored under
+LOCK_FILE = "search.lock"
 SEARCH_SEED = 42
+
+
+class TuneError(Exception):
+    """A tuner project that cannot be resumed as asked."""
 
 
 @dataclass(frozen=True)
 class TuneConfig:
     """What to search and for how long."""
 
-    budget_minutes: float = 30.0  # checked before each trial; a started trial runs to its end
+    budget_minutes: float = 30.0  # then no trial starts, and one running stops (unless a run's first)
     max_trials: int = 200
     max_epochs: int = 8
     seeds: int = 3  # re-training runs of the best trial, scored on test
     val_size: int = 5_000
     limit_train: int | None = None  # train on a random subset (smoke runs)
     initial_random_trials: int = 8  # random trials before the Gaussian process takes over
+
+
+def search_settings(cfg: TuneConfig, dataset: str) -> dict[str, Any]:
+    """What a trial's score depends on besides its hyperparameters: a resumed search must keep all of it."""
+    return {
+        "dataset": dataset,
+        "val_size": cfg.val_size,
+        "limit_train": cfg.limit_train,
+        "max_epochs": cfg.max_epochs,  # KerasTuner reloads the saved search space, not a new one
+        "initial_random_trials": cfg.initial_random_trials,  # reloaded too
+    }
+
+
+def check_settings(directory: Path, settings: dict[str, Any]) -> None:
+    """Record `settings` in a new project; refuse one whose trials were scored under other settings."""
+    path = directory / PROJECT_NAME / SETTINGS_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=2) + "\n")
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TuneError(f"{directory}: {path.name} cannot be read ({exc})") from exc
+    changed = [f"{name} {saved.get(name)} (now {value})" for name, value in settings.items()
+               if saved.get(name) != value]
+    if changed:
+        raise TuneError(
+            f"{directory} holds a search scored with other settings: {', '.join(changed)}; new trials "
+            "would not compare with its trials. Resume with the same settings, or pass another --directory"
+        )
+
+
+@contextmanager
+def project_lock(directory: Path) -> Iterator[None]:
+    """Hold `directory`'s project for this process (released when it ends, however it ends)."""
+    path = directory / PROJECT_NAME / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TuneError(f"{directory} is in use by another digits-train tune; wait for it, or pass "
+                            "another --directory") from None
+        yield
 
 
 @dataclass(frozen=True)
@@ -108,6 +161,22 @@ def preset_from_values(values: dict[str, Any], name: str = "tuned") -> Preset:
     return Preset(name=name, description="best trial of digits-train tune", model=model, train=train)
 
 
+class BudgetSpent(BaseException):
+    """The budget ran out mid-trial: no Exception, so KerasTuner keeps the trial to run again on resume."""
+
+
+class Deadline(keras.callbacks.Callback):
+    """Stops a fit at the first batch that ends past `deadline` (time.monotonic)."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        if time.monotonic() >= self.deadline:
+            raise BudgetSpent
+
+
 class DigitsTuner(keras_tuner.BayesianOptimization):
     """Bayesian optimisation over `search_space`; each trial fits a preset and reports its best val epoch."""
 
@@ -128,16 +197,25 @@ class DigitsTuner(keras_tuner.BayesianOptimization):
         )
         self.cfg, self.dataset, self.log = cfg, dataset, log
         self.deadline = time.monotonic() + 60.0 * cfg.budget_minutes
+        self.stop_said = False
+        self.finished_here = 0  # trials this run finished
 
     def pre_create_trial(self) -> None:
         # Out of time: cap max_trials at the trials done, so the oracle answers STOPPED.
         out_of_time = time.monotonic() >= self.deadline
-        self.oracle.max_trials = len(self.oracle.trials) if out_of_time else self.cfg.max_trials
+        done = len(self.oracle.trials)
+        self.oracle.max_trials = done if out_of_time else self.cfg.max_trials
+        if (out_of_time or done >= self.cfg.max_trials) and not self.stop_said:
+            self.stop_said = True
+            self.log(f"budget of {self.cfg.budget_minutes:g} min spent: no new trial starts" if out_of_time
+                     else f"{done} trials in the project: --max-trials {self.cfg.max_trials} reached")
 
     def run_trial(self, trial, x_train, y_train, x_val, y_val, **_) -> dict[str, float]:
         """Fit the trial's preset; the objective is its best validation accuracy over the epochs."""
         preset = preset_from_values(trial.hyperparameters.values)
         cfg = preset.train
+        self.log(f"trial {trial.trial_id} ({int(trial.trial_id) + 1} of up to {self.cfg.max_trials}): "
+                 f"fitting {cfg.epochs} epoch(s) of batch {cfg.batch_size}")
         keras.utils.set_random_seed(SEARCH_SEED)
         model = build_model(preset.model)
         fit_model = with_augmentation(model, augment_policy(self.dataset, cfg.augment), seed=SEARCH_SEED)
@@ -146,33 +224,60 @@ class DigitsTuner(keras_tuner.BayesianOptimization):
         history = fit_model.fit(
             x_train, y_train, validation_data=(x_val, y_val), batch_size=cfg.batch_size,
             epochs=cfg.epochs, verbose=0,
+            # The budget stops a trial mid-fit, but never a run's first: every run gets a trial further.
+            callbacks=[Deadline(self.deadline)] if self.finished_here else [],
         ).history
         seconds = time.perf_counter() - start
         val = [float(v) if math.isfinite(v) else 0.0 for v in history[OBJECTIVE]]
         best = int(np.argmax(val))
         knobs = " ".join(f"{name}={_short(v)}" for name, v in trial.hyperparameters.values.items())
         self.log(f"trial {trial.trial_id}: val_acc {val[best]:.4f} (epoch {best + 1}) {seconds:.0f}s {knobs}")
+        self.finished_here += 1
         return {OBJECTIVE: val[best], "best_epoch": float(best + 1), "seconds": seconds}
 
 
 def run_search(
     dataset: Dataset, cfg: TuneConfig, directory: str | Path, log: Callable[[str], None] = print
 ) -> list[TrialRow]:
-    """Search until the budget or max_trials runs out (resuming `directory`); all trials, best first."""
+    """Search until the budget or max_trials runs out (resuming `directory`); all trials, best first.
+
+    Raises TuneError for a project searched with other data or search-space settings, damaged, or in use.
+    """
+    directory = Path(directory)
+    with project_lock(directory):  # two searches in one project would clobber each other's trials
+        return _search(dataset, cfg, directory, log)
+
+
+def _search(dataset: Dataset, cfg: TuneConfig, directory: Path, log: Callable[[str], None]) -> list[TrialRow]:
+    check_settings(directory, search_settings(cfg, dataset.name))
     split = stratified_split(dataset.y_train, cfg.val_size, SEARCH_SEED)
     train_idx = limit_indices(split.train, cfg.limit_train, SEARCH_SEED)
     x_train = model_input_array(dataset.x_train[train_idx])
     x_val = model_input_array(dataset.x_train[split.val])
-    tuner = DigitsTuner(cfg, Path(directory), dataset.name, log)
-    done = len(tuner.oracle.trials)
-    if done:
-        log(f"resuming {directory}: {done} trials already finished")
+    try:
+        tuner = DigitsTuner(cfg, directory, dataset.name, log)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:  # cut short mid-write, or edited
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise TuneError(
+            f"{directory}: its KerasTuner project cannot be reloaded ({reason}); pass another --directory, "
+            "or remove this one to start over"
+        ) from exc
+    statuses = [trial.status for trial in tuner.oracle.trials.values()]
+    if statuses:
+        interrupted = statuses.count("RUNNING")  # KerasTuner runs these again before any new trial
+        log(f"resuming {directory}: {statuses.count('COMPLETED')} trials finished"
+            + (f", {interrupted} interrupted (run again first)" if interrupted else ""))
     log(
         f"searching for up to {cfg.budget_minutes:g} min / {cfg.max_trials} trials on {len(train_idx):,} "
         f"train / {len(split.val):,} val images of {dataset.name}"
     )
     # verbose=0: our one line per trial replaces KerasTuner's tables.
-    tuner.search(x_train, dataset.y_train[train_idx], x_val, dataset.y_train[split.val], verbose=0)
+    try:
+        tuner.search(x_train, dataset.y_train[train_idx], x_val, dataset.y_train[split.val], verbose=0)
+    except BudgetSpent:
+        cut = ", ".join(trial.trial_id for trial in tuner.oracle.ongoing_trials.values())
+        log(f"budget of {cfg.budget_minutes:g} min spent: trial {cut} stopped mid-fit; a resume runs it "
+            "again first")
     return trial_rows(tuner)
 
 
@@ -189,7 +294,7 @@ def trial_rows(tuner: keras_tuner.Tuner) -> list[TrialRow]:
         rows.append(
             TrialRow(
                 trial_id=trial.trial_id,
-                status=str(trial.status),
+                status="INTERRUPTED" if trial.status == "RUNNING" else str(trial.status),  # none runs now
                 val_accuracy=best(OBJECTIVE),
                 best_epoch=int(epoch) if epoch is not None else None,
                 seconds=best("seconds"),
@@ -214,7 +319,7 @@ def write_trials_csv(rows: list[TrialRow], path: Path) -> Path:
 
 
 def trials_markdown(rows: list[TrialRow], limit: int = 20) -> str:
-    """The best `limit` trials as a markdown table."""
+    """The best `limit` trials as a markdown table, saying so when there are more."""
     names = sorted({name for row in rows for name in row.values})
     lines = [
         "| trial | val acc | best epoch | s | " + " | ".join(names) + " |",
@@ -228,6 +333,8 @@ def trials_markdown(rows: list[TrialRow], limit: int = 20) -> str:
             + " | ".join(_short(row.values.get(name)) for name in names)
             + " |"
         )
+    if len(rows) > limit:  # the CSV has them all
+        lines += ["", f"The best {limit} of {len(rows)} trials; tune_trials.csv lists every one."]
     return "\n".join(lines) + "\n"
 
 
@@ -242,7 +349,7 @@ def plot_trials(rows: list[TrialRow], path: Path) -> Path:
     if error:
         ax.step(ids, np.minimum.accumulate(error), where="post", color="tab:red", label="best so far")
     ax.set_yscale("log")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one trial: no -0.045 ticks
     ax.set_xlabel("trial")
     ax.set_ylabel("validation error (%, log scale)")
     ax.set_title("digits-train tune: validation error per trial (lower is better)")
@@ -279,9 +386,13 @@ def retrain_summary(results: list[TrainResult]) -> dict[str, Any]:
 
 
 def write_tune_report(
-    rows: list[TrialRow], summary: dict[str, Any], cfg: TuneConfig, run_dir: Path, dataset: str
+    rows: list[TrialRow], summary: dict[str, Any] | None, cfg: TuneConfig, run_dir: Path, dataset: str
 ) -> dict[str, Path]:
-    """tune_trials.csv, tune_trials.md, tune_trials.png and best_trial.json in run_dir."""
+    """tune_trials.csv, tune_trials.md, tune_trials.png and best_trial.json in run_dir.
+
+    `summary` None: the re-training of the best trial has not finished (written first, so that an
+    interrupted or failed re-training still leaves the search's table and plot).
+    """
     best = rows[0]
     preset = preset_from_values(best.values)
     paths = {
@@ -294,13 +405,21 @@ def write_tune_report(
         json.dumps({"trial": best.trial_id, "values": best.values, "preset": preset.to_dict(),
                     "retrain": summary}, indent=2) + "\n"
     )
-    mean, std = 100 * summary["mean"], 100 * summary["std"]
-    runs = ", ".join(
-        f"seed {seed}: {100 * value:.2f}% [{100 * low:.2f}, {100 * high:.2f}]"
-        for seed, value, (low, high) in zip(
-            summary["seeds"], summary["test_accuracy"], summary["test_interval_95"], strict=True
+    if summary is None:
+        retrained = f"- Best trial re-training with {cfg.seeds} seed(s): not finished."
+    else:
+        mean, std = 100 * summary["mean"], 100 * summary["std"]
+        runs = ", ".join(
+            f"seed {seed}: {100 * value:.2f}% [{100 * low:.2f}, {100 * high:.2f}]"
+            for seed, value, (low, high) in zip(
+                summary["seeds"], summary["test_accuracy"], summary["test_interval_95"], strict=True
+            )
         )
-    )
+        retrained = (
+            f"- Best trial re-trained with {len(summary['seeds'])} seed(s), test accuracy **{mean:.2f}%"
+            + (f" ± {std:.2f}%** (mean ± std)" if len(summary["seeds"]) > 1 else "**")
+            + f"; {runs}."
+        )
     finished = sum(row.val_accuracy is not None for row in rows)
     text = [
         f"# digits-train tune on {dataset}",
@@ -310,9 +429,7 @@ def write_tune_report(
         + (f", {cfg.limit_train:,} training images" if cfg.limit_train else "")
         + f"; selection on a {cfg.val_size:,}-image validation split only.",
         f"- Best trial {best.trial_id}: validation accuracy {100 * (best.val_accuracy or 0):.2f}%.",
-        f"- Best trial re-trained with {len(summary['seeds'])} seed(s), test accuracy **{mean:.2f}%"
-        + (f" ± {std:.2f}%** (mean ± std)" if len(summary["seeds"]) > 1 else "**")
-        + f"; {runs}.",
+        retrained,
         "",
         trials_markdown(rows),
     ]
