@@ -38,7 +38,7 @@ class ClientConfig:
     timeout_s: float = 10.0
     retries: int = 3  # extra attempts after UNAVAILABLE / 503, with exponential backoff
     backoff_s: float = 0.1
-    batch_size: int = 512  # larger inputs are split into requests of this many images
+    batch_size: int = 256  # larger inputs are split; serving/config/batching.config refuses bigger requests
     pool_size: int = 16  # REST connections kept open (one per concurrent caller)
 
     def __post_init__(self) -> None:

@@ -100,6 +100,19 @@ def test_tf_serving_flags_and_config_files_agree(up_serve_flags, compose, k8s):
     assert "--enable_batching" in up_serve_flags and "--enable_batching" in compose_flags
 
 
+def test_default_client_batches_fit_the_served_batch_size():
+    """A request over batching.config's max_batch_size is refused: no client default may send one."""
+    from client.evaluate import build_parser
+    from client.gateway_settings import DEFAULTS
+    from client.model_client import ClientConfig
+
+    text = (SERVING_CONFIG / "batching.config").read_text()
+    largest = int(re.search(r"^max_batch_size\s*\{\s*value:\s*(\d+)", text, re.MULTILINE).group(1))
+    assert ClientConfig("localhost:8500").batch_size <= largest
+    assert DEFAULTS["MAX_BATCH_IMAGES"] <= largest
+    assert build_parser().get_default("batch_size") <= largest
+
+
 def test_config_files_reach_both_deployments_whole(compose, k8s):
     assert "./serving/config:/config:ro" in compose["services"]["serving"]["volumes"]
     config_map = next(m for m in k8s if m["kind"] == "ConfigMap")
