@@ -35,19 +35,26 @@ trap stop INT TERM EXIT
   --monitoring_config_file=serving/config/monitoring.config &
 pids+=($!)
 
-# The REST port opens only once the model is loaded (as in TF Serving): wait for AVAILABLE.
-for _ in $(seq 1 120); do
-  if "$BIN/python" - "http://localhost:$REST_PORT/v1/models/$MODEL_NAME" 2>/dev/null <<'PY'; then break; fi
+# wait_for URL WORD PID NAME: until URL's answer holds WORD (no proxy asked), or NAME (PID) has exited.
+wait_for() {
+  until "$BIN/python" - "$1" "$2" 2>/dev/null <<'PY'; do
 import sys, urllib.request
-sys.exit(b"AVAILABLE" not in urllib.request.urlopen(sys.argv[1], timeout=2).read())
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+sys.exit(sys.argv[2].encode() not in opener.open(sys.argv[1], timeout=2).read())
 PY
-  kill -0 "${pids[0]}" 2>/dev/null || { echo "up: digits-serve exited"; exit 1; }
-  sleep 1
-done
+    kill -0 "$3" 2>/dev/null || { echo "up: $4 exited"; exit 1; }
+    sleep 1
+  done
+}
+
+# The REST port opens only once the model is loaded (as in TF Serving): wait for AVAILABLE.
+wait_for "http://localhost:$REST_PORT/v1/models/$MODEL_NAME" AVAILABLE "${pids[0]}" digits-serve
 
 DIGITS_MODEL_SERVER="localhost:$GRPC_PORT" DIGITS_MODEL_NAME="$MODEL_NAME" \
   "$BIN/digits-gateway" --host 0.0.0.0 --port "$GATEWAY_PORT" &
 pids+=($!)
+# It listens only after importing TensorFlow (the gRPC stubs need it): some seconds.
+wait_for "http://localhost:$GATEWAY_PORT/healthz" ok "${pids[1]}" digits-gateway
 
 cat <<MSG
 up: serving $base
