@@ -113,6 +113,15 @@ def test_default_client_batches_fit_the_served_batch_size():
     assert build_parser().get_default("batch_size") <= largest
 
 
+def test_make_up_train_and_demo_fetch_mnist_alone():
+    """Fashion-MNIST comes through apt-get (Debian/Ubuntu): targets that read MNIST alone never need it."""
+    makefile = (REPO / "Makefile").read_text()
+    for target in ("train", "up", "demo"):
+        prerequisites = re.search(rf"^{target}:([^#\n]*)", makefile, re.MULTILINE).group(1).split()
+        assert prerequisites == ["data-mnist"], target
+    assert "--dataset mnist" in re.search(r"^data-mnist:.*\n\t(.*)", makefile, re.MULTILINE).group(1)
+
+
 def test_config_files_reach_both_deployments_whole(compose, k8s):
     assert "./serving/config:/config:ro" in compose["services"]["serving"]["volumes"]
     config_map = next(m for m in k8s if m["kind"] == "ConfigMap")
