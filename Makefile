@@ -15,13 +15,16 @@ ARGS       ?=
 export DIGITS_DATA_DIR := $(DATA_DIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help setup data train reproduce-seed tune up demo test test-all lint bench bench-train \
+.PHONY: help setup data data-mnist train reproduce-seed tune up demo test test-all lint bench bench-train \
         bench-serve soak browsers tools clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 11), (3, 12)))' || { echo \
+	  "Python 3.11 or 3.12 is needed, $(PYTHON) is $$($(PYTHON) --version 2>&1): add PYTHON=python3.12" >&2; \
+	  exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -32,19 +35,23 @@ setup: $(STAMP)  ## create .venv and install the project with its dev tools
 data: setup  ## fetch MNIST and Fashion-MNIST, convert to mnist.npz layout, verify checksums
 	$(BIN)/digits-train data --data-dir $(DATA_DIR)
 
-train: data  ## train PRESET (default: fast) and export the next version to models/mnist
+# MNIST alone, for the targets that read nothing else: Fashion-MNIST comes through apt-get (Debian/Ubuntu).
+data-mnist: setup
+	$(BIN)/digits-train data --dataset mnist --data-dir $(DATA_DIR)
+
+train: data-mnist  ## train PRESET (default: fast) and export the next version to models/mnist
 	$(BIN)/digits-train train --preset $(PRESET) --models-dir $(MODELS_DIR) --model-name $(MODEL_NAME) $(ARGS)
 
-reproduce-seed: data  ## train the tutorial's six presets and write reports/reproduce_seed.md
+reproduce-seed: data-mnist  ## train the tutorial's six presets and write reports/reproduce_seed.md
 	$(BIN)/digits-train reproduce-seed --data-dir $(DATA_DIR) $(ARGS)
 
-tune: data  ## hyperparameter search (KerasTuner); ARGS='--budget 30'
+tune: data-mnist  ## hyperparameter search (KerasTuner); ARGS='--budget 30'
 	$(BIN)/digits-train tune --data-dir $(DATA_DIR) $(ARGS)
 
-up: data  ## train a model if none exists, then serve it (gRPC 8500, REST 8501) and the gateway (8080)
+up: data-mnist  ## train a model if none exists, then serve it (gRPC 8500, REST 8501) and the gateway (8080)
 	MODELS_DIR=$(MODELS_DIR) MODEL_NAME=$(MODEL_NAME) PRESET=$(PRESET) bash scripts/up.sh
 
-demo: data  ## a short end-to-end run: train, export, serve, evaluate, print the results
+demo: data-mnist  ## a short end-to-end run: train, export, serve, evaluate, print the results
 	MODELS_DIR=$(MODELS_DIR) bash scripts/demo.sh
 
 browsers:  ## Debian's Chromium for the drawing-page test
@@ -67,13 +74,13 @@ bench:  ## both benchmarks: both run, and it fails if either misses a target
 	@status=0; $(MAKE) --no-print-directory bench-train || status=1; \
 	$(MAKE) --no-print-directory bench-serve || status=1; exit $$status
 
-bench-train: data  ## tutorial seed-best vs the fast preset, side by side
+bench-train: data-mnist  ## tutorial seed-best vs the fast preset, side by side
 	$(PY) bench/train_bench.py $(ARGS)
 
-bench-serve: data  ## serving latency and throughput, ratios in one run
+bench-serve: data-mnist  ## serving latency and throughput, ratios in one run
 	$(PY) bench/serve_bench.py $(ARGS)
 
-soak: data  ## reliability under hot-swaps, corrupt versions, restarts and disconnects
+soak: data-mnist  ## reliability under hot-swaps, corrupt versions, restarts and disconnects
 	$(PY) bench/soak.py $(ARGS)
 
 clean:  ## remove generated files (keeps data/ and models/)

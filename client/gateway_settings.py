@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,15 +64,15 @@ class GatewaySettings:
             model_server=str(config["MODEL_SERVER"] or f"localhost:{default_port}"),
             protocol=protocol,
             model_name=str(config["MODEL_NAME"]),
-            model_version=_optional_int(config["MODEL_VERSION"]),
+            model_version=_optional_version(config),
             version_label=str(config["VERSION_LABEL"]) if config["VERSION_LABEL"] else None,
             dataset=dataset,
-            timeout_s=float(config["TIMEOUT_S"]),
-            retries=int(config["RETRIES"]),
-            max_content_length=int(config["MAX_CONTENT_LENGTH"]),
-            max_image_pixels=int(config["MAX_IMAGE_PIXELS"]),
-            max_image_side=int(config["MAX_IMAGE_SIDE"]),
-            max_batch_images=int(config["MAX_BATCH_IMAGES"]),
+            timeout_s=_number(config, "TIMEOUT_S", float, above=0),
+            retries=_number(config, "RETRIES", int, above=-1),
+            max_content_length=_number(config, "MAX_CONTENT_LENGTH", int, above=0),
+            max_image_pixels=_number(config, "MAX_IMAGE_PIXELS", int, above=0),
+            max_image_side=_number(config, "MAX_IMAGE_SIDE", int, above=0),
+            max_batch_images=_number(config, "MAX_BATCH_IMAGES", int, above=0),
             auth_token=_auth_token(config["AUTH_TOKEN"]),
         )
 
@@ -122,5 +123,22 @@ def _auth_token(value: object) -> str | None:
     return token
 
 
-def _optional_int(value: object) -> int | None:
-    return None if value in (None, "") else int(value)
+def _optional_version(config: Mapping) -> int | None:
+    """DIGITS_MODEL_VERSION: unset or empty for the newest version, else a version number."""
+    return None if config["MODEL_VERSION"] in (None, "") else _number(config, "MODEL_VERSION", int, above=-1)
+
+
+def _number(config: Mapping, key: str, kind: type, above: int) -> int | float:
+    """config[key] as an int or a finite float above `above`; a ValueError naming the variable otherwise."""
+    value = config[key]
+    try:
+        number = kind(value)
+        valid = not isinstance(value, bool) and math.isfinite(number) and number > above
+        valid = valid and (kind is float or number == float(value))  # 2.5 (from JSON) is no integer
+    except (TypeError, ValueError, OverflowError):
+        valid = False
+    if not valid:
+        noun = "an integer" if kind is int else "a number"
+        least = f"at least {above + 1}" if kind is int else f"above {above}"
+        raise ValueError(f"{ENV_PREFIX}{key} must be {noun} {least}, not {value!r}")
+    return number

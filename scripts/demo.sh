@@ -18,7 +18,7 @@ grpc_port=$(free_port); rest_port=$(free_port)
 
 echo "== 1/4 train: preset fast on 20,000 of the 55,000 training images (a demo: the full run is make train)"
 "$BIN/digits-train" train --preset fast --limit-train 20000 \
-  --models-dir "$work/models" --model-name mnist --reports-dir "$work/reports"
+  --models-dir "$work/models" --model-name mnist --reports-dir "$report/train"
 
 echo "== 2/4 serve: digits-serve on gRPC $grpc_port, REST $rest_port"
 "$BIN/digits-serve" --port="$grpc_port" --rest_api_port="$rest_port" --host=127.0.0.1 \
@@ -45,4 +45,4 @@ curl -fsS -X POST "http://127.0.0.1:$rest_port/v1/models/mnist:predict" -d "$bod
 echo "== 4/4 evaluate over gRPC on the 10,000 test images"
 "$BIN/digits-eval" --target "127.0.0.1:$grpc_port" --protocol grpc --dataset mnist \
   --batch-size 256 --concurrency 2 --report "$report"
-echo "demo: report in $report/ (report.md, confusion_matrix.png, misclassified.png)"
+echo "demo: report in $report/ (report.md, confusion_matrix.png, misclassified.png), training's in $report/train/"

@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = commands.add_parser("data", help="fetch MNIST and Fashion-MNIST into the data dir and verify them")
+    data.add_argument(
+        "--dataset", action="append", choices=DATASETS,
+        help="fetch only this dataset (repeatable; default: both); mnist alone needs no apt-get",
+    )
     _add_data_dir(data)
     data.set_defaults(handler=_cmd_data)
 
@@ -317,7 +321,7 @@ def _check_augment_policy(parser: argparse.ArgumentParser, preset: Preset) -> No
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    prepare_data(args.data_dir)
+    prepare_data(args.data_dir, names=args.dataset or DATASETS)
     return 0
 
 

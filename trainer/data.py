@@ -15,7 +15,7 @@ import tempfile
 import tokenize
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,16 +271,21 @@ def load_dataset(
 # --------------------------------------------------------------------------------------------- fetch
 
 
-def prepare_data(data_dir: str | Path | None = None, log: Callable[[str], None] = print) -> list[Path]:
-    """Make sure data_dir holds verified mnist.npz and fashion_mnist.npz; fetch what is missing or bad."""
+def prepare_data(
+    data_dir: str | Path | None = None, log: Callable[[str], None] = print, names: Sequence[str] = DATASETS
+) -> list[Path]:
+    """Make sure data_dir holds a verified <name>.npz for each of `names`; fetch what is missing or bad."""
     data_dir = Path(data_dir or default_data_dir())
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. a path under a regular file, or a folder we may not write to
         message = f"{data_dir}: cannot create the data folder ({exc}); choose another --data-dir"
         raise DataError(message) from exc
+    fetchers = {"mnist": fetch_mnist, "fashion_mnist": fetch_fashion_mnist}
     written = []
-    for name, fetch in (("mnist", fetch_mnist), ("fashion_mnist", fetch_fashion_mnist)):
+    for name, fetch in fetchers.items():
+        if name not in names:
+            continue
         path = npz_path(data_dir, name)
         if path.exists():
             try:
@@ -351,7 +356,8 @@ def fetch_fashion_mnist(log: Callable[[str], None] = print) -> Dataset:
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
         raise DataError(
             "fetching Fashion-MNIST needs apt-get and dpkg (Debian/Ubuntu); elsewhere put "
-            f"{', '.join(IDX_FILES)} in {keras_cache_path('fashion_mnist')} and use --source keras-cache"
+            f"{', '.join(IDX_FILES)} in {keras_cache_path('fashion_mnist')} and use --source keras-cache, "
+            "or fetch MNIST alone: digits-train data --dataset mnist"
         )
     with tempfile.TemporaryDirectory(prefix="digits-fashion-") as tmp:
         log(f"  apt-get download {FASHION_DEB}")

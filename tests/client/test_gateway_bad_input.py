@@ -4,6 +4,7 @@ answering correctly afterwards. Also bearer-token authentication."""
 from __future__ import annotations
 
 import base64
+import re
 
 import numpy as np
 import pytest
@@ -208,3 +209,33 @@ def test_a_token_padded_with_whitespace_stops_the_gateway_from_starting(monkeypa
     monkeypatch.setenv("DIGITS_AUTH_TOKEN", token)
     with pytest.raises(ValueError, match="DIGITS_AUTH_TOKEN starts or ends with whitespace"):
         create_app({"PROTOCOL": "rest"})
+
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("TIMEOUT_S", "abc", "DIGITS_TIMEOUT_S must be a number above 0, not 'abc'"),
+        ("TIMEOUT_S", "0", "DIGITS_TIMEOUT_S must be a number above 0, not 0"),
+        ("RETRIES", "-1", "DIGITS_RETRIES must be an integer at least 0, not -1"),  # was a 500 per request
+        ("RETRIES", "2.5", "DIGITS_RETRIES must be an integer at least 0, not 2.5"),
+        ("MAX_BATCH_IMAGES", "0", "DIGITS_MAX_BATCH_IMAGES must be an integer at least 1, not 0"),
+        ("MODEL_VERSION", "latest", "DIGITS_MODEL_VERSION must be an integer at least 0, not 'latest'"),
+    ],
+)
+def test_a_bad_number_setting_stops_the_gateway_naming_its_variable(monkeypatch, name, value, message):
+    from client.gateway import create_app
+
+    monkeypatch.setenv(f"DIGITS_{name}", value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_app({"PROTOCOL": "rest"})
+
+
+def test_digits_gateway_refuses_a_bad_setting_in_one_line(monkeypatch, capsys):
+    from client.gateway import main
+
+    monkeypatch.setenv("DIGITS_TIMEOUT_S", "5s")
+    with pytest.raises(SystemExit) as stopped:
+        main(["--port", "0"])
+    assert stopped.value.code == 2
+    assert "DIGITS_TIMEOUT_S must be a number above 0, not '5s'" in capsys.readouterr().err

@@ -199,3 +199,8 @@ def test_a_malformed_proxy_setting_is_blamed_on_the_proxy_not_the_target(monkeyp
         with pytest.raises(BadTarget, match="the proxy setting for http://127.0.0.1:1 ") as raised:
             model.status()
     assert "model server address" not in str(raised.value)
+
+
+def test_a_negative_retry_count_is_refused_not_an_assertion_error_on_every_call():
+    with pytest.raises(ValueError, match="retries must be 0 or more"):
+        ClientConfig("localhost:8500", retries=-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -147,6 +148,20 @@ def test_damaged_data_or_an_unusable_data_dir_is_exit_1_not_a_traceback(tmp_path
     assert main(["data", "--data-dir", str(a_file / "sub")]) == 1
     err = capsys.readouterr().err
     assert f"{a_file / 'sub'}: cannot create the data folder" in err and "Traceback" not in err
+
+
+def test_data_for_mnist_alone_needs_no_apt_get(tmp_path, mnist_data, monkeypatch, capsys):
+    import trainer.data
+
+    def no_apt_get(log):
+        raise trainer.data.DataError("fetching Fashion-MNIST needs apt-get and dpkg")
+
+    monkeypatch.setattr(trainer.data, "fetch_fashion_mnist", no_apt_get)
+    shutil.copy(mnist_data.source, tmp_path / "mnist.npz")
+    assert main(["data", "--dataset", "mnist", "--data-dir", str(tmp_path)]) == 0  # make up, train, demo
+    assert "mnist.npz: present and verified" in capsys.readouterr().out
+    assert main(["data", "--data-dir", str(tmp_path)]) == 1  # by default both
+    assert "needs apt-get" in capsys.readouterr().err
 
 
 def test_missing_data_is_one_clear_line_not_a_traceback(tmp_path):
