@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import io
 import itertools
+import struct
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from client import contract
 
@@ -54,7 +55,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray
             frame = next(ImageSequence.Iterator(image))  # first frame of an animation
             frame.draft("L", (WORK_SIDE, WORK_SIDE))  # JPEG decodes straight to a smaller scale
             frame.load()
-            return _to_grey(_shrink(frame))
+            return _to_grey(_shrink(_upright(frame)))
     except BadImage:
         raise
     except UnidentifiedImageError:
@@ -117,6 +118,15 @@ def _check_size(width: int, height: int, limits: ImageLimits) -> None:
             f"image is {width}x{height}; the limit is {limits.max_side} px a side "
             f"and {limits.max_pixels} pixels in all"
         )
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The picture the way it is shown: phone cameras store photos sideways and say so in EXIF."""
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except (OSError, SyntaxError, ValueError, struct.error):  # a damaged EXIF block: the pixels as stored
+        pass
+    return image
 
 
 def _shrink(image: Image.Image) -> Image.Image:

@@ -134,6 +134,27 @@ def test_transparent_canvas_strokes_are_read_either_colour(test_digits):
         assert blurred_correlation(out, test_digits[0][0]) > 0.9
 
 
+STORED_SIDEWAYS = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED_SIDEWAYS))
+def test_a_photo_stored_sideways_is_turned_upright_by_its_exif_orientation(test_digits, orientation):
+    digit = test_digits[0][0]
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation: how a viewer turns the stored pixels to show them
+    stored = Image.fromarray(255 - scaled_up(digit)).convert("RGB").transpose(STORED_SIDEWAYS[orientation])
+    out = io.BytesIO()
+    stored.save(out, "JPEG", quality=90, exif=exif.tobytes())
+    assert blurred_correlation(prepare_image(out.getvalue()), digit) > 0.8  # 0.1 to 0.3 when left sideways
+
+
+def test_a_damaged_exif_block_is_ignored(test_digits):
+    digit = test_digits[0][0]
+    out = io.BytesIO()
+    Image.fromarray(255 - scaled_up(digit)).save(out, "PNG", exif=b"Exif\x00\x00MM\x00*")
+    assert blurred_correlation(prepare_image(out.getvalue()), digit) > 0.9
+
+
 @pytest.mark.parametrize(
     "data, error, words",
     [
