@@ -132,7 +132,9 @@ def _upright(image: Image.Image) -> Image.Image:
 def _shrink(image: Image.Image) -> Image.Image:
     if max(image.size) <= WORK_SIDE:
         return image
-    if image.mode not in ("L", "LA", "RGB", "RGBA"):
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")  # 16-bit grey resized as integers: converting to RGB would clip it at 255
+    elif image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
         image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
     image = image.copy()
     image.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)

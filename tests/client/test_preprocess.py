@@ -134,6 +134,14 @@ def test_transparent_canvas_strokes_are_read_either_colour(test_digits):
         assert blurred_correlation(out, test_digits[0][0]) > 0.9
 
 
+@pytest.mark.parametrize("side", [150, 1200])  # below and above WORK_SIDE, where it is shrunk first
+def test_16_bit_greyscale_is_read_at_any_size(test_digits, side):
+    digit = test_digits[0][0]
+    paper = np.asarray(Image.fromarray(255 - digit).resize((side, side), Image.Resampling.BILINEAR))
+    out = prepare_image(png(paper.astype(np.uint16) * 257))  # Pillow reads it as mode I;16
+    assert blurred_correlation(out, digit) > 0.9
+
+
 STORED_SIDEWAYS = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
 
 
