@@ -179,6 +179,8 @@ def _ink_map(grey: np.ndarray) -> np.ndarray:
     paper, noise = _paper_surface(grey)
     residual = grey - paper  # ink stands out from the (possibly unevenly lit) paper, in either direction
     low, high = np.percentile(residual, [0.1, 99.9])
+    if max(high, -low) < MIN_CONTRAST:  # ink on under 0.1% of the picture: a thin digit on a large canvas
+        low, high = residual.min(), residual.max()
     ink = residual if high >= -low else -residual
     threshold = _otsu_threshold(np.clip(ink, 0, contract.PIXEL_MAX))
     strokes = ink[ink > threshold]

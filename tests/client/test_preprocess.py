@@ -142,6 +142,16 @@ def test_16_bit_greyscale_is_read_at_any_size(test_digits, side):
     assert blurred_correlation(out, digit) > 0.9
 
 
+@pytest.mark.parametrize("paper, ink", [(255, 0), (0, 255)], ids=["dark on light", "light on dark"])
+def test_a_thin_small_digit_on_a_large_canvas_is_found(paper, ink):
+    """A one drawn with a 2 px pen on a 512x512 canvas: ink on under 0.1% of the pixels."""
+    canvas = np.full((512, 512), paper, np.uint8)
+    canvas[200:260, 255:257] = ink
+    out = prepare_image(png(canvas))
+    rows, cols = np.nonzero(out > 128)
+    assert np.ptp(rows) + 1 == DIGIT_BOX and np.ptp(cols) + 1 <= 2  # an upright stroke, 20 px tall
+
+
 STORED_SIDEWAYS = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
 
 
