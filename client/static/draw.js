@@ -12,7 +12,7 @@
   const auth = document.getElementById("auth");
   const tokenInput = document.getElementById("token");
   const CLASSES = 10;
-  let drawing = false;
+  let pen = null;  // the one pointer drawing now: a second finger or a palm is ignored
   let inked = false;
   let last = null;
 
@@ -58,28 +58,30 @@
   }
 
   pad.addEventListener("pointerdown", (event) => {
+    if (pen !== null || event.button !== 0) return;  // one stroke at a time; main mouse button only
     event.preventDefault();
     pad.setPointerCapture(event.pointerId);
-    drawing = true;
+    pen = event.pointerId;
     last = point(event);
     stroke(last, last);
     inked = true;
   });
   pad.addEventListener("pointermove", (event) => {
-    if (!drawing) return;
+    if (event.pointerId !== pen) return;
     event.preventDefault();
     const next = point(event);
     stroke(last, next);
     last = next;
   });
   function endStroke(event) {
-    if (!drawing) return;
-    drawing = false;
-    if (event.pointerId !== undefined && pad.hasPointerCapture(event.pointerId)) pad.releasePointerCapture(event.pointerId);
+    if (event.pointerId !== pen) return;
+    pen = null;
+    if (pad.hasPointerCapture(event.pointerId)) pad.releasePointerCapture(event.pointerId);
     predict();
   }
   pad.addEventListener("pointerup", endStroke);
   pad.addEventListener("pointercancel", endStroke);
+  pad.addEventListener("lostpointercapture", endStroke);  // a stroke ends even if its pointerup is lost
 
   function showError(message) {
     errorBox.textContent = message;
