@@ -15,16 +15,22 @@
   let pen = null;  // the one pointer drawing now: a second finger or a palm is ignored
   let inked = false;
   let last = null;
+  let asked = 0;  // numbers the requests: an answer to an older drawing, or one cleared since, is dropped
 
   function clearPad() {
     ctx.fillStyle = "#ffffff";  // opaque paper, so the PNG has no transparency to guess about
     ctx.fillRect(0, 0, pad.width, pad.height);
+    inked = false;
+    asked++;
+    resetAnswer();
+  }
+
+  function resetAnswer() {
     seen.clearRect(0, 0, 28, 28);
     digit.textContent = "?";
     confidence.textContent = "";
     meta.textContent = "";
     errorBox.hidden = true;
-    inked = false;
     delete chart.dataset.ready;
     buildChart();
   }
@@ -84,6 +90,7 @@
   pad.addEventListener("lostpointercapture", endStroke);  // a stroke ends even if its pointerup is lost
 
   function showError(message) {
+    resetAnswer();  // an earlier drawing's answer must not pass for this one's
     errorBox.textContent = message;
     errorBox.hidden = false;
   }
@@ -116,6 +123,7 @@
 
   async function predict() {
     if (!inked) { showError("Draw a digit first."); return; }
+    const ticket = ++asked;
     const blob = await new Promise((resolve) => pad.toBlob(resolve, "image/png"));
     const headers = { "Content-Type": "image/png" };
     if (tokenInput.value) headers["Authorization"] = "Bearer " + tokenInput.value;
@@ -123,14 +131,15 @@
     try {
       reply = await fetch("v1/predict?include_input=1", { method: "POST", body: blob, headers: headers });
     } catch (err) {
-      showError("The gateway did not answer: " + err);
+      if (ticket === asked) showError("The gateway did not answer: " + err);
       return;
     }
     let body = null;
     try { body = await reply.json(); } catch (err) { body = null; }
+    if (ticket !== asked) return;
     if (reply.status === 401) auth.hidden = false;
-    if (!reply.ok) {
-      showError((body && body.error) || ("HTTP " + reply.status));
+    if (!reply.ok || !body || !Array.isArray(body.probabilities)) {
+      showError((body && body.error) || ("HTTP " + reply.status + ": the gateway's answer was not understood"));
       return;
     }
     showAnswer(body);

@@ -125,10 +125,51 @@ def test_predict_on_an_empty_pad_says_what_to_do(page, gateway):
     assert page.locator("#error").inner_text() == "Draw a digit first."
 
 
+PREDICT = "**/v1/predict*"
+
+
 def ink_at(page, x: int, y: int) -> bool:
     """Whether the pad's pixel at canvas coordinates (x, y) is darker than the paper."""
     pad = "document.getElementById('pad').getContext('2d')"
     return page.evaluate(f"() => {pad}.getImageData({x}, {y}, 1, 1).data[0]") < 128
+
+
+@pytest.mark.parametrize(
+    "status, content_type, body, words",
+    [(503, "application/json", '{"error": "model server unavailable: test"}', "model server unavailable"),
+     (502, "text/html", "<html>Bad Gateway</html>", "HTTP 502"),
+     (200, "text/html", "<html>a proxy's login page</html>", "HTTP 200")],
+    ids=["json error", "proxy error page", "html answered 200"],
+)  # fmt: skip
+def test_a_failed_prediction_shows_the_error_and_not_the_last_answer(
+    page, gateway, status, content_type, body, words
+):
+    page.goto(gateway.url + "/")
+    draw(page, SEVEN)
+    assert wait_for_answer(page) == "7"
+    page.route(PREDICT, lambda route: route.fulfill(status=status, content_type=content_type, body=body))
+    try:
+        draw(page, ONE)
+        page.wait_for_selector("#error:not([hidden])", timeout=15_000)
+    finally:
+        page.unroute(PREDICT)
+    assert words in page.locator("#error").inner_text()
+    assert page.locator("#digit").inner_text() == "?"  # the 7 was the answer to another drawing
+    assert page.locator("#chart").get_attribute("data-ready") is None
+
+
+def test_an_answer_arriving_after_clear_is_dropped(page, gateway):
+    page.goto(gateway.url + "/")
+    page.evaluate(
+        "() => { const fetch = window.fetch; window.replies = 0; window.fetch = (...args) =>"
+        " new Promise((done) => setTimeout(done, 500)).then(() => fetch(...args))"
+        ".then((reply) => { setTimeout(() => window.replies++, 300); return reply; }); }"
+    )
+    draw(page, SEVEN)
+    page.click("#clear")
+    page.wait_for_function("() => window.replies === 1", timeout=15_000)
+    assert page.locator("#digit").inner_text() == "?"
+    assert page.locator("#chart").get_attribute("data-ready") is None
 
 
 def test_a_second_finger_does_not_draw(browser, gateway):
