@@ -155,8 +155,10 @@ def _to_grey(image: Image.Image) -> np.ndarray:
     alpha = np.asarray(rgba.getchannel("A"), dtype=np.float64) / contract.PIXEL_MAX
     if alpha.sum() == 0:
         raise BadImage("no digit found: the image is fully transparent")
-    # Strokes drawn on a transparent canvas: dark strokes go onto white paper, light strokes onto black.
-    paper = 0.0 if (luminance * alpha).sum() / alpha.sum() > 127 else float(contract.PIXEL_MAX)
+    if alpha.mean() > 0.5:  # mostly opaque: a picture with transparent margins, which take its paper's colour
+        paper = float(np.median(luminance[alpha > 0.5]))
+    else:  # strokes drawn on a transparent canvas: dark strokes go onto white paper, light strokes onto black
+        paper = 0.0 if (luminance * alpha).sum() / alpha.sum() > 127 else float(contract.PIXEL_MAX)
     return np.rint(luminance * alpha + paper * (1 - alpha)).astype(np.uint8)
 
 

@@ -173,6 +173,16 @@ def test_a_damaged_exif_block_is_ignored(test_digits):
     assert blurred_correlation(prepare_image(out.getvalue()), digit) > 0.9
 
 
+def test_transparent_margins_around_an_opaque_picture_take_the_paper_colour(test_digits):
+    """A screenshot or cut-out: white paper with a dark digit, framed by fully transparent pixels."""
+    digit = test_digits[0][1]
+    alpha = np.zeros((150, 150), np.uint8)
+    alpha[15:-15, 15:-15] = 255
+    paper = 255 - scaled_up(digit)
+    out = prepare_image(png(np.dstack([paper, paper, paper, alpha]), "RGBA"))
+    assert blurred_correlation(out, digit) > 0.9
+
+
 @pytest.mark.parametrize(
     "data, error, words",
     [
