@@ -172,6 +172,16 @@ def test_an_answer_arriving_after_clear_is_dropped(page, gateway):
     assert page.locator("#chart").get_attribute("data-ready") is None
 
 
+def test_the_right_mouse_button_does_not_draw(page, gateway):
+    page.goto(gateway.url + "/")
+    box = page.locator("#pad").bounding_box()
+    page.mouse.move(box["x"] + 60, box["y"] + 60)
+    page.mouse.down(button="right")
+    page.mouse.move(box["x"] + 220, box["y"] + 220, steps=12)
+    page.mouse.up(button="right")
+    assert not ink_at(page, 140, 140)
+
+
 def test_a_second_finger_does_not_draw(browser, gateway):
     """Only the first finger down draws; a second one (or a resting palm) is ignored until it lifts."""
     phone = browser.new_context(**PHONE)
