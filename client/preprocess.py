@@ -1,6 +1,6 @@
 """Turn a real picture of a digit into what the model expects, the way MNIST itself was made.
 
-decode_image: bytes -> grey uint8 [H, W] (size limits checked before decoding, alpha flattened)
+decode_image: bytes -> grey uint8 [H, W] (size limits checked before decoding, EXIF upright, alpha flattened)
 to_mnist:     grey [H, W] -> uint8 [28, 28]: ink bright on black, longest side 20 px, centre of mass centred
 """
 
