@@ -1,6 +1,6 @@
 """Turn a real picture of a digit into what the model expects, the way MNIST itself was made.
 
-decode_image: bytes -> grey uint8 [H, W] (size limits checked before decoding, alpha flattened)
+decode_image: bytes -> grey uint8 [H, W] (size limits checked before decoding, EXIF upright, alpha flattened)
 to_mnist:     grey [H, W] -> uint8 [28, 28]: ink bright on black, longest side 20 px, centre of mass centred
 """
 
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import io
 import itertools
+import struct
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from client import contract
 
@@ -54,7 +55,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray
             frame = next(ImageSequence.Iterator(image))  # first frame of an animation
             frame.draft("L", (WORK_SIDE, WORK_SIDE))  # JPEG decodes straight to a smaller scale
             frame.load()
-            return _to_grey(_shrink(frame))
+            return _to_grey(_shrink(_upright(frame)))
     except BadImage:
         raise
     except UnidentifiedImageError:
@@ -119,10 +120,21 @@ def _check_size(width: int, height: int, limits: ImageLimits) -> None:
         )
 
 
+def _upright(image: Image.Image) -> Image.Image:
+    """The picture the way it is shown: phone cameras store photos sideways and say so in EXIF."""
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except (OSError, SyntaxError, ValueError, struct.error):  # a damaged EXIF block: the pixels as stored
+        pass
+    return image
+
+
 def _shrink(image: Image.Image) -> Image.Image:
     if max(image.size) <= WORK_SIDE:
         return image
-    if image.mode not in ("L", "LA", "RGB", "RGBA"):
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")  # 16-bit grey resized as integers: converting to RGB would clip it at 255
+    elif image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
         image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
     image = image.copy()
     image.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
@@ -143,8 +155,10 @@ def _to_grey(image: Image.Image) -> np.ndarray:
     alpha = np.asarray(rgba.getchannel("A"), dtype=np.float64) / contract.PIXEL_MAX
     if alpha.sum() == 0:
         raise BadImage("no digit found: the image is fully transparent")
-    # Strokes drawn on a transparent canvas: dark strokes go onto white paper, light strokes onto black.
-    paper = 0.0 if (luminance * alpha).sum() / alpha.sum() > 127 else float(contract.PIXEL_MAX)
+    if alpha.mean() > 0.5:  # mostly opaque: a picture with transparent margins, which take its paper's colour
+        paper = float(np.median(luminance[alpha > 0.5]))
+    else:  # strokes drawn on a transparent canvas: dark strokes go onto white paper, light strokes onto black
+        paper = 0.0 if (luminance * alpha).sum() / alpha.sum() > 127 else float(contract.PIXEL_MAX)
     return np.rint(luminance * alpha + paper * (1 - alpha)).astype(np.uint8)
 
 
@@ -167,6 +181,8 @@ def _ink_map(grey: np.ndarray) -> np.ndarray:
     paper, noise = _paper_surface(grey)
     residual = grey - paper  # ink stands out from the (possibly unevenly lit) paper, in either direction
     low, high = np.percentile(residual, [0.1, 99.9])
+    if max(high, -low) < MIN_CONTRAST:  # ink on under 0.1% of the picture: a thin digit on a large canvas
+        low, high = residual.min(), residual.max()
     ink = residual if high >= -low else -residual
     threshold = _otsu_threshold(np.clip(ink, 0, contract.PIXEL_MAX))
     strokes = ink[ink > threshold]

@@ -12,19 +12,25 @@
   const auth = document.getElementById("auth");
   const tokenInput = document.getElementById("token");
   const CLASSES = 10;
-  let drawing = false;
+  let pen = null;  // the one pointer drawing now: a second finger or a palm is ignored
   let inked = false;
   let last = null;
+  let asked = 0;  // numbers the requests: an answer to an older drawing, or one cleared since, is dropped
 
   function clearPad() {
     ctx.fillStyle = "#ffffff";  // opaque paper, so the PNG has no transparency to guess about
     ctx.fillRect(0, 0, pad.width, pad.height);
+    inked = false;
+    asked++;
+    resetAnswer();
+  }
+
+  function resetAnswer() {
     seen.clearRect(0, 0, 28, 28);
     digit.textContent = "?";
     confidence.textContent = "";
     meta.textContent = "";
     errorBox.hidden = true;
-    inked = false;
     delete chart.dataset.ready;
     buildChart();
   }
@@ -58,30 +64,33 @@
   }
 
   pad.addEventListener("pointerdown", (event) => {
+    if (pen !== null || event.button !== 0) return;  // one stroke at a time; main mouse button only
     event.preventDefault();
     pad.setPointerCapture(event.pointerId);
-    drawing = true;
+    pen = event.pointerId;
     last = point(event);
     stroke(last, last);
     inked = true;
   });
   pad.addEventListener("pointermove", (event) => {
-    if (!drawing) return;
+    if (event.pointerId !== pen) return;
     event.preventDefault();
     const next = point(event);
     stroke(last, next);
     last = next;
   });
   function endStroke(event) {
-    if (!drawing) return;
-    drawing = false;
-    if (event.pointerId !== undefined && pad.hasPointerCapture(event.pointerId)) pad.releasePointerCapture(event.pointerId);
+    if (event.pointerId !== pen) return;
+    pen = null;
+    if (pad.hasPointerCapture(event.pointerId)) pad.releasePointerCapture(event.pointerId);
     predict();
   }
   pad.addEventListener("pointerup", endStroke);
   pad.addEventListener("pointercancel", endStroke);
+  pad.addEventListener("lostpointercapture", endStroke);  // a stroke ends even if its pointerup is lost
 
   function showError(message) {
+    resetAnswer();  // an earlier drawing's answer must not pass for this one's
     errorBox.textContent = message;
     errorBox.hidden = false;
   }
@@ -114,6 +123,7 @@
 
   async function predict() {
     if (!inked) { showError("Draw a digit first."); return; }
+    const ticket = ++asked;
     const blob = await new Promise((resolve) => pad.toBlob(resolve, "image/png"));
     const headers = { "Content-Type": "image/png" };
     if (tokenInput.value) headers["Authorization"] = "Bearer " + tokenInput.value;
@@ -121,14 +131,15 @@
     try {
       reply = await fetch("v1/predict?include_input=1", { method: "POST", body: blob, headers: headers });
     } catch (err) {
-      showError("The gateway did not answer: " + err);
+      if (ticket === asked) showError("The gateway did not answer: " + err);
       return;
     }
     let body = null;
     try { body = await reply.json(); } catch (err) { body = null; }
+    if (ticket !== asked) return;
     if (reply.status === 401) auth.hidden = false;
-    if (!reply.ok) {
-      showError((body && body.error) || ("HTTP " + reply.status));
+    if (!reply.ok || !body || !Array.isArray(body.probabilities)) {
+      showError((body && body.error) || ("HTTP " + reply.status + ": the gateway's answer was not understood"));
       return;
     }
     showAnswer(body);

@@ -43,6 +43,14 @@ def page(browser):
     context.close()
 
 
+PHONE = {
+    "viewport": {"width": 420, "height": 800},
+    "has_touch": True,
+    "is_mobile": True,
+    "device_scale_factor": 3,
+}
+
+
 def draw(page, strokes) -> None:
     box = page.locator("#pad").bounding_box()
     for stroke in strokes:
@@ -96,7 +104,7 @@ def test_clear_then_redraw_gives_a_new_answer(page, gateway):
 
 def test_drawing_with_a_finger_works_too(browser, gateway):
     """Real touch events (Chrome DevTools Input.dispatchTouchEvent) on a touch-screen page."""
-    phone = browser.new_context(viewport={"width": 420, "height": 800}, has_touch=True, is_mobile=True)
+    phone = browser.new_context(**PHONE)
     page = phone.new_page()
     page.goto(gateway.url + "/")
     box = page.locator("#pad").bounding_box()
@@ -107,6 +115,7 @@ def test_drawing_with_a_finger_works_too(browser, gateway):
         touch.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [point]})
     touch.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
     assert wait_for_answer(page) == "1"
+    assert ink_at(page, 140, 140)  # under the finger, on a 3x screen
     page.screenshot(path=str(SCREENSHOT.with_name("drawing_page_touch.png")), full_page=True)
     phone.close()
 
@@ -115,3 +124,82 @@ def test_predict_on_an_empty_pad_says_what_to_do(page, gateway):
     page.goto(gateway.url + "/")
     page.click("#predict")
     assert page.locator("#error").inner_text() == "Draw a digit first."
+
+
+PREDICT = "**/v1/predict*"
+
+
+def ink_at(page, x: int, y: int) -> bool:
+    """Whether the pad's pixel at canvas coordinates (x, y) is darker than the paper."""
+    pad = "document.getElementById('pad').getContext('2d')"
+    return page.evaluate(f"() => {pad}.getImageData({x}, {y}, 1, 1).data[0]") < 128
+
+
+@pytest.mark.parametrize(
+    "status, content_type, body, words",
+    [(503, "application/json", '{"error": "model server unavailable: test"}', "model server unavailable"),
+     (502, "text/html", "<html>Bad Gateway</html>", "HTTP 502"),
+     (200, "text/html", "<html>a proxy's login page</html>", "HTTP 200")],
+    ids=["json error", "proxy error page", "html answered 200"],
+)  # fmt: skip
+def test_a_failed_prediction_shows_the_error_and_not_the_last_answer(
+    page, gateway, status, content_type, body, words
+):
+    page.goto(gateway.url + "/")
+    draw(page, SEVEN)
+    assert wait_for_answer(page) == "7"
+    page.route(PREDICT, lambda route: route.fulfill(status=status, content_type=content_type, body=body))
+    try:
+        draw(page, ONE)
+        page.wait_for_selector("#error:not([hidden])", timeout=15_000)
+    finally:
+        page.unroute(PREDICT)
+    assert words in page.locator("#error").inner_text()
+    assert page.locator("#digit").inner_text() == "?"  # the 7 was the answer to another drawing
+    assert page.locator("#chart").get_attribute("data-ready") is None
+
+
+def test_an_answer_arriving_after_clear_is_dropped(page, gateway):
+    page.goto(gateway.url + "/")
+    page.evaluate(
+        "() => { const fetch = window.fetch; window.replies = 0; window.fetch = (...args) =>"
+        " new Promise((done) => setTimeout(done, 500)).then(() => fetch(...args))"
+        ".then((reply) => { setTimeout(() => window.replies++, 300); return reply; }); }"
+    )
+    draw(page, SEVEN)
+    page.click("#clear")
+    page.wait_for_function("() => window.replies === 1", timeout=15_000)
+    assert page.locator("#digit").inner_text() == "?"
+    assert page.locator("#chart").get_attribute("data-ready") is None
+
+
+def test_the_right_mouse_button_does_not_draw(page, gateway):
+    page.goto(gateway.url + "/")
+    box = page.locator("#pad").bounding_box()
+    page.mouse.move(box["x"] + 60, box["y"] + 60)
+    page.mouse.down(button="right")
+    page.mouse.move(box["x"] + 220, box["y"] + 220, steps=12)
+    page.mouse.up(button="right")
+    assert not ink_at(page, 140, 140)
+
+
+def test_a_second_finger_does_not_draw(browser, gateway):
+    """Only the first finger down draws; a second one (or a resting palm) is ignored until it lifts."""
+    phone = browser.new_context(**PHONE)
+    page = phone.new_page()
+    page.goto(gateway.url + "/")
+    box = page.locator("#pad").bounding_box()
+    touch = phone.new_cdp_session(page)
+    palm = {"x": box["x"] + 40, "y": box["y"] + 250, "id": 2}
+    path = [{"x": box["x"] + 140, "y": box["y"] + 40 + 10 * i, "id": 1} for i in range(21)]
+    touch.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [path[0]]})
+    touch.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [path[1], palm]})
+    for k, point in enumerate(path[2:]):
+        moved = dict(palm, x=palm["x"] + k % 2)
+        touch.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [point, moved]})
+    touch.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    assert wait_for_answer(page) == "1"
+    assert ink_at(page, 140, 140)
+    assert not ink_at(page, 40, 250)  # where the second finger rested
+    assert not ink_at(page, 90, 200)  # between the two fingers
+    phone.close()

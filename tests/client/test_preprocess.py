@@ -134,6 +134,55 @@ def test_transparent_canvas_strokes_are_read_either_colour(test_digits):
         assert blurred_correlation(out, test_digits[0][0]) > 0.9
 
 
+@pytest.mark.parametrize("side", [150, 1200])  # below and above WORK_SIDE, where it is shrunk first
+def test_16_bit_greyscale_is_read_at_any_size(test_digits, side):
+    digit = test_digits[0][0]
+    paper = np.asarray(Image.fromarray(255 - digit).resize((side, side), Image.Resampling.BILINEAR))
+    out = prepare_image(png(paper.astype(np.uint16) * 257))  # Pillow reads it as mode I;16
+    assert blurred_correlation(out, digit) > 0.9
+
+
+@pytest.mark.parametrize("paper, ink", [(255, 0), (0, 255)], ids=["dark on light", "light on dark"])
+def test_a_thin_small_digit_on_a_large_canvas_is_found(paper, ink):
+    """A one drawn with a 2 px pen on a 512x512 canvas: ink on under 0.1% of the pixels."""
+    canvas = np.full((512, 512), paper, np.uint8)
+    canvas[200:260, 255:257] = ink
+    out = prepare_image(png(canvas))
+    rows, cols = np.nonzero(out > 128)
+    assert np.ptp(rows) + 1 == DIGIT_BOX and np.ptp(cols) + 1 <= 2  # an upright stroke, 20 px tall
+
+
+STORED_SIDEWAYS = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED_SIDEWAYS))
+def test_a_photo_stored_sideways_is_turned_upright_by_its_exif_orientation(test_digits, orientation):
+    digit = test_digits[0][0]
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation: how a viewer turns the stored pixels to show them
+    stored = Image.fromarray(255 - scaled_up(digit)).convert("RGB").transpose(STORED_SIDEWAYS[orientation])
+    out = io.BytesIO()
+    stored.save(out, "JPEG", quality=90, exif=exif.tobytes())
+    assert blurred_correlation(prepare_image(out.getvalue()), digit) > 0.8  # 0.1 to 0.3 when left sideways
+
+
+def test_a_damaged_exif_block_is_ignored(test_digits):
+    digit = test_digits[0][0]
+    out = io.BytesIO()
+    Image.fromarray(255 - scaled_up(digit)).save(out, "PNG", exif=b"Exif\x00\x00MM\x00*")
+    assert blurred_correlation(prepare_image(out.getvalue()), digit) > 0.9
+
+
+def test_transparent_margins_around_an_opaque_picture_take_the_paper_colour(test_digits):
+    """A screenshot or cut-out: white paper with a dark digit, framed by fully transparent pixels."""
+    digit = test_digits[0][1]
+    alpha = np.zeros((150, 150), np.uint8)
+    alpha[15:-15, 15:-15] = 255
+    paper = 255 - scaled_up(digit)
+    out = prepare_image(png(np.dstack([paper, paper, paper, alpha]), "RGBA"))
+    assert blurred_correlation(out, digit) > 0.9
+
+
 @pytest.mark.parametrize(
     "data, error, words",
     [
