@@ -151,6 +151,30 @@ def test_failed_export_leaves_nothing_behind(tmp_path, small_model, monkeypatch)
     assert list((tmp_path / "m").iterdir()) == []
 
 
+def test_a_version_published_meanwhile_is_never_overwritten(tmp_path, small_model, monkeypatch):
+    """Another export publishes the version this one chose: this one takes the next, the other stays."""
+    import trainer.export as export
+
+    first = export_model(small_model, tmp_path, "m", {"run": "other"}, verify=False)
+    real, stale = export.next_version, iter([1])  # what this export saw before the other one published
+    monkeypatch.setattr(export, "next_version", lambda base: next(stale, None) or real(base))
+    second = export_model(small_model, tmp_path, "m", {"run": "this"}, verify=False)
+    assert second.name == "2" and read_model_card(second) == {"run": "this", "model_name": "m", "version": 2}
+    assert read_model_card(first) == {"run": "other", "model_name": "m", "version": 1}
+
+
+def test_an_export_that_does_not_reproduce_keras_is_refused(tmp_path, small_model, monkeypatch):
+    import trainer.export as export
+
+    other = build_model(get_preset("seed-best").model)
+    other.set_weights([w + 0.1 for w in small_model.get_weights()])
+    real = export.serving_archive
+    monkeypatch.setattr(export, "serving_archive", lambda model: real(other))  # the wrong graph saved
+    with pytest.raises(RuntimeError, match="exported model disagrees with Keras"):
+        export_model(small_model, tmp_path, "m")
+    assert list((tmp_path / "m").iterdir()) == []
+
+
 def test_warmup_records_parse_as_predict_requests(mnist_model_dir):
     from tensorflow_serving.apis import prediction_log_pb2
 
