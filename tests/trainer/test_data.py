@@ -47,6 +47,16 @@ def test_one_changed_pixel_is_a_checksum_mismatch(tmp_path, mnist_data):
     assert str(path) in message and "checksum mismatch for x_train" in message and "make data" in message
 
 
+@pytest.mark.parametrize("key", data.ARRAY_NAMES)
+def test_one_changed_value_in_any_array_is_a_checksum_mismatch(mnist_data, key):
+    """Labels are checked as closely as pixels: one relabelled digit is not the official MNIST."""
+    arrays = mnist_data.arrays()
+    changed = arrays[key].copy()
+    changed.flat[7] = (changed.flat[7] + 1) % 10  # still a valid label, still a valid pixel
+    with pytest.raises(DataError, match=f"checksum mismatch for {key}"):
+        data.verify("mnist", {**arrays, key: changed}, "here")
+
+
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
