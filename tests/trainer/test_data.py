@@ -156,6 +156,24 @@ def test_fashion_mnist_is_balanced_and_a_wrong_label_is_caught():
         data.verify("fashion_mnist", {**fashion.arrays(), "y_test": y_test}, "fashion")
 
 
+def test_a_fetched_copy_that_fails_verification_is_never_written(tmp_path, mnist_data, monkeypatch):
+    """What a fetch brings is verified before it is saved: a wrong array never becomes data/mnist.npz."""
+    x_train = mnist_data.x_train.copy()
+    x_train[0, 14, 14] ^= 0xFF
+
+    def wrong_mirror(log):
+        return Dataset("mnist", x_train, mnist_data.y_train, mnist_data.x_test, mnist_data.y_test, "a mirror")
+
+    def unreached(log):
+        raise AssertionError("fetched Fashion-MNIST after a bad MNIST")
+
+    monkeypatch.setattr(data, "fetch_mnist", wrong_mirror)
+    monkeypatch.setattr(data, "fetch_fashion_mnist", unreached)
+    with pytest.raises(DataError, match="a mirror: checksum mismatch for x_train"):
+        prepare_data(tmp_path, log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_prepare_data_is_a_no_op_when_files_are_good(tmp_path, mnist_data):
     for name in data.DATASETS:
         shutil.copy(data.npz_path(data.default_data_dir(), name), tmp_path / f"{name}.npz")
