@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -137,6 +138,11 @@ def test_concurrent_exports_get_distinct_versions(tmp_path, small_model):
     assert sorted(p.name for p in results) == ["1", "2", "3"]
     assert [read_model_card(p)["version"] for p in sorted(results)] == [1, 2, 3]
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2", "3"]
+
+
+def test_a_published_version_is_readable_by_a_server_running_as_another_user(tmp_path, small_model):
+    version_dir = export_model(small_model, tmp_path, "m", verify=False)
+    assert stat.S_IMODE(version_dir.stat().st_mode) == 0o755  # not the 0700 of the temp dir it was built in
 
 
 def test_failed_export_leaves_nothing_behind(tmp_path, small_model, monkeypatch):
