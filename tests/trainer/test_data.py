@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import pickle
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -154,6 +155,16 @@ def test_fashion_mnist_is_balanced_and_a_wrong_label_is_caught():
     y_test[0] = (y_test[0] + 1) % 10
     with pytest.raises(DataError, match="wrong label counts in y_test"):
         data.verify("fashion_mnist", {**fashion.arrays(), "y_test": y_test}, "fashion")
+
+
+def test_saved_data_is_readable_by_everyone_and_complete(tmp_path, mnist_data):
+    """data/ is shared (a server, another user's training): not the 0600 its temp file was made with."""
+    small = Dataset("mnist", *(array[:10] for array in mnist_data.arrays().values()))
+    path = save_npz(small, tmp_path / "mnist.npz")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["mnist.npz"]  # no temp file left beside it
+    with np.load(path) as saved:
+        _assert_same(Dataset("mnist", **{key: saved[key] for key in data.ARRAY_NAMES}), small)
 
 
 def test_a_fetched_copy_that_fails_verification_is_never_written(tmp_path, mnist_data, monkeypatch):
