@@ -21,6 +21,7 @@ from trainer.cli import main
 from trainer.export import read_model_card
 from trainer.model import build_model, to_model_input
 from trainer.presets import get_preset
+from trainer.restore import restore_model
 from trainer.train import train_model
 
 
@@ -168,6 +169,8 @@ def test_trained_with_augmentation_exported_without_it(tmp_path, mnist_data):
         "elastic distortion alpha=34 sigma=4 p=0.5, rotation ±10°, zoom ±0.1, shift ±0.1"
     )
     assert augmentation_ops(version_dir) == set()
+    # The export holds the network and nothing more: the card's network rebuilt takes all its weights.
+    restore_model(version_dir)
 
     loaded = tf.saved_model.load(str(version_dir))
     images = tf.constant(mnist_data.x_test[:32])

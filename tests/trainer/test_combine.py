@@ -74,6 +74,9 @@ def test_combined_version_serves_the_average_of_every_member(exports, mnist_data
     card = read_model_card(models / "5")
     assert [m["seed"] for m in card["members"]] == [1, 42, 43]
     assert [m["source"] for m in card["members"]] == [str(models / "1")] + [str(models / "3")] * 2
+    # Each member is rescored on its own validation split: the very images its own training chose on.
+    own = read_model_card(models / "1")["metrics"]["val_accuracy"]
+    assert card["members"][0]["val_accuracy"] == pytest.approx(own, abs=1e-6)
     assert card["config"]["train"]["members"] == 3 and card["preset"] == "combined"
     served = probabilities(models / "5", mnist_data.x_test).argmax(axis=1)
     assert card["metrics"]["test_errors"] == int(np.sum(served != mnist_data.y_test))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import pickle
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -45,6 +46,16 @@ def test_one_changed_pixel_is_a_checksum_mismatch(tmp_path, mnist_data):
         load_npz(path, "mnist")
     message = str(err.value)
     assert str(path) in message and "checksum mismatch for x_train" in message and "make data" in message
+
+
+@pytest.mark.parametrize("key", data.ARRAY_NAMES)
+def test_one_changed_value_in_any_array_is_a_checksum_mismatch(mnist_data, key):
+    """Labels are checked as closely as pixels: one relabelled digit is not the official MNIST."""
+    arrays = mnist_data.arrays()
+    changed = arrays[key].copy()
+    changed.flat[7] = (changed.flat[7] + 1) % 10  # still a valid label, still a valid pixel
+    with pytest.raises(DataError, match=f"checksum mismatch for {key}"):
+        data.verify("mnist", {**arrays, key: changed}, "here")
 
 
 @pytest.mark.parametrize(
@@ -144,6 +155,34 @@ def test_fashion_mnist_is_balanced_and_a_wrong_label_is_caught():
     y_test[0] = (y_test[0] + 1) % 10
     with pytest.raises(DataError, match="wrong label counts in y_test"):
         data.verify("fashion_mnist", {**fashion.arrays(), "y_test": y_test}, "fashion")
+
+
+def test_saved_data_is_readable_by_everyone_and_complete(tmp_path, mnist_data):
+    """data/ is shared (a server, another user's training): not the 0600 its temp file was made with."""
+    small = Dataset("mnist", *(array[:10] for array in mnist_data.arrays().values()))
+    path = save_npz(small, tmp_path / "mnist.npz")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["mnist.npz"]  # no temp file left beside it
+    with np.load(path) as saved:
+        _assert_same(Dataset("mnist", **{key: saved[key] for key in data.ARRAY_NAMES}), small)
+
+
+def test_a_fetched_copy_that_fails_verification_is_never_written(tmp_path, mnist_data, monkeypatch):
+    """What a fetch brings is verified before it is saved: a wrong array never becomes data/mnist.npz."""
+    x_train = mnist_data.x_train.copy()
+    x_train[0, 14, 14] ^= 0xFF
+
+    def wrong_mirror(log):
+        return Dataset("mnist", x_train, mnist_data.y_train, mnist_data.x_test, mnist_data.y_test, "a mirror")
+
+    def unreached(log):
+        raise AssertionError("fetched Fashion-MNIST after a bad MNIST")
+
+    monkeypatch.setattr(data, "fetch_mnist", wrong_mirror)
+    monkeypatch.setattr(data, "fetch_fashion_mnist", unreached)
+    with pytest.raises(DataError, match="a mirror: checksum mismatch for x_train"):
+        prepare_data(tmp_path, log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_prepare_data_is_a_no_op_when_files_are_good(tmp_path, mnist_data):

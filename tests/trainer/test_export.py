@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -139,6 +140,11 @@ def test_concurrent_exports_get_distinct_versions(tmp_path, small_model):
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2", "3"]
 
 
+def test_a_published_version_is_readable_by_a_server_running_as_another_user(tmp_path, small_model):
+    version_dir = export_model(small_model, tmp_path, "m", verify=False)
+    assert stat.S_IMODE(version_dir.stat().st_mode) == 0o755  # not the 0700 of the temp dir it was built in
+
+
 def test_failed_export_leaves_nothing_behind(tmp_path, small_model, monkeypatch):
     import trainer.export as export
 
@@ -148,6 +154,30 @@ def test_failed_export_leaves_nothing_behind(tmp_path, small_model, monkeypatch)
     monkeypatch.setattr(export, "write_warmup_requests", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         export_model(small_model, tmp_path, "m", verify=False)
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+def test_a_version_published_meanwhile_is_never_overwritten(tmp_path, small_model, monkeypatch):
+    """Another export publishes the version this one chose: this one takes the next, the other stays."""
+    import trainer.export as export
+
+    first = export_model(small_model, tmp_path, "m", {"run": "other"}, verify=False)
+    real, stale = export.next_version, iter([1])  # what this export saw before the other one published
+    monkeypatch.setattr(export, "next_version", lambda base: next(stale, None) or real(base))
+    second = export_model(small_model, tmp_path, "m", {"run": "this"}, verify=False)
+    assert second.name == "2" and read_model_card(second) == {"run": "this", "model_name": "m", "version": 2}
+    assert read_model_card(first) == {"run": "other", "model_name": "m", "version": 1}
+
+
+def test_an_export_that_does_not_reproduce_keras_is_refused(tmp_path, small_model, monkeypatch):
+    import trainer.export as export
+
+    other = build_model(get_preset("seed-best").model)
+    other.set_weights([w + 0.1 for w in small_model.get_weights()])
+    real = export.serving_archive
+    monkeypatch.setattr(export, "serving_archive", lambda model: real(other))  # the wrong graph saved
+    with pytest.raises(RuntimeError, match="exported model disagrees with Keras"):
+        export_model(small_model, tmp_path, "m")
     assert list((tmp_path / "m").iterdir()) == []
 
 

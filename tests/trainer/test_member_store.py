@@ -132,3 +132,18 @@ def test_members_saved_before_the_precision_field_are_reused(tmp_path, capsys):
     bfloat16 = TrainingSpy()
     assert train([*argv, "--precision", "bfloat16"], bfloat16) == 0
     assert bfloat16.seeds == [42, 43]
+
+
+def test_members_trained_on_other_images_are_kept_apart(tmp_path, mnist_data):
+    """Another --limit-train subset, or other arrays under the same dataset name, never share members."""
+    from trainer.data import Dataset
+    from trainer.presets import get_preset
+
+    store = MemberStore(tmp_path)
+    member = member_preset(get_preset("seed-best").with_overrides(members=2), 0)
+    relabelled = Dataset("mnist", mnist_data.x_train, (mnist_data.y_train + 1) % 10, mnist_data.x_test,
+                         mnist_data.y_test)
+    folders = [store.folder(member, data, limit) for data, limit in
+               ((mnist_data, 500), (mnist_data, 1000), (mnist_data, None), (relabelled, 500))]
+    assert len(set(folders)) == 4
+    assert store.folder(member, mnist_data, 500) == folders[0]  # the same recipe and data: the same folder

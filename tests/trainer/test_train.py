@@ -81,6 +81,49 @@ def test_keep_best_epoch_restores_the_best_validation_weights():
     np.testing.assert_array_equal(model.get_weights()[0], weights[1][0])
 
 
+def test_keep_best_epoch_keeps_the_first_of_equal_epochs():
+    """A later epoch that only ties the best is not kept: a rerun keeps the epoch the docs report."""
+    import keras
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    keeper = KeepBestEpoch()
+    keeper.set_model(model)
+    for epoch, val_acc in enumerate([0.5, 0.9, 0.9, 0.7]):
+        model.set_weights([np.full((1, 1), float(epoch)), np.zeros(1)])
+        keeper.on_epoch_end(epoch, {"val_accuracy": val_acc})
+    keeper.on_train_end()
+    assert keeper.best_epoch == 2 and model.get_weights()[0][0, 0] == 1.0
+
+
+def test_no_image_held_out_for_validation_is_ever_fit(mnist_data, monkeypatch):
+    """The network fits images of the training split only, all of them or a limited subset."""
+    import trainer.train as train
+
+    # Each image carries its own index in two corner pixels, so what reached the network can be read back.
+    n = 1200
+    x = mnist_data.x_train[:n].copy()
+    x[:, 0, 0], x[:, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
+    small = Dataset("mnist", x, mnist_data.y_train[:n], mnist_data.x_test[:500], mnist_data.y_test[:500])
+    seen: list[np.ndarray] = []
+    real = train.model_input_array
+
+    def recorded(images):
+        seen.append(np.asarray(images))
+        return real(images)
+
+    monkeypatch.setattr(train, "model_input_array", recorded)
+    preset = get_preset("seed-best").with_overrides(epochs=1, val_size=400, batch_size=100, seed=5)
+    held_out = stratified_split(small.y_train, 400, seed=5).val
+    for limit in (None, 300):
+        seen.clear()
+        result = train_model(preset, small, limit_train=limit, log=lambda _: None)
+        ids = {len(images): images[:, 0, 0] + 256 * images[:, 0, 1].astype(int) for images in seen}
+        assert result.train_size == (800 if limit is None else limit)
+        fit = ids[result.train_size]
+        assert len(set(fit)) == result.train_size and not set(fit) & set(held_out)
+        assert np.array_equal(np.sort(ids[400]), held_out)  # what validates is exactly the hold-out
+
+
 def test_test_set_changes_only_the_test_score(mnist_data):
     """Scramble the test labels: every choice (history, best epoch) stays the same, only the score moves."""
     preset = get_preset("seed-best").with_overrides(epochs=2, val_size=1000, batch_size=100, seed=5)
