@@ -50,6 +50,8 @@ class ClientConfig:
             raise ValueError("batch_size must be at least 1")
         if self.timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
+        if self.retries < 0:
+            raise ValueError("retries must be 0 or more")
 
 
 @dataclass(frozen=True)
