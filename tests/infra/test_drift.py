@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -219,42 +220,38 @@ def test_gateway_health_checks_use_its_own_routes(compose, k8s, dockerfiles):
         assert path in routes, check
 
 
-# digits-serve stand-in for scripts/up.sh: keeps a copy of the --model_config_file it is given and answers
-# the REST status call with an AVAILABLE version.
-_SERVE_STUB = '''#!{python}
+def _http_stub(prelude: str, port: str, body: bytes, serve: str) -> str:
+    """A stand-in program for scripts/up.sh: runs `prelude`, then answers GETs on `port` with `body`."""
+    return f'''#!{sys.executable}
 import shutil, sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
-flags = dict(arg[2:].split("=", 1) for arg in sys.argv[1:] if "=" in arg)
-shutil.copy(flags["model_config_file"], {copy!r})
-class Status(BaseHTTPRequestHandler):
+{prelude}
+class Answer(BaseHTTPRequestHandler):
     def do_GET(self):
-        body = b'{{"model_version_status": [{{"version": "1", "state": "{state}"}}]}}'
         self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", "{len(body)}")
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write({body!r})
     def log_message(self, *args):
         pass
-HTTPServer(("127.0.0.1", int(flags["rest_api_port"])), Status).serve_forever()
+HTTPServer(("127.0.0.1", {port}), Answer).{serve}()
 '''
 
 
-_GATEWAY_STUB = '''#!{python}
-import sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
-open({mark!r}, "w").close()
-class Health(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = b'{{"status": "ok"}}'
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-port = int(sys.argv[sys.argv.index("--port") + 1])
-HTTPServer(("127.0.0.1", port), Health).handle_request()  # answers up.sh's check, then exits
-'''
+def _serve_stub(copy: Path, state: str) -> str:
+    """digits-serve: keeps a copy of its --model_config_file, and says version 1 is in `state`."""
+    return _http_stub(
+        "flags = dict(arg[2:].split('=', 1) for arg in sys.argv[1:] if '=' in arg)\n"
+        f"shutil.copy(flags['model_config_file'], {str(copy)!r})",
+        "int(flags['rest_api_port'])",
+        f'{{"model_version_status": [{{"version": "1", "state": "{state}"}}]}}'.encode(), "serve_forever",
+    )
+
+
+def _gateway_stub(mark: Path) -> str:
+    """digits-gateway: leaves `mark` when started, answers up.sh's health check, then exits."""
+    return _http_stub(f"open({str(mark)!r}, 'w').close()", "int(sys.argv[sys.argv.index('--port') + 1])",
+                      b'{"status": "ok"}', "handle_request")
 
 
 def _free_port() -> int:
@@ -273,10 +270,8 @@ def _run_up(tmp_path: Path, state: str, **env_extra: str) -> subprocess.Complete
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     stubs = {"python": f'#!/bin/sh\nexec "{sys.executable}" "$@"\n',
-             "digits-gateway": _GATEWAY_STUB.format(python=sys.executable,
-                                                    mark=str(tmp_path / "gateway-started")),
-             "digits-serve": _SERVE_STUB.format(python=sys.executable, copy=str(tmp_path / "served.config"),
-                                                state=state)}
+             "digits-gateway": _gateway_stub(tmp_path / "gateway-started"),
+             "digits-serve": _serve_stub(tmp_path / "served.config", state)}
     for name, text in stubs.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
@@ -286,8 +281,15 @@ def _run_up(tmp_path: Path, state: str, **env_extra: str) -> subprocess.Complete
            **env_extra}
     for name in ("MODELS_DIR", "MODEL_NAME"):
         env.pop(name, None)
-    return subprocess.run(["bash", str(tmp_path / "scripts" / "up.sh")], env=env, capture_output=True,
-                          text=True, timeout=60)
+    # Its own process group, so that a hanging up.sh takes its stand-ins with it when the test gives up.
+    up = subprocess.Popen(["bash", str(tmp_path / "scripts" / "up.sh")], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = up.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(up.pid, signal.SIGKILL)
+        raise
+    return subprocess.CompletedProcess(up.args, up.returncode, out, err)
 
 
 def test_make_up_serves_models_config_with_the_local_model_folder(tmp_path):
