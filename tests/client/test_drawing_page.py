@@ -51,6 +51,16 @@ PHONE = {
 }
 
 
+@pytest.fixture
+def phone(browser, gateway):
+    """The drawing page on a touch screen: the page, the pad's box, and a DevTools session to touch it."""
+    context = browser.new_context(**PHONE)
+    page = context.new_page()
+    page.goto(gateway.url + "/")
+    yield page, page.locator("#pad").bounding_box(), context.new_cdp_session(page)
+    context.close()
+
+
 def draw(page, strokes) -> None:
     box = page.locator("#pad").bounding_box()
     for stroke in strokes:
@@ -102,13 +112,9 @@ def test_clear_then_redraw_gives_a_new_answer(page, gateway):
     assert wait_for_answer(page) == "1"
 
 
-def test_drawing_with_a_finger_works_too(browser, gateway):
+def test_drawing_with_a_finger_works_too(phone):
     """Real touch events (Chrome DevTools Input.dispatchTouchEvent) on a touch-screen page."""
-    phone = browser.new_context(**PHONE)
-    page = phone.new_page()
-    page.goto(gateway.url + "/")
-    box = page.locator("#pad").bounding_box()
-    touch = phone.new_cdp_session(page)
+    page, box, touch = phone
     path = [{"x": box["x"] + 140, "y": box["y"] + 40 + 10 * i} for i in range(21)]  # a one, top to bottom
     touch.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [path[0]]})
     for point in path[1:]:
@@ -117,7 +123,6 @@ def test_drawing_with_a_finger_works_too(browser, gateway):
     assert wait_for_answer(page) == "1"
     assert ink_at(page, 140, 140)  # under the finger, on a 3x screen
     page.screenshot(path=str(SCREENSHOT.with_name("drawing_page_touch.png")), full_page=True)
-    phone.close()
 
 
 def test_predict_on_an_empty_pad_says_what_to_do(page, gateway):
@@ -183,13 +188,9 @@ def test_the_right_mouse_button_does_not_draw(page, gateway):
     assert not ink_at(page, 140, 140)
 
 
-def test_a_second_finger_does_not_draw(browser, gateway):
+def test_a_second_finger_does_not_draw(phone):
     """Only the first finger down draws; a second one (or a resting palm) is ignored until it lifts."""
-    phone = browser.new_context(**PHONE)
-    page = phone.new_page()
-    page.goto(gateway.url + "/")
-    box = page.locator("#pad").bounding_box()
-    touch = phone.new_cdp_session(page)
+    page, box, touch = phone
     palm = {"x": box["x"] + 40, "y": box["y"] + 250, "id": 2}
     path = [{"x": box["x"] + 140, "y": box["y"] + 40 + 10 * i, "id": 1} for i in range(21)]
     touch.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [path[0]]})
@@ -202,4 +203,3 @@ def test_a_second_finger_does_not_draw(browser, gateway):
     assert ink_at(page, 140, 140)
     assert not ink_at(page, 40, 250)  # where the second finger rested
     assert not ink_at(page, 90, 200)  # between the two fingers
-    phone.close()
