@@ -251,6 +251,15 @@ REST_CASES = [
         "Failed to convert version: 99999999999999999999 to numeric.",
     ),
     (
+        "version 2**63, one over int64",
+        "POST",
+        "/v1/models/digits/versions/9223372036854775808:predict",
+        {"instances": IMG},
+        {},
+        400,
+        "Failed to convert version: 9223372036854775808 to numeric.",
+    ),
+    (
         "version over 4300 digits",
         "GET",
         "/v1/models/digits/versions/" + "9" * 5000,
@@ -354,6 +363,15 @@ REST_CASES = [
         {},
         400,
         "does not have named input: values",
+    ),
+    (
+        "extra named input in row",
+        "POST",
+        ODD,
+        {"instances": [{"text": "a", "values": [1, 2, 3], "extra": 1}]},
+        {},
+        400,
+        "keys must be equal to: text,values",
     ),
     (
         "missing named input in columns",

@@ -131,6 +131,10 @@ def test_foreign_signature_with_strings_b64_and_several_outputs(http, rest_url):
         f"{rest_url}/v1/models/odd:predict", json={"signature_name": "total", "inputs": [[1, 2], [30, 40]]}
     ).json()
     assert other == {"outputs": [3, 70]}  # one output: unnamed
+    rows = http.post(
+        f"{rest_url}/v1/models/odd:predict", json={"signature_name": "total", "instances": [[1, 2], [30, 40]]}
+    ).json()
+    assert rows == {"predictions": [3, 70]}  # in the row format too
 
 
 def test_classify_and_regress_on_example_signatures(http, rest_url):
