@@ -25,6 +25,7 @@ from tensorflow_serving.apis import (
 
 from client.contract import IMAGE_SIZE, INPUT_NAME, OUTPUT_CLASSES
 from serving.config_files import ConfigError, parse_model_server_config
+from serving.errors import from_tf_error
 
 IMG = np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.uint8).tolist()
 ROW = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8).tolist()
@@ -495,6 +496,20 @@ def test_rest_bad_request(http, rest_url, name, method, path, body, headers, sta
     assert r.status_code == status, r.text
     assert r.headers["Content-Type"] == "application/json"
     assert message in r.json()["error"], r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "tf_error, code, status",
+    [
+        (tf.errors.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT, 400),
+        (tf.errors.FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION, 400),
+        (tf.errors.DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+        (tf.errors.InternalError, grpc.StatusCode.INTERNAL, 500),
+    ],
+)
+def test_a_model_runtime_error_keeps_its_code_and_tf_servings_http_status(tf_error, code, status):
+    error = from_tf_error(tf_error(None, None, "Table not initialized.\n\t [[{{node lookup}}]]"))
+    assert (error.code, error.http_status, error.message) == (code, status, "Table not initialized.")
 
 
 def test_rest_still_serving_after_the_bad_requests(http, rest_url, built_models):
