@@ -59,6 +59,10 @@ def test_metadata_is_a_signature_def_map(http, rest_url):
     assert [d["size"] for d in images["tensor_shape"]["dim"]] == ["-1", "28", "28"]
     assert set(sig["outputs"]) == {OUTPUT_PROBABILITIES, OUTPUT_CLASSES}
     assert sig["outputs"][OUTPUT_CLASSES]["dtype"] == "DT_INT64"
+    # Unlike status, metadata resolves a label (the gateway asks it which version a label serves).
+    for route, version in (("/labels/stable", "1"), ("/labels/canary", "2"), ("", "2")):
+        spec = http.get(f"{rest_url}/v1/models/digits{route}/metadata").json()["model_spec"]
+        assert spec["version"] == version, route
 
 
 def test_predict_row_format_matches_in_process_call(http, rest_url, images, answers):
@@ -104,6 +108,18 @@ def test_version_and_label_routing(http, rest_url, images, answers, route, versi
     assert got == answers[version][OUTPUT_CLASSES][:4].tolist()
     probs = np.array([p[OUTPUT_PROBABILITIES] for p in r.json()["predictions"]])
     np.testing.assert_allclose(probs, answers[version][OUTPUT_PROBABILITIES][:4], rtol=1e-5)
+
+
+def test_the_label_in_the_path_is_url_decoded(rest_url):
+    import http.client  # not requests: it would send %61 as "a" itself
+    from urllib.parse import urlparse
+
+    url = urlparse(rest_url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    connection.request("GET", "/v1/models/digits/labels/st%61ble/metadata")
+    response = connection.getresponse()
+    assert response.status == 200 and json.loads(response.read())["model_spec"]["version"] == "1"
+    connection.close()
 
 
 def test_foreign_signature_with_strings_b64_and_several_outputs(http, rest_url):
