@@ -737,6 +737,14 @@ def test_invalid_chunk_size_is_refused_at_once(server, size):
     assert answer.startswith(b"HTTP/1.1 400 ") and b"Malformed chunked request body" in answer, answer
 
 
+def test_a_chunk_over_the_body_limit_is_refused_before_it_is_read(server):
+    head = b"POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=5) as connection:
+        connection.sendall(head + b"%x\r\n" % 2_000_001)  # the server's limit is 2,000,000 bytes
+        answer = connection.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"over the limit of 2000000 bytes" in answer, answer
+
+
 def test_clients_that_disconnect_mid_request_do_not_hurt_the_server(server, rest_url, http, built_models):
     port = server.rest_port
     partial_requests = [
