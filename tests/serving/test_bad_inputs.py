@@ -318,6 +318,7 @@ REST_CASES = [
     ("GET on predict", "GET", PREDICT, None, {}, 400, "Malformed request: GET /v1/models/digits:predict"),
     ("POST without a model", "POST", "/v1/models", {}, {}, 400, "Malformed request: POST /v1/models"),
     ("unknown verb", "POST", "/v1/models/digits:explain", {}, {}, 400, "Malformed request"),
+    ("text after the verb", "POST", PREDICT + "ion", {"instances": IMG}, {}, 400, "Malformed request"),
     ("path outside /v1", "GET", "/v3/anything", None, {}, 404, "Not found: /v3/anything"),
     ("body over the limit", "POST", PREDICT, b"[" * 2_500_000, {}, 413, "over the limit of 2000000 bytes"),
     (
