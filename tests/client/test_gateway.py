@@ -74,6 +74,13 @@ def test_every_upload_form_reads_the_same_digit(gateway, test_digits):
     # A 28x28 pixel array is used as-is: the model sees exactly the test digit.
     pixels = requests.post(f"{url}?include_input=1", json=digit.tolist(), timeout=30).json()
     assert np.array_equal(np.array(pixels["input"]), digit)
+    # Unless "preprocess": true asks for MNIST's framing: an off-centre digit comes back centred.
+    shifted = np.roll(digit, (5, 5), axis=(0, 1))
+    framed = requests.post(f"{url}?include_input=1", json={"pixels": shifted.tolist(), "preprocess": True},
+                           timeout=30).json()  # fmt: skip
+    seen = np.array(framed["input"], dtype=np.float64)
+    centre = [float((seen.sum(axis=1 - axis) * np.arange(IMAGE_SIZE)).sum() / seen.sum()) for axis in (0, 1)]
+    assert np.allclose(centre, IMAGE_SIZE / 2, atol=1.0), centre
 
 
 def test_batch_answers_each_image_in_order(gateway, test_digits):

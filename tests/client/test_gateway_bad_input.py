@@ -15,6 +15,7 @@ OVER_LIMIT_BYTES = 3 * 1024 * 1024  # the test gateway accepts 2 MiB
 
 
 NOISE = np.random.default_rng(7).integers(0, 256, (96, 96), dtype=np.uint8)
+SMALL_PNG = encode(NOISE[:28, :28], "PNG")
 BOMB = encode(np.zeros((6000, 6000), np.uint8), "PNG")  # 36 megapixels in about 35 kB
 ONE, BATCH = "/v1/predict", "/v1/predict/batch"
 NOT_IMAGE = "not an image"
@@ -64,6 +65,7 @@ BAD_REQUESTS = [
     ("batch not a list", BATCH, {"json": {"images": 7}}, 400, "images"),
     ("batch empty", BATCH, {"json": {"images": []}}, 400, "no image"),
     ("batch over the limit", BATCH, {"json": {"images": [[[0]]] * 65}}, 400, "limit 64"),
+    ("65 files in a batch", BATCH, {"files": [("image", ("a.png", SMALL_PNG))] * 65}, 400, "limit 64"),
     ("batch bad item", BATCH, {"json": {"images": [np.zeros((28, 28)).tolist(), "x"]}}, 400, "images[1]"),
     ("GET on predict", ONE, {"method": "GET"}, 405, "method"),
     ("unknown path", "/v1/nothing-here", {"method": "GET"}, 404, "not found"),

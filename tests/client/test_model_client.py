@@ -129,6 +129,7 @@ def test_server_errors_become_typed_exceptions_with_the_servers_message(
         (np.zeros((0, 28, 28), np.uint8), "no images"),
         (np.full((1, 28, 28), np.nan), "finite"),
         (np.full((1, 28, 28), 300.0), "0..255"),
+        (np.full((1, 28, 28), -1.0), "0..255"),  # uint8 would wrap it round to 255
     ],
 )
 def test_bad_arrays_are_refused_before_sending(served_model, images, words):

@@ -25,6 +25,7 @@ from tensorflow_serving.apis import (
 
 from client.contract import IMAGE_SIZE, INPUT_NAME, OUTPUT_CLASSES
 from serving.config_files import ConfigError, parse_model_server_config
+from serving.errors import from_tf_error
 
 IMG = np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.uint8).tolist()
 ROW = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8).tolist()
@@ -251,6 +252,15 @@ REST_CASES = [
         "Failed to convert version: 99999999999999999999 to numeric.",
     ),
     (
+        "version 2**63, one over int64",
+        "POST",
+        "/v1/models/digits/versions/9223372036854775808:predict",
+        {"instances": IMG},
+        {},
+        400,
+        "Failed to convert version: 9223372036854775808 to numeric.",
+    ),
+    (
         "version over 4300 digits",
         "GET",
         "/v1/models/digits/versions/" + "9" * 5000,
@@ -308,6 +318,7 @@ REST_CASES = [
     ("GET on predict", "GET", PREDICT, None, {}, 400, "Malformed request: GET /v1/models/digits:predict"),
     ("POST without a model", "POST", "/v1/models", {}, {}, 400, "Malformed request: POST /v1/models"),
     ("unknown verb", "POST", "/v1/models/digits:explain", {}, {}, 400, "Malformed request"),
+    ("text after the verb", "POST", PREDICT + "ion", {"instances": IMG}, {}, 400, "Malformed request"),
     ("path outside /v1", "GET", "/v3/anything", None, {}, 404, "Not found: /v3/anything"),
     ("body over the limit", "POST", PREDICT, b"[" * 2_500_000, {}, 413, "over the limit of 2000000 bytes"),
     (
@@ -354,6 +365,15 @@ REST_CASES = [
         {},
         400,
         "does not have named input: values",
+    ),
+    (
+        "extra named input in row",
+        "POST",
+        ODD,
+        {"instances": [{"text": "a", "values": [1, 2, 3], "extra": 1}]},
+        {},
+        400,
+        "keys must be equal to: text,values",
     ),
     (
         "missing named input in columns",
@@ -477,6 +497,20 @@ def test_rest_bad_request(http, rest_url, name, method, path, body, headers, sta
     assert r.status_code == status, r.text
     assert r.headers["Content-Type"] == "application/json"
     assert message in r.json()["error"], r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "tf_error, code, status",
+    [
+        (tf.errors.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT, 400),
+        (tf.errors.FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION, 400),
+        (tf.errors.DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+        (tf.errors.InternalError, grpc.StatusCode.INTERNAL, 500),
+    ],
+)
+def test_a_model_runtime_error_keeps_its_code_and_tf_servings_http_status(tf_error, code, status):
+    error = from_tf_error(tf_error(None, None, "Table not initialized.\n\t [[{{node lookup}}]]"))
+    assert (error.code, error.http_status, error.message) == (code, status, "Table not initialized.")
 
 
 def test_rest_still_serving_after_the_bad_requests(http, rest_url, built_models):
@@ -702,6 +736,14 @@ def test_invalid_chunk_size_is_refused_at_once(server, size):
         connection.sendall(head + size + b"\r\n")
         answer = connection.recv(4096)
     assert answer.startswith(b"HTTP/1.1 400 ") and b"Malformed chunked request body" in answer, answer
+
+
+def test_a_chunk_over_the_body_limit_is_refused_before_it_is_read(server):
+    head = b"POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=5) as connection:
+        connection.sendall(head + b"%x\r\n" % 2_000_001)  # the server's limit is 2,000,000 bytes
+        answer = connection.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"over the limit of 2000000 bytes" in answer, answer
 
 
 def test_clients_that_disconnect_mid_request_do_not_hurt_the_server(server, rest_url, http, built_models):

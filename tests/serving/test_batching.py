@@ -104,6 +104,35 @@ def test_padding_to_allowed_batch_sizes_and_row_split():
     assert set(seen_sizes) <= {2, 8}
 
 
+def test_requests_that_cannot_be_stacked_are_not_merged():
+    """A signature with a free inner dimension ([None, None]): rows of width 3 and 5 never share a batch."""
+    batch_shapes: list[tuple[int, ...]] = []
+
+    def run(inputs):
+        batch_shapes.append(inputs["x"].shape)
+        return {"total": inputs["x"].sum(axis=1)}
+
+    queue = BatchQueue(
+        run,
+        BatchingConfig(
+            max_batch_size=16, batch_timeout_micros=50_000, max_enqueued_batches=10, num_batch_threads=1
+        ),
+    )
+    inputs = [np.full((1, 3 + 2 * (i % 2)), i, np.float32) for i in range(6)]  # widths 3, 5, 3, 5, ...
+    start = threading.Barrier(len(inputs))
+
+    def call(x):
+        start.wait()
+        return queue.run({"x": x}, timeout=10)
+
+    with ThreadPoolExecutor(len(inputs)) as pool:
+        results = list(pool.map(call, inputs))
+    queue.stop()
+    for x, result in zip(inputs, results, strict=True):
+        np.testing.assert_array_equal(result["total"], x.sum(axis=1))
+    assert {shape[1] for shape in batch_shapes} == {3, 5}
+
+
 def test_full_queue_is_unavailable_and_oversized_task_is_invalid():
     release = threading.Event()
     running = threading.Event()

@@ -149,6 +149,32 @@ def test_classify_regress_and_multi_inference(predict_stub):
     assert results[1].regression_result.regressions[0].value == pytest.approx(3.0)
 
 
+def test_classify_regress_and_multi_inference_name_the_servable_that_answered(predict_stub):
+    classify = classification_pb2.ClassificationRequest()
+    classify.model_spec.name = "estimator"  # no version and no signature: latest, serving_default
+    classify.input.example_list.examples.extend(_examples(1.0))
+    spec = predict_stub.Classify(classify, timeout=10).model_spec
+    assert (spec.name, spec.version.value, spec.signature_name) == ("estimator", 7, "serving_default")
+    regress = regression_pb2.RegressionRequest()
+    regress.model_spec.name, regress.model_spec.signature_name = "estimator", "regress_x"
+    regress.input.example_list.examples.extend(_examples(1.0))
+    spec = predict_stub.Regress(regress, timeout=10).model_spec
+    assert (spec.name, spec.version.value, spec.signature_name) == ("estimator", 7, "regress_x")
+    multi = inference_pb2.MultiInferenceRequest()
+    for signature, method in (
+        ("", "tensorflow/serving/classify"),
+        ("regress_x", "tensorflow/serving/regress"),
+    ):
+        task = multi.tasks.add(method_name=method)
+        task.model_spec.name, task.model_spec.signature_name = "estimator", signature
+    multi.input.example_list.examples.extend(_examples(1.0))
+    specs = [r.model_spec for r in predict_stub.MultiInference(multi, timeout=10).results]
+    assert [(s.name, s.version.value, s.signature_name) for s in specs] == [
+        ("estimator", 7, "serving_default"),
+        ("estimator", 7, "regress_x"),
+    ]
+
+
 def test_classify_on_a_predict_signature_is_invalid_argument(predict_stub):
     request = classification_pb2.ClassificationRequest()
     request.model_spec.name = "digits"

@@ -59,6 +59,10 @@ def test_metadata_is_a_signature_def_map(http, rest_url):
     assert [d["size"] for d in images["tensor_shape"]["dim"]] == ["-1", "28", "28"]
     assert set(sig["outputs"]) == {OUTPUT_PROBABILITIES, OUTPUT_CLASSES}
     assert sig["outputs"][OUTPUT_CLASSES]["dtype"] == "DT_INT64"
+    # Unlike status, metadata resolves a label (the gateway asks it which version a label serves).
+    for route, version in (("/labels/stable", "1"), ("/labels/canary", "2"), ("", "2")):
+        spec = http.get(f"{rest_url}/v1/models/digits{route}/metadata").json()["model_spec"]
+        assert spec["version"] == version, route
 
 
 def test_predict_row_format_matches_in_process_call(http, rest_url, images, answers):
@@ -106,6 +110,18 @@ def test_version_and_label_routing(http, rest_url, images, answers, route, versi
     np.testing.assert_allclose(probs, answers[version][OUTPUT_PROBABILITIES][:4], rtol=1e-5)
 
 
+def test_the_label_in_the_path_is_url_decoded(rest_url):
+    import http.client  # not requests: it would send %61 as "a" itself
+    from urllib.parse import urlparse
+
+    url = urlparse(rest_url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    connection.request("GET", "/v1/models/digits/labels/st%61ble/metadata")
+    response = connection.getresponse()
+    assert response.status == 200 and json.loads(response.read())["model_spec"]["version"] == "1"
+    connection.close()
+
+
 def test_foreign_signature_with_strings_b64_and_several_outputs(http, rest_url):
     body = {
         "instances": [
@@ -131,6 +147,10 @@ def test_foreign_signature_with_strings_b64_and_several_outputs(http, rest_url):
         f"{rest_url}/v1/models/odd:predict", json={"signature_name": "total", "inputs": [[1, 2], [30, 40]]}
     ).json()
     assert other == {"outputs": [3, 70]}  # one output: unnamed
+    rows = http.post(
+        f"{rest_url}/v1/models/odd:predict", json={"signature_name": "total", "instances": [[1, 2], [30, 40]]}
+    ).json()
+    assert rows == {"predictions": [3, 70]}  # in the row format too
 
 
 def test_classify_and_regress_on_example_signatures(http, rest_url):
