@@ -95,6 +95,17 @@ class Internal(ServingError):
     code = grpc.StatusCode.INTERNAL
 
 
+class ModelRuntimeError(ServingError):
+    """The model's ops failed while running, with a code of their own (RESOURCE_EXHAUSTED, ...)."""
+
+    def __init__(self, message: str, code: grpc.StatusCode):
+        super().__init__(message)
+        self.code = code
+
+
+_GRPC_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
 def _useful_line(text: str) -> str:
     """The line of a TF runtime error that says what went wrong (not the node or stack-trace noise)."""
     lines = [line.strip() for line in text.splitlines()]
@@ -105,16 +116,17 @@ def _useful_line(text: str) -> str:
 
 
 def from_tf_error(error: Exception) -> ServingError:
-    """Map a TensorFlow runtime error to a ServingError with TF Serving's message prefix."""
+    """Map a TensorFlow runtime error to a ServingError with its own status code, as TF Serving does."""
     import tensorflow as tf  # imported lazily: errors.py is used by code that never needs TF
 
     message = _useful_line(getattr(error, "message", None) or str(error)) or type(error).__name__
     if isinstance(error, tf.errors.InvalidArgumentError | ValueError | TypeError):
         return InvalidArgument(message)
-    if isinstance(error, tf.errors.ResourceExhaustedError):
-        return Unavailable(message)
     if isinstance(error, tf.errors.DeadlineExceededError):
         return DeadlineExceeded(message)
     if isinstance(error, tf.errors.FailedPreconditionError):
         return FailedPrecondition(message)
+    if isinstance(error, tf.errors.OpError) and error.error_code != tf.errors.INTERNAL:
+        # TF Serving passes the runtime's status through: an out-of-memory run is RESOURCE_EXHAUSTED (429).
+        return ModelRuntimeError(message, _GRPC_CODE_BY_NUMBER.get(error.error_code, grpc.StatusCode.UNKNOWN))
     return Internal(message)

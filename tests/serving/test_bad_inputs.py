@@ -506,6 +506,9 @@ def test_rest_bad_request(http, rest_url, name, method, path, body, headers, sta
         (tf.errors.FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION, 400),
         (tf.errors.DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED, 504),
         (tf.errors.InternalError, grpc.StatusCode.INTERNAL, 500),
+        (tf.errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED, 429),  # out of memory
+        (tf.errors.OutOfRangeError, grpc.StatusCode.OUT_OF_RANGE, 400),
+        (tf.errors.UnknownError, grpc.StatusCode.UNKNOWN, 500),
     ],
 )
 def test_a_model_runtime_error_keeps_its_code_and_tf_servings_http_status(tf_error, code, status):
