@@ -2,6 +2,8 @@
 
 Each trial is a two-block CNN (the tutorial's layout) built from a Preset, so the winner is an
 ordinary preset that `train_model` re-trains with several seeds; only then is the test set scored.
+Each trial is scored as `train_model` chooses an epoch: on the validation accuracy of the model it would
+serve (mirror-averaged on Fashion-MNIST, trainer/tta.py), so the search ranks what gets re-trained.
 The search lives in a KerasTuner project directory and resumes from it (`overwrite=False`).
 """
 
@@ -29,17 +31,26 @@ from trainer.augment import augment_policy, with_augmentation
 from trainer.data import Dataset
 from trainer.model import build_model, compile_model, model_input_array
 from trainer.presets import ConvLayer, ModelConfig, Preset, TrainConfig
-from trainer.train import TrainResult, limit_indices, stratified_split, train_model
+from trainer.train import (
+    SERVED_VAL,
+    ServedValidation,
+    TrainResult,
+    limit_indices,
+    stratified_split,
+    train_model,
+)
+from trainer.tta import for_dataset, serving_network
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-OBJECTIVE = "val_accuracy"
+OBJECTIVE = "val_accuracy"  # KerasTuner's name for a trial's score, whatever `trial_scoring` it is
 PROJECT_NAME = "digits"
 SETTINGS_FILE = "search_settings.json"  # in the project folder: what its trials were scored under
 LOCK_FILE = "search.lock"
 SEARCH_SEED = 42
+SETTINGS_BEFORE_RECORDED = {"scoring": "plain"}  # what a project made before a setting was recorded had
 
 
 class TuneError(Exception):
@@ -67,7 +78,17 @@ def search_settings(cfg: TuneConfig, dataset: str) -> dict[str, Any]:
         "limit_train": cfg.limit_train,
         "max_epochs": cfg.max_epochs,  # KerasTuner reloads the saved search space, not a new one
         "initial_random_trials": cfg.initial_random_trials,  # reloaded too
+        "scoring": trial_scoring(dataset),  # plain and mirror-averaged scores do not compare
     }
+
+
+def trial_scoring(dataset: str) -> str:
+    """The validation accuracy a trial on `dataset` is scored on, as served: "mirror-averaged" or "plain".
+
+    A trial's preset leaves mirror averaging to the dataset (trainer/tta.py), as `train_model` does.
+    """
+    served = for_dataset(preset_from_values(search_space(1).values), dataset).model
+    return "mirror-averaged" if served.mirror_average else "plain"
 
 
 def check_settings(directory: Path, settings: dict[str, Any]) -> None:
@@ -81,6 +102,7 @@ def check_settings(directory: Path, settings: dict[str, Any]) -> None:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise TuneError(f"{directory}: {path.name} cannot be read ({exc})") from exc
+    saved = {**SETTINGS_BEFORE_RECORDED, **saved}
     changed = [f"{name} {saved.get(name)} (now {value})" for name, value in settings.items()
                if saved.get(name) != value]
     if changed:
@@ -211,27 +233,36 @@ class DigitsTuner(keras_tuner.BayesianOptimization):
                      else f"{done} trials in the project: --max-trials {self.cfg.max_trials} reached")
 
     def run_trial(self, trial, x_train, y_train, x_val, y_val, **_) -> dict[str, float]:
-        """Fit the trial's preset; the objective is its best validation accuracy over the epochs."""
-        preset = preset_from_values(trial.hyperparameters.values)
+        """Fit the trial's preset; the objective is its best validation accuracy over the epochs.
+
+        As `train_model` chooses an epoch: the accuracy of the model it serves (mirror-averaged or not).
+        """
+        preset = for_dataset(preset_from_values(trial.hyperparameters.values), self.dataset)
         cfg = preset.train
         self.log(f"trial {trial.trial_id} ({int(trial.trial_id) + 1} of up to {self.cfg.max_trials}): "
                  f"fitting {cfg.epochs} epoch(s) of batch {cfg.batch_size}")
         keras.utils.set_random_seed(SEARCH_SEED)
         model = build_model(preset.model)
+        served = serving_network(preset.model, model)
         fit_model = with_augmentation(model, augment_policy(self.dataset, cfg.augment), seed=SEARCH_SEED)
         compile_model(fit_model, cfg, steps_per_epoch=math.ceil(len(x_train) / cfg.batch_size))
+        # The budget stops a trial mid-fit, but never a run's first: every run gets a trial further.
+        callbacks: list[keras.callbacks.Callback] = [Deadline(self.deadline)] if self.finished_here else []
+        monitor, scored = OBJECTIVE, ""
+        if served is not model:  # mirror-averaged: scored on what is served, as train_model scores it
+            callbacks.insert(0, ServedValidation(served, x_val, y_val, key=SERVED_VAL))
+            monitor, scored = SERVED_VAL, " mirror-averaged"
         start = time.perf_counter()
         history = fit_model.fit(
             x_train, y_train, validation_data=(x_val, y_val), batch_size=cfg.batch_size,
-            epochs=cfg.epochs, verbose=0,
-            # The budget stops a trial mid-fit, but never a run's first: every run gets a trial further.
-            callbacks=[Deadline(self.deadline)] if self.finished_here else [],
+            epochs=cfg.epochs, verbose=0, callbacks=callbacks,
         ).history
         seconds = time.perf_counter() - start
-        val = [float(v) if math.isfinite(v) else 0.0 for v in history[OBJECTIVE]]
+        val = [float(v) if math.isfinite(v) else 0.0 for v in history[monitor]]
         best = int(np.argmax(val))
         knobs = " ".join(f"{name}={_short(v)}" for name, v in trial.hyperparameters.values.items())
-        self.log(f"trial {trial.trial_id}: val_acc {val[best]:.4f} (epoch {best + 1}) {seconds:.0f}s {knobs}")
+        self.log(f"trial {trial.trial_id}: val_acc{scored} {val[best]:.4f} (epoch {best + 1}) {seconds:.0f}s "
+                 f"{knobs}")
         self.finished_here += 1
         return {OBJECTIVE: val[best], "best_epoch": float(best + 1), "seconds": seconds}
 
@@ -304,15 +335,15 @@ def trial_rows(tuner: keras_tuner.Tuner) -> list[TrialRow]:
     return sorted(rows, key=lambda r: (r.val_accuracy is None, -(r.val_accuracy or 0.0), r.trial_id))
 
 
-def write_trials_csv(rows: list[TrialRow], path: Path) -> Path:
-    """One line per trial: id, status, val accuracy, best epoch, seconds, then every hyperparameter."""
+def write_trials_csv(rows: list[TrialRow], path: Path, scoring: str) -> Path:
+    """One line per trial: id, status, val accuracy and its scoring, best epoch, seconds, hyperparameters."""
     names = sorted({name for row in rows for name in row.values})
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["trial", "status", OBJECTIVE, "best_epoch", "seconds", *names])
+        writer.writerow(["trial", "status", OBJECTIVE, "scoring", "best_epoch", "seconds", *names])
         for row in rows:
             writer.writerow(
-                [row.trial_id, row.status, row.val_accuracy, row.best_epoch, row.seconds]
+                [row.trial_id, row.status, row.val_accuracy, scoring, row.best_epoch, row.seconds]
                 + [row.values.get(name) for name in names]
             )
     return path
@@ -395,15 +426,16 @@ def write_tune_report(
     """
     best = rows[0]
     preset = preset_from_values(best.values)
+    scoring = trial_scoring(dataset)
     paths = {
-        "csv": write_trials_csv(rows, run_dir / "tune_trials.csv"),
+        "csv": write_trials_csv(rows, run_dir / "tune_trials.csv", scoring),
         "plot": plot_trials(rows, run_dir / "tune_trials.png"),
         "best": run_dir / "best_trial.json",
         "markdown": run_dir / "tune_trials.md",
     }
     paths["best"].write_text(
-        json.dumps({"trial": best.trial_id, "values": best.values, "preset": preset.to_dict(),
-                    "retrain": summary}, indent=2) + "\n"
+        json.dumps({"trial": best.trial_id, "scoring": scoring, "values": best.values,
+                    "preset": preset.to_dict(), "retrain": summary}, indent=2) + "\n"
     )
     if summary is None:
         retrained = f"- Best trial re-training with {cfg.seeds} seed(s): not finished."
@@ -428,6 +460,8 @@ def write_tune_report(
         f"up to {cfg.max_epochs} epochs per trial"
         + (f", {cfg.limit_train:,} training images" if cfg.limit_train else "")
         + f"; selection on a {cfg.val_size:,}-image validation split only.",
+        f"- Each trial is scored on its {scoring} validation accuracy, as `digits-train train` chooses the "
+        "epoch of what it serves.",
         f"- Best trial {best.trial_id}: validation accuracy {100 * (best.val_accuracy or 0):.2f}%.",
         retrained,
         "",

@@ -8,19 +8,26 @@ import io
 import json
 import time
 
+import keras
+import numpy as np
 import pytest
 
-from trainer.cli import main
+from trainer.cli import TUNE_QUICK, main
+from trainer.data import load_dataset
 from trainer.model import build_model
 from trainer.tune import (
     DigitsTuner,
     TrialRow,
     TuneConfig,
+    check_settings,
     plot_trials,
     preset_from_values,
     project_lock,
+    run_search,
+    search_settings,
     search_space,
     trials_markdown,
+    write_tune_report,
 )
 
 # KerasTuner 1.4 calls threading.currentThread(); not ours to fix.
@@ -192,6 +199,53 @@ def test_resuming_with_other_data_or_search_space_is_refused(tune_run, capsys):
         assert main([*common, *flags]) == 2, flags
         assert changed in capsys.readouterr().err, flags
     assert set(reports.iterdir()) == before
+
+
+def test_a_fashion_trial_is_scored_mirror_averaged_as_training_chooses_its_epoch(tmp_path, monkeypatch):
+    by_hand = []  # each epoch's validation accuracy of the mean softmax of image and mirror, scored here
+
+    class MirrorAveragedByHand(keras.callbacks.Callback):
+        def __init__(self, images, labels):
+            super().__init__()
+            self.images, self.labels = images, labels
+
+        def on_epoch_end(self, epoch, logs=None):
+            views = (self.images, np.ascontiguousarray(self.images[:, :, ::-1]))
+            probabilities = sum(self.model.predict(view, batch_size=1_000, verbose=0) for view in views)
+            by_hand.append(float(np.mean(probabilities.argmax(axis=1) == self.labels)))
+
+    fit = keras.Model.fit
+
+    def fit_scored_by_hand(self, *args, validation_data, callbacks=(), **kwargs):
+        callbacks = [*callbacks, MirrorAveragedByHand(*validation_data)]
+        return fit(self, *args, validation_data=validation_data, callbacks=callbacks, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit_scored_by_hand)
+    cfg = TuneConfig(max_trials=1, max_epochs=3, limit_train=600, val_size=1_000, initial_random_trials=1)
+    lines = []
+    (row,) = run_search(load_dataset("fashion_mnist"), cfg, tmp_path / "project", log=lines.append)
+    assert len(by_hand) == row.values["epochs"] > 1
+    assert row.val_accuracy == pytest.approx(max(by_hand), abs=1e-9)
+    assert row.best_epoch == int(np.argmax(by_hand)) + 1
+    assert f"trial 0: val_acc mirror-averaged {max(by_hand):.4f}" in "\n".join(lines)
+    paths = write_tune_report([row], None, cfg, tmp_path, "fashion_mnist")
+    assert read_trials(tmp_path)[0]["scoring"] == "mirror-averaged"
+    assert "scored on its mirror-averaged validation accuracy" in paths["markdown"].read_text()
+
+
+def test_an_old_project_of_plain_scores_resumes_for_digits_but_not_for_clothes(tmp_path, capsys):
+    """A project made before its scoring was recorded holds plain scores: Fashion trials are averaged now."""
+    cfg = TuneConfig(**TUNE_QUICK)
+    for dataset in ("mnist", "fashion_mnist"):
+        old = {name: value for name, value in search_settings(cfg, dataset).items() if name != "scoring"}
+        (tmp_path / dataset / "digits").mkdir(parents=True)
+        (tmp_path / dataset / "digits" / "search_settings.json").write_text(json.dumps(old))
+    check_settings(tmp_path / "mnist", search_settings(cfg, "mnist"))  # plain then and now: resumes
+    argv = ["tune", "--quick", "--dataset", "fashion_mnist", "--directory", str(tmp_path / "fashion_mnist"),
+            "--reports-dir", str(tmp_path / "reports")]
+    assert main(argv) == 2
+    assert "scoring plain (now mirror-averaged)" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()
 
 
 def test_a_damaged_project_is_a_clear_error(tmp_path, capsys):
