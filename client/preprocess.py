@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 from client import contract
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+FORMATS_TEXT = f"{', '.join(ACCEPTED_FORMATS[:-1])} or {ACCEPTED_FORMATS[-1]}"  # for messages
 WORK_SIDE = 512  # larger pictures are shrunk to this first: the result is 20 px wide anyway
 BORDER_SAMPLES = 2_000  # border pixels used to fit the paper's lighting
 JSON_TYPE_NAMES = {str: "strings", bool: "booleans", type(None): "null", dict: "objects"}
@@ -47,7 +48,7 @@ class ImageLimits:
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
     """Decode PNG/JPEG/BMP/GIF/WEBP bytes to grey uint8 [H, W], refusing oversized or broken files."""
     if not data:
-        raise BadImage("empty input: send an image file (PNG, JPEG, BMP or GIF)")
+        raise BadImage(f"empty input: send an image file ({FORMATS_TEXT})")
     try:
         with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
             width, height = image.size  # from the header: nothing is decompressed yet
@@ -59,7 +60,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray
     except BadImage:
         raise
     except UnidentifiedImageError:
-        raise BadImage("not an image: send a PNG, JPEG, BMP or GIF file") from None
+        raise BadImage(f"not an image: send a {FORMATS_TEXT} file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         # Pillow's guard fired while reading the header: its message gives the pixel count.
         raise ImageTooLarge(f"image has too many pixels: {_first_line(err)}") from None

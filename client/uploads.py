@@ -22,19 +22,24 @@ def read_images(request: Request, limits: ImageLimits, max_images: int, batch: b
     """The request's images as model input, uint8 [N, 28, 28] (N == 1 unless `batch`)."""
     mimetype = request.mimetype or ""
     if mimetype.startswith("multipart/"):
-        items = _multipart_files(request)
-        images = [prepare_image(data, limits) for data in items[: max_images + 1]]
+        files = _multipart_files(request)
+        _check_count(len(files), max_images, batch)  # before decoding any of them
+        images = [prepare_image(data, limits) for data in files]
     elif mimetype == "application/json" or mimetype.endswith("+json"):
         images = _json_images(_body(request), limits, batch, max_images)
     else:
         images = [prepare_image(_body(request), limits)]
-    if not images:
-        raise BadImage("no image in the request")
-    if not batch and len(images) > 1:
-        raise BadImage("send one image to /v1/predict; use /v1/predict/batch for several")
-    if len(images) > max_images:
-        raise BadImage(f"too many images in one request (limit {max_images})")
+    _check_count(len(images), max_images, batch)
     return np.stack(images)
+
+
+def _check_count(count: int, max_images: int, batch: bool) -> None:
+    if not count:
+        raise BadImage("no image in the request")
+    if not batch and count > 1:
+        raise BadImage("send one image to /v1/predict; use /v1/predict/batch for several")
+    if count > max_images:
+        raise BadImage(f"too many images in one request (limit {max_images})")
 
 
 def _body(request: Request) -> bytes:

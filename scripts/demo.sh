@@ -7,10 +7,14 @@ cd "$(dirname "$0")/.."
 
 BIN=.venv/bin
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}  # hide TF start-up chatter
+SERVE_WAIT_S=${SERVE_WAIT_S:-120}  # how long the model may take to load (as in up.sh)
 work=$(mktemp -d)
 report=reports/demo
 server=""
-cleanup() { [ -n "$server" ] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null; rm -rf "$work"; }
+cleanup() {  # keeps the exit status: the server, stopped, exits 143, and set -e holds in traps too
+  [ -n "$server" ] && kill -TERM "$server" 2>/dev/null && { wait "$server" 2>/dev/null || true; }
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 free_port() { "$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -25,9 +29,21 @@ echo "== 2/4 serve: digits-serve on gRPC $grpc_port, REST $rest_port"
   --model_name=mnist --model_base_path="$work/models/mnist" --enable_batching \
   --batching_parameters_file=serving/config/batching.config > "$work/serve.log" 2>&1 &
 server=$!
-for _ in $(seq 1 60); do
-  curl -fsS "http://127.0.0.1:$rest_port/v1/models/mnist" 2>/dev/null | grep -q AVAILABLE && break
-  kill -0 "$server" 2>/dev/null || { cat "$work/serve.log"; exit 1; }
+# As up.sh waits: until the status says AVAILABLE (no proxy asked); fails with digits-serve's log when it
+# has exited or SERVE_WAIT_S seconds have passed.
+waited=0
+until "$BIN/python" - "http://127.0.0.1:$rest_port/v1/models/mnist" AVAILABLE 2>/dev/null <<'PY'; do
+import sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+sys.exit(sys.argv[2].encode() not in opener.open(sys.argv[1], timeout=2).read())
+PY
+  kill -0 "$server" 2>/dev/null || { cat "$work/serve.log" >&2; echo "demo: digits-serve exited" >&2; exit 1; }
+  if (( ++waited >= SERVE_WAIT_S )); then
+    cat "$work/serve.log" >&2
+    echo "demo: the model was not AVAILABLE within ${SERVE_WAIT_S} s (digits-serve's log is above;" \
+      "SERVE_WAIT_S=... waits longer)" >&2
+    exit 1
+  fi
   sleep 1
 done
 curl -fsS "http://127.0.0.1:$rest_port/v1/models/mnist"

@@ -47,9 +47,14 @@
     }
   }
 
+  // The pointer in canvas pixels: the 280x280 bitmap is shown scaled into the pad's content box (inside its
+  // border), which CSS shrinks on a narrow screen.
   function point(event) {
     const box = pad.getBoundingClientRect();
-    return { x: (event.clientX - box.left) * pad.width / box.width, y: (event.clientY - box.top) * pad.height / box.height };
+    return {
+      x: (event.clientX - box.left - pad.clientLeft) * pad.width / pad.clientWidth,
+      y: (event.clientY - box.top - pad.clientTop) * pad.height / pad.clientHeight,
+    };
   }
 
   function stroke(from, to) {

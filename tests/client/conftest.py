@@ -36,6 +36,13 @@ class ServedModel:
     def target(self, protocol: str) -> str:
         return self.grpc_target if protocol == "grpc" else self.rest_target
 
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
 
 def model_config_text(base_path: Path) -> str:
     """Serve every version (not just the newest) and label them, so tests can pick either."""
@@ -59,14 +66,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_digits_serve(config_file: Path) -> ServedModel:
+def start_digits_serve(config_file: Path, poll_wait_s: float = 0) -> ServedModel:
     """Run the real `digits-serve` CLI on free ports and read the ports it got from its log.
 
-    gRPC takes port 0 (any free port); REST cannot (0 means "REST off", as in TF Serving).
+    gRPC takes port 0 (any free port); REST cannot (0 means "REST off", as in TF Serving). The model folders
+    are read once, unless `poll_wait_s` > 0: then every `poll_wait_s` seconds.
     """
     command = [
         sys.executable, "-m", "serving.cli", "--host=127.0.0.1", "--port=0", f"--rest_api_port={free_port()}",
-        f"--model_config_file={config_file}", "--file_system_poll_wait_seconds=0",
+        f"--model_config_file={config_file}", f"--file_system_poll_wait_seconds={poll_wait_s}",
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     served = ServedModel(process)
@@ -100,11 +108,22 @@ def served_model(mnist_model_dir, tmp_path_factory) -> Iterator[ServedModel]:
     config_file.write_text(model_config_text(Path(mnist_model_dir).resolve()))
     served = start_digits_serve(config_file)
     yield served
-    served.process.terminate()
-    try:
-        served.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        served.process.kill()
+    served.stop()
+
+
+@pytest.fixture(scope="session")
+def serve_factory():
+    """`with serve_factory(config_file, poll_wait_s) as served:` a `digits-serve` of its own, then stopped."""
+
+    @contextlib.contextmanager
+    def serve(config_file: Path, poll_wait_s: float = 0) -> Iterator[ServedModel]:
+        served = start_digits_serve(config_file, poll_wait_s)
+        try:
+            yield served
+        finally:
+            served.stop()
+
+    return serve
 
 
 @pytest.fixture(scope="session")

@@ -52,9 +52,12 @@ PHONE = {
 
 
 @pytest.fixture
-def phone(browser, gateway):
-    """The drawing page on a touch screen: the page, the pad's box, and a DevTools session to touch it."""
-    context = browser.new_context(**PHONE)
+def phone(browser, gateway, request):
+    """The drawing page on a touch screen: the page, the pad's box, and a DevTools session to touch it.
+
+    PHONE's viewport unless a test asks for another (`indirect` parametrization: {"width": .., "height": ..}).
+    """
+    context = browser.new_context(**{**PHONE, "viewport": getattr(request, "param", PHONE["viewport"])})
     page = context.new_page()
     page.goto(gateway.url + "/")
     yield page, page.locator("#pad").bounding_box(), context.new_cdp_session(page)
@@ -123,6 +126,39 @@ def test_drawing_with_a_finger_works_too(phone):
     assert wait_for_answer(page) == "1"
     assert ink_at(page, 140, 140)  # under the finger, on a 3x screen
     page.screenshot(path=str(SCREENSHOT.with_name("drawing_page_touch.png")), full_page=True)
+
+
+def on_screen(page, x: float, y: float) -> dict:
+    """Where the pad's canvas pixel (x, y) shows on the screen: the bitmap is scaled into its content box."""
+    return page.evaluate(
+        "([x, y]) => { const pad = document.getElementById('pad'), box = pad.getBoundingClientRect();"
+        " const border = parseFloat(getComputedStyle(pad).borderLeftWidth), side = box.width - 2 * border;"
+        " return {x: box.left + border + x * side / pad.width,"
+        " y: box.top + border + y * side / pad.height}; }",
+        [x, y],
+    )
+
+
+@pytest.mark.parametrize(
+    "phone", [{"width": 320, "height": 640}, {"width": 280, "height": 653}], ids=["320px", "280px"],
+    indirect=True,
+)
+def test_on_a_narrow_phone_the_pad_fits_and_ink_lands_under_the_finger(phone):
+    """The pad shrinks to fit the screen (no sideways scrolling); strokes are scaled to its displayed size."""
+    page, box, touch = phone
+    width = page.viewport_size["width"]
+    assert box["x"] >= 0 and box["x"] + box["width"] <= width, box
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= width  # nothing sticks out
+    top, bottom = on_screen(page, 70, 60), on_screen(page, 70, 220)
+    path = [{"x": top["x"], "y": top["y"] + (bottom["y"] - top["y"]) * i / 16} for i in range(17)]  # a one
+    touch.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [path[0]]})
+    for point in path[1:]:
+        touch.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [point]})
+    touch.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    assert wait_for_answer(page) == "1"
+    assert all(ink_at(page, 70, y) for y in (60, 140, 220))  # from end to end under the finger
+    assert not any(ink_at(page, x, y) for x, y in ((40, 140), (100, 140), (70, 30), (70, 250)))  # not beside
+    page.screenshot(path=str(SCREENSHOT.with_name(f"drawing_page_{width}px.png")), full_page=True)
 
 
 def test_predict_on_an_empty_pad_says_what_to_do(page, gateway):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,6 +236,37 @@ def test_unknown_model_is_not_ready_and_answers_503(served_model, test_digits, g
         assert ready.status_code == 503 and "letters" in ready.json()["error"]
         reply = requests.post(f"{running.url}/v1/predict", data=encode(test_digits[0][0], "PNG"), timeout=30)
         assert reply.status_code == 503 and "letters" in reply.json()["error"]
+
+
+def test_a_model_with_no_available_version_left_is_not_ready(
+    mnist_model_dir, serve_factory, gateway_factory, tmp_path
+):
+    """The model server answers and knows the model, but its one version was unloaded (its folder removed)."""
+    base = tmp_path / "mnist"
+    shutil.copytree(Path(mnist_model_dir) / "2", base / "2")
+    config_file = tmp_path / "models.config"
+    config_file.write_text(
+        f"model_config_list {{ config {{ name: 'mnist' base_path: '{base}' "
+        "model_platform: 'tensorflow' } }\n"
+    )
+    with (
+        serve_factory(config_file, poll_wait_s=0.2) as served,
+        gateway_factory({"MODEL_SERVER": served.grpc_target, "RETRIES": 0}) as running,
+    ):
+        assert requests.get(f"{running.url}/readyz", timeout=10).json()["available_versions"] == [2]
+        shutil.rmtree(base / "2")
+        deadline = time.monotonic() + 30
+        while (states := version_states(served)) != ["END"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert states == ["END"], served.log[-20:]  # still known to the server, but unloaded
+        ready = requests.get(f"{running.url}/readyz", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json() == {"ready": False, "error": "model 'mnist' has no AVAILABLE version"}
+
+
+def version_states(served) -> list[str]:
+    status = requests.get(f"http://{served.rest_target}/v1/models/mnist", timeout=10).json()
+    return [v["state"] for v in status["model_version_status"]]
 
 
 def test_string_settings_are_taken_verbatim_from_the_environment(monkeypatch):

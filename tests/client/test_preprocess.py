@@ -10,7 +10,15 @@ from PIL import Image
 
 from client.contract import DIGIT_BOX, IMAGE_SIZE
 from client.model_client import ClientConfig, connect
-from client.preprocess import BadImage, ImageLimits, ImageTooLarge, decode_image, prepare_image, to_mnist
+from client.preprocess import (
+    ACCEPTED_FORMATS,
+    BadImage,
+    ImageLimits,
+    ImageTooLarge,
+    decode_image,
+    prepare_image,
+    to_mnist,
+)
 
 SAMPLES = 40  # test digits pushed through each distortion
 
@@ -197,6 +205,17 @@ def test_transparent_margins_around_an_opaque_picture_take_the_paper_colour(test
 def test_unusable_pictures_raise_clear_errors(data, error, words):
     with pytest.raises(error, match=words):
         prepare_image(data)
+
+
+@pytest.mark.parametrize("data", [b"", b"definitely not a picture"], ids=["empty", "text"])
+def test_the_errors_name_exactly_the_formats_that_decode(data):
+    for image_format in ACCEPTED_FORMATS:  # each one named is really taken
+        out = io.BytesIO()
+        Image.fromarray(np.full((8, 8), 200, np.uint8)).save(out, image_format)
+        assert decode_image(out.getvalue()).shape == (8, 8), image_format
+    with pytest.raises(BadImage) as refused:
+        decode_image(data)
+    assert all(image_format in str(refused.value) for image_format in ACCEPTED_FORMATS), refused.value
 
 
 def test_dimensions_are_checked_from_the_header_before_decoding():

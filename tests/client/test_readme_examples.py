@@ -1,7 +1,8 @@
 """The README's "Try it" commands, run as written against a real `digits-serve` and gateway.
 
-Only the addresses, the data file and the interpreter are swapped for the test's own; a command that
-breaks (a renamed field, a wrong flag, an example that raises) fails here before a user copies it.
+Only the addresses and the interpreter are swapped for the test's own; the data comes from $DIGITS_DATA_DIR,
+as a user's does. A command that breaks (a renamed field, a wrong flag, an example that raises, a hard-coded
+data path) fails here before a user copies it.
 """
 
 from __future__ import annotations
@@ -28,15 +29,14 @@ def try_it_commands() -> str:
     return match.group(1)
 
 
-def localised(commands: str, served_model, gateway_url: str, data: Path) -> str:
-    """The README's commands aimed at the test's server, gateway, data and interpreter."""
+def localised(commands: str, served_model, gateway_url: str) -> str:
+    """The README's commands aimed at the test's server, gateway and interpreter."""
     bin_dir = Path(sys.executable).parent
     replacements = {
         "localhost:8501": served_model.rest_target,
         "localhost:8500": served_model.grpc_target,
         "localhost:8080": gateway_url.removeprefix("http://"),
         ".venv/bin/": f"{bin_dir}/",
-        "data/mnist.npz": str(data / "mnist.npz"),
     }
     for old, new in replacements.items():
         assert old in commands, f"the README's commands no longer mention {old}"
@@ -61,7 +61,7 @@ def json_objects(text: str) -> list[str]:
 def test_the_try_it_commands_work_as_written(served_model, gateway, mnist_data, tmp_path):
     Image.fromarray(mnist_data.x_test[0]).save(tmp_path / "my_digit.png")
     data = data_dir().resolve()  # absolute: `make` exports a relative one, and the commands run in tmp_path
-    script = localised(try_it_commands(), served_model, gateway.url, data)
+    script = localised(try_it_commands(), served_model, gateway.url)
     env = {**os.environ, "DIGITS_DATA_DIR": str(data)}
 
     done = subprocess.run(

@@ -312,3 +312,36 @@ def test_make_up_fails_when_the_model_never_becomes_available(tmp_path):
     assert not (tmp_path / "gateway-started").exists(), "the gateway started beside a model that never loaded"
     assert not list((tmp_path / "tmp").iterdir()), "up.sh leaves its config copy behind"
 
+
+
+def test_make_demo_waits_serve_wait_s_for_the_model_then_fails_with_its_log(tmp_path):
+    """scripts/demo.sh with stand-ins (a trainer that trains nothing, a model server forever LOADING)."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "demo.sh", tmp_path / "scripts" / "demo.sh")
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    serve = _http_stub(
+        "flags = dict(arg[2:].split('=', 1) for arg in sys.argv[1:] if '=' in arg)\n"
+        "print('stub: still loading', file=sys.stderr, flush=True)",
+        "int(flags['rest_api_port'])",
+        b'{"model_version_status": [{"version": "1", "state": "LOADING"}]}', "serve_forever",
+    )
+    stubs = {"python": f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', "digits-train": "#!/bin/sh\n",
+             "digits-serve": serve}
+    for name, text in stubs.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "SERVE_WAIT_S": "2"}
+    demo = subprocess.Popen(["bash", str(tmp_path / "scripts" / "demo.sh")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = demo.communicate(timeout=30)  # it used to wait 60 s whatever SERVE_WAIT_S said
+    except subprocess.TimeoutExpired:
+        os.killpg(demo.pid, signal.SIGKILL)
+        raise
+    assert demo.returncode == 1
+    assert "not AVAILABLE within 2 s" in err and "stub: still loading" in err, err
+    with pytest.raises(ProcessLookupError):  # nothing left in its process group: the server was stopped
+        os.killpg(demo.pid, 0)
+    assert not list((tmp_path / "tmp").iterdir()), "demo.sh leaves its scratch folder behind"
