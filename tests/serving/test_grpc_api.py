@@ -125,6 +125,19 @@ def _examples(*xs):
     return [example_pb2.Example(features={"feature": {"x": {"float_list": {"value": [x]}}}}) for x in xs]
 
 
+def _classify_and_regress(classify_signature: str) -> inference_pb2.MultiInferenceRequest:
+    """One example, classified with `classify_signature` and regressed with regress_x, of "estimator"."""
+    multi = inference_pb2.MultiInferenceRequest()
+    for signature, method in (
+        (classify_signature, "tensorflow/serving/classify"),
+        ("regress_x", "tensorflow/serving/regress"),
+    ):
+        task = multi.tasks.add(method_name=method)
+        task.model_spec.name, task.model_spec.signature_name = "estimator", signature
+    multi.input.example_list.examples.extend(_examples(1.0))
+    return multi
+
+
 def test_classify_regress_and_multi_inference(predict_stub):
     request = classification_pb2.ClassificationRequest()
     request.model_spec.name = "estimator"
@@ -136,15 +149,7 @@ def test_classify_regress_and_multi_inference(predict_stub):
     regress.model_spec.name, regress.model_spec.signature_name = "estimator", "regress_x"
     regress.input.example_list.examples.extend(_examples(1.0, 2.0))
     assert [r.value for r in predict_stub.Regress(regress, timeout=10).result.regressions] == [3.0, 5.0]
-    multi = inference_pb2.MultiInferenceRequest()
-    for signature, method in (
-        ("classify_x", "tensorflow/serving/classify"),
-        ("regress_x", "tensorflow/serving/regress"),
-    ):
-        task = multi.tasks.add(method_name=method)
-        task.model_spec.name, task.model_spec.signature_name = "estimator", signature
-    multi.input.example_list.examples.extend(_examples(1.0))
-    results = predict_stub.MultiInference(multi, timeout=10).results
+    results = predict_stub.MultiInference(_classify_and_regress("classify_x"), timeout=10).results
     assert results[0].classification_result.classifications[0].classes[0].label == "neg"
     assert results[1].regression_result.regressions[0].value == pytest.approx(3.0)
 
@@ -160,14 +165,7 @@ def test_classify_regress_and_multi_inference_name_the_servable_that_answered(pr
     regress.input.example_list.examples.extend(_examples(1.0))
     spec = predict_stub.Regress(regress, timeout=10).model_spec
     assert (spec.name, spec.version.value, spec.signature_name) == ("estimator", 7, "regress_x")
-    multi = inference_pb2.MultiInferenceRequest()
-    for signature, method in (
-        ("", "tensorflow/serving/classify"),
-        ("regress_x", "tensorflow/serving/regress"),
-    ):
-        task = multi.tasks.add(method_name=method)
-        task.model_spec.name, task.model_spec.signature_name = "estimator", signature
-    multi.input.example_list.examples.extend(_examples(1.0))
+    multi = _classify_and_regress("")  # the classification on serving_default
     specs = [r.model_spec for r in predict_stub.MultiInference(multi, timeout=10).results]
     assert [(s.name, s.version.value, s.signature_name) for s in specs] == [
         ("estimator", 7, "serving_default"),
