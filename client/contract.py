@@ -42,3 +42,13 @@ DEFAULT_MODEL_BASE = "models"
 GRPC_PORT = 8500
 REST_PORT = 8501
 GATEWAY_PORT = 8080
+
+
+def parse_version(name: str) -> int | None:
+    """A model version directory's name as its number: ASCII digits within int64, as TF Serving reads it
+    (absl::SimpleAtoi), else None. str.isdigit() alone also accepts '²', '③' (int() then raises) and '١'
+    (int() reads 1)."""
+    if not (name.isascii() and name.isdigit()):
+        return None
+    version = int(name)
+    return version if version < 2**63 else None

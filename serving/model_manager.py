@@ -14,6 +14,7 @@ from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from client.contract import parse_version
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound
 from serving.servable import Servable
 
@@ -39,17 +40,6 @@ class ManagedModel:
     config: model_server_config_pb2.ModelConfig
     versions: dict[int, VersionEntry] = field(default_factory=dict)
     warned_empty: bool = False
-
-
-def parse_version(name: str) -> int | None:
-    """A directory name as a version: ASCII digits within int64 (as absl::SimpleAtoi), else None.
-
-    str.isdigit() alone also accepts '²', '③' (int() then raises) and '١' (int() reads 1).
-    """
-    if not (name.isascii() and name.isdigit()):
-        return None
-    version = int(name)
-    return version if version < 2**63 else None
 
 
 def list_version_dirs(base_path: Path) -> dict[int, Path]:

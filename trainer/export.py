@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from client.contract import (
     OUTPUT_CLASSES,
     OUTPUT_PROBABILITIES,
     SIGNATURE_NAME,
+    parse_version,
 )
 from trainer.model import to_model_input
 
@@ -29,10 +29,6 @@ ASSETS_EXTRA = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
 MODEL_CARD_FILE = "model_card.json"
 WARMUP_BATCH_SIZES = (1, 2, 4, 8, 16)
-# ASCII digits within int64, as TF Serving (and serving.model_manager.parse_version) reads a version
-# directory: \d would also take '١', which int() reads as 1.
-_VERSION_DIR = re.compile(r"[0-9]+")
-_MAX_VERSION = 2**63 - 1
 _TMP_PREFIX = ".export-"  # not all digits, so TF Serving's version scan ignores it
 
 
@@ -65,8 +61,8 @@ def existing_versions(model_base: str | Path) -> list[int]:
     base = Path(model_base)
     if not base.is_dir():
         return []
-    names = [p.name for p in base.iterdir() if p.is_dir() and _VERSION_DIR.fullmatch(p.name)]
-    return sorted(version for version in map(int, names) if version <= _MAX_VERSION)
+    versions = (parse_version(p.name) for p in base.iterdir() if p.is_dir())
+    return sorted(version for version in versions if version is not None)
 
 
 def next_version(model_base: str | Path) -> int:
