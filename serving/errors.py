@@ -120,13 +120,9 @@ def from_tf_error(error: Exception) -> ServingError:
     import tensorflow as tf  # imported lazily: errors.py is used by code that never needs TF
 
     message = _useful_line(getattr(error, "message", None) or str(error)) or type(error).__name__
-    if isinstance(error, tf.errors.InvalidArgumentError | ValueError | TypeError):
+    if isinstance(error, ValueError | TypeError):  # Keras' own checks of what it is given
         return InvalidArgument(message)
-    if isinstance(error, tf.errors.DeadlineExceededError):
-        return DeadlineExceeded(message)
-    if isinstance(error, tf.errors.FailedPreconditionError):
-        return FailedPrecondition(message)
-    if isinstance(error, tf.errors.OpError) and error.error_code != tf.errors.INTERNAL:
+    if isinstance(error, tf.errors.OpError):
         # TF Serving passes the runtime's status through: an out-of-memory run is RESOURCE_EXHAUSTED (429).
         return ModelRuntimeError(message, _GRPC_CODE_BY_NUMBER.get(error.error_code, grpc.StatusCode.UNKNOWN))
     return Internal(message)
