@@ -51,6 +51,18 @@ def write_report(folder: Path, scores: Scores, run: EvalRun, data: LabelledImage
     return report
 
 
+UNDEFINED_NOTE = "-: not defined (precision: nothing predicted as the class; recall: no image of it)"
+
+
+def _ratio(value: float | None) -> str:
+    """A precision, recall or F1 to four places; "-" where the data left it undefined."""
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _any_undefined(report: dict) -> bool:
+    return any(c[key] is None for c in report["per_class"] for key in ("precision", "recall", "f1"))
+
+
 def headline(report: dict) -> str:
     """Accuracy, errors, latency and throughput in a few lines."""
     acc = report["accuracy"]
@@ -74,8 +86,11 @@ def console_text(report: dict, class_names: tuple[str, ...]) -> str:
     lines = [headline(report), "", f"{'class':>12} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
     for c in report["per_class"]:
         lines.append(
-            f"{c['class']:>12} {c['precision']:>9.4f} {c['recall']:>7.4f} {c['f1']:>7.4f} {c['support']:>8}"
+            f"{c['class']:>12} {_ratio(c['precision']):>9} {_ratio(c['recall']):>7} {_ratio(c['f1']):>7} "
+            f"{c['support']:>8}"
         )
+    if _any_undefined(report):
+        lines.append(UNDEFINED_NOTE)
     lines += ["", "confusion matrix (rows: true, columns: predicted)"]
     width = max(5, max(len(str(v)) for row in report["confusion_matrix"] for v in row) + 1)
     short = [name[: width - 1] for name in class_names]
@@ -106,9 +121,12 @@ def markdown(report: dict, class_names: tuple[str, ...]) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     out += [
-        f"| {c['class']} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
+        f"| {c['class']} | {_ratio(c['precision'])} | {_ratio(c['recall'])} | {_ratio(c['f1'])} "
+        f"| {c['support']} |"
         for c in report["per_class"]
     ]
+    if _any_undefined(report):
+        out += ["", UNDEFINED_NOTE]
     out += ["", "## Confusion matrix (rows: true, columns: predicted)", ""]
     out.append("| | " + " | ".join(class_names) + " |")
     out.append("|---|" + "---:|" * len(class_names))

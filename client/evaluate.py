@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.images is None) != (args.labels is None):
         parser.error("--images and --labels go together")
+    if args.compare and args.compare[0] == args.compare[1]:
+        parser.error(f"--compare needs two different versions, not {args.compare[0]} twice")
     for name in ("batch_size", "concurrency", "limit"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -200,15 +202,22 @@ def _check_model_input(client: ModelClient, version: int | None) -> int | None:
 
 
 def _evaluate(client: ModelClient, data: LabelledImages, args: argparse.Namespace, version, served, nested):
-    """Evaluate one version; print and write its report. Returns (report, per-image correctness, written)."""
+    """Evaluate one version; print and write its report. Returns (report, per-image correctness, written).
+
+    Every request asks for the version the metadata check resolved (`served`), so a newer version
+    loaded part way through cannot answer some of the images.
+    """
     label = f"v{version}" if version is not None else (args.version_label or "latest")
+    pinned = version if version is not None or served is None else served
     # One untimed request first: connection set-up and the server's first run at this batch size
     # are not what the latency percentiles should measure.
-    client.predict(data.images[: args.batch_size], version=version)
-    run = predict_all(
-        client, data.images, args.batch_size, args.concurrency,
-        version=version, progress=ProgressBar(f"{args.model_name} {label}"),
-    )  # fmt: skip
+    client.predict(data.images[: args.batch_size], version=pinned)
+    progress = ProgressBar(f"{args.model_name} {label}")
+    try:
+        run = predict_all(client, data.images, args.batch_size, args.concurrency, version=pinned,
+                          progress=progress)  # fmt: skip
+    finally:
+        progress.close()  # a run that failed part way: its error starts on a line of its own
     if run.model_version is None:
         run = dataclasses.replace(run, model_version=served)
     try:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from client.datasets import LabelledImages
-from client.model_client import ModelClient
+from client.errors import ServerError
+from client.model_client import ModelClient, Prediction
 from client.stats import Interval, confusion_matrix, wilson_interval
 
 
@@ -29,12 +30,12 @@ class EvalRun:
 
 @dataclass(frozen=True)
 class ClassScores:
-    """Precision, recall and F1 of one class."""
+    """Precision, recall and F1 of one class; None where the data cannot tell (nothing to divide by)."""
 
     name: str
-    precision: float
-    recall: float
-    f1: float
+    precision: float | None  # None: no image was predicted as this class
+    recall: float | None  # None: no image of this class in the data
+    f1: float | None  # None: neither (the class was never there, never predicted)
     support: int
 
 
@@ -89,6 +90,8 @@ def predict_all(
             for future in finished:
                 try:
                     start, answer, latency = future.result()
+                    width = None if probabilities is None else probabilities.shape[1]
+                    _check_answer(answer, min(batch_size, total - start), width)
                 except BaseException:
                     for other in pending:
                         other.cancel()
@@ -99,6 +102,14 @@ def predict_all(
                 classes[start:stop] = answer.classes
                 probabilities[start:stop] = answer.probabilities
                 latencies.append(latency)
+                if answer.model_version is not None and served[1] not in (None, answer.model_version):
+                    for other in pending:
+                        other.cancel()
+                    raise ServerError(
+                        f"the server answered with version {served[1]}, then {answer.model_version}: a new "
+                        "version was loaded during the evaluation, and the scores would mix two models; "
+                        "pin one version"
+                    )
                 served = (answer.model_name, answer.model_version)
                 done_images += len(answer.classes)
                 if progress:
@@ -108,20 +119,39 @@ def predict_all(
     return EvalRun(classes, probabilities, np.asarray(latencies), wall, served[0], served[1])
 
 
+def _check_answer(answer: Prediction, asked: int, width: int | None) -> None:
+    """Refuse an answer that does not give one class and one row of probabilities per image asked, or
+    whose rows are not as wide as the answers before it: scoring it would count images never answered."""
+    classes, probabilities = np.shape(answer.classes), np.shape(answer.probabilities)
+    if classes != (asked,) or len(probabilities) != 2 or probabilities[0] != asked:
+        raise ServerError(
+            f"the model answered {asked} images with classes of shape {list(classes)} and probabilities "
+            f"of shape {list(probabilities)}, not [{asked}] and [{asked}, classes]"
+        )
+    if width is not None and probabilities[1] != width:
+        raise ServerError(f"the model answered {probabilities[1]} probabilities per image, {width} before")
+
+
 def score(run: EvalRun, data: LabelledImages) -> Scores:
-    """Accuracy with its 95% Wilson interval, per-class precision/recall/F1, confusion, latency."""
+    """Accuracy with its 95% Wilson interval, per-class precision/recall/F1, confusion, latency.
+
+    A class with no images has no recall, one never predicted no precision: those are None, not 0.
+    """
     n_classes = len(data.class_names)
     if run.probabilities.shape[1] != n_classes:
         raise ValueError(f"the model answers {run.probabilities.shape[1]} classes, the data has {n_classes}")
+    outside = run.classes[(run.classes < 0) | (run.classes >= n_classes)]
+    if outside.size:
+        raise ValueError(f"the model answers class {int(outside[0])}, outside the data's 0..{n_classes - 1}")
     cm = confusion_matrix(data.labels, run.classes, n_classes)
     correct = int(np.trace(cm))
     per_class = []
     for k, name in enumerate(data.class_names):
-        predicted, actual = int(cm[:, k].sum()), int(cm[k].sum())
-        precision = cm[k, k] / predicted if predicted else 0.0
-        recall = cm[k, k] / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class.append(ClassScores(name, float(precision), float(recall), float(f1), actual))
+        hits, predicted, actual = int(cm[k, k]), int(cm[:, k].sum()), int(cm[k].sum())
+        precision = hits / predicted if predicted else None
+        recall = hits / actual if actual else None
+        f1 = 2 * hits / (predicted + actual) if predicted + actual else None  # 2TP / (2TP + FP + FN)
+        per_class.append(ClassScores(name, precision, recall, f1, actual))
     ms = 1000 * run.latencies_s
     return Scores(
         images=len(data.labels),
@@ -140,22 +170,53 @@ def score(run: EvalRun, data: LabelledImages) -> Scores:
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+    """Progress on stderr. On a terminal one line, redrawn at most ten times a second; elsewhere (a log
+    file, a CI job) a line at each further tenth of the work, so a long run does not flood the log.
+    The last call (done == total) always prints, and ends the line."""
 
-    def __init__(self, label: str, width: int = 30, stream=None) -> None:
+    def __init__(self, label: str, width: int = 30, stream=None, *, tty: bool | None = None) -> None:
         self.label, self.width = label, width
         self.stream = stream or sys.stderr
+        self.tty = _is_terminal(self.stream) if tty is None else tty
         self.started = time.perf_counter()
         self.last_drawn = 0.0
+        self.tenths_shown = 0
+        self.line_open = False  # a terminal line drawn without its newline yet
 
     def __call__(self, done: int, total: int) -> None:
         now = time.perf_counter()
-        if done < total and now - self.last_drawn < 0.1:
-            return
+        finished = done >= total
+        if self.tty:
+            if not finished and now - self.last_drawn < 0.1:
+                return
+        else:
+            tenths = 10 * done // total if total else 10
+            if not finished and tenths <= self.tenths_shown:
+                return
+            self.tenths_shown = tenths
         self.last_drawn = now
-        filled = int(self.width * done / total) if total else self.width
+        filled = min(self.width, self.width * done // total) if total else self.width
         rate = done / (now - self.started) if now > self.started else 0.0
         bar = "#" * filled + "." * (self.width - filled)
-        end = "\n" if done >= total else ""
-        self.stream.write(f"\r{self.label} [{bar}] {done}/{total} images, {rate:,.0f} img/s{end}")
+        text = f"{self.label} [{bar}] {done}/{total} images, {rate:,.0f} img/s"
+        if self.tty:
+            self.stream.write(f"\r{text}" + ("\n" if finished else ""))
+            self.line_open = not finished
+        else:
+            self.stream.write(f"{text}\n")
         self.stream.flush()
+
+    def close(self) -> None:
+        """End a line left open by a run that stopped part way, so what is printed next (its error)
+        starts on a line of its own."""
+        if self.line_open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.line_open = False
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
