@@ -52,7 +52,8 @@ def plot_misclassified(
     if len(wrong) == 0:
         fig.text(0.5, 0.5, "no misclassified images", ha="center", va="center")
     total_wrong = int(np.sum(np.asarray(y_true) != np.asarray(y_pred)))
-    fig.suptitle(f"{total_wrong} misclassified", fontsize=10)
+    shown = f" (the first {len(wrong)} shown)" if len(wrong) < total_wrong else ""
+    fig.suptitle(f"{total_wrong} misclassified{shown}", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -305,3 +305,57 @@ def test_mcnemar_on_published_values():
     assert mcnemar_from_counts(0, 5).p_value == pytest.approx(0.0625)  # 2 / 2**5
     assert mcnemar_from_counts(0, 0).p_value == 1.0 and mcnemar_from_counts(3, 3).p_value == 1.0
 
+
+# -- plots ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures client.plots draws, kept open for inspection (still written to their files)."""
+    import client.plots
+
+    kept = []
+
+    def save(fig, path):
+        kept.append(fig)
+        fig.savefig(path)
+        return path
+
+    monkeypatch.setattr(client.plots, "save_figure", save)
+    yield kept
+    import matplotlib.pyplot as plt
+
+    for fig in kept:
+        plt.close(fig)
+
+
+def test_the_gallery_shows_each_wrong_image_with_its_own_label_and_prediction(figures, tmp_path):
+    from client.plots import plot_misclassified
+
+    labels = np.arange(30) % 10
+    predicted = labels.copy()
+    predicted[[3, 17, 25]] = [8, 1, 0]
+    images = np.zeros((30, 28, 28), np.uint8)
+    images[:, 5, 5] = np.arange(30)  # each image tells which it is
+    plot_misclassified(images, labels, predicted, MNIST, tmp_path / "m.png")
+    axes = figures[0].axes
+    assert [ax.get_title() for ax in axes] == ["true: 3 pred: 8", "true: 7 pred: 1", "true: 5 pred: 0"]
+    assert [int(ax.get_images()[0].get_array()[5, 5]) for ax in axes] == [3, 17, 25]
+    assert figures[0]._suptitle.get_text() == "3 misclassified"
+    plot_misclassified(images, labels, predicted, MNIST, tmp_path / "m2.png", limit=2)
+    assert len(figures[1].axes) == 2
+    assert figures[1]._suptitle.get_text() == "3 misclassified (the first 2 shown)"  # not "3" beside 2 images
+
+
+def test_the_confusion_plot_has_true_classes_down_and_predictions_across(figures, tmp_path):
+    from client.plots import plot_confusion_matrix
+
+    cm = np.zeros((10, 10), np.int64)
+    cm[np.arange(10), np.arange(10)] = 50
+    cm[4, 9] = 7  # seven 4s taken for 9s
+    plot_confusion_matrix(cm, MNIST, tmp_path / "c.png")
+    ax = figures[0].axes[0]
+    assert (ax.get_ylabel(), ax.get_xlabel()) == ("true", "predicted")
+    cell = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert cell[(4, 9)] == "7" and cell[(9, 4)] == "0"  # (row on the y axis, column on the x axis)
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(MNIST)
