@@ -32,6 +32,7 @@ from trainer.augment import training_augmentation
 from trainer.data import Dataset
 from trainer.paired import ERROR_INDICES, error_indices
 from trainer.precision import accelerator_count
+from trainer.presets import Preset
 from trainer.train import AVERAGED_VAL, SERVED_VAL, TrainResult
 from trainer.tta import describe as describe_tta
 
@@ -120,7 +121,8 @@ def write_run_report(
         history = {**result.history, "best_epoch": result.best_epoch, "epoch_seconds": result.epoch_seconds}
         paths["history"] = _write_json(run_dir / "history.json", history)
         paths["curves"] = plot_history(
-            result.history, result.best_epoch, run_dir / "curves.png", result.preset.name
+            result.history, result.best_epoch, run_dir / "curves.png", result.preset.name,
+            served_curves(result.preset),
         )
     paths |= {
         "misclassified": plot_misclassified(
@@ -137,21 +139,40 @@ def write_run_report(
     return paths
 
 
-SERVED_CURVES = {SERVED_VAL: "mirror-averaged", AVERAGED_VAL: "weight-averaged"}
+def served_curves(preset: Preset) -> dict[str, str]:
+    """What the served model's validation curves measured (trainer/train.py's history keys), in words.
+
+    SERVED_VAL scores the served network with the training weights: mirror-averaged, and/or the float32
+    twin of a network trained in bfloat16; AVERAGED_VAL the served network with the averaged weights.
+    """
+    mirrored = ["mirror-averaged"] if preset.model.mirror_average else []
+    twin = ["float32 twin"] if preset.train.precision == "bfloat16" else []
+    return {
+        SERVED_VAL: ", ".join(mirrored + twin) or "served",
+        AVERAGED_VAL: ", ".join(mirrored + ["weight-averaged"]),
+    }
 
 
-def plot_history(history: dict[str, list[float]], best_epoch: int, path: Path, title: str = "") -> Path:
+def plot_history(
+    history: dict[str, list[float]],
+    best_epoch: int,
+    path: Path,
+    title: str = "",
+    served: dict[str, str] | None = None,
+) -> Path:
     """Train and (when held out) validation accuracy and loss per epoch, the kept epoch marked.
 
-    Validation curves of the served model (mirror-averaged, weight-averaged) join the network's.
+    Validation curves of the served model join the network's, labelled by `served` (history key: what
+    was served, from `served_curves`).
     """
+    served = served or {SERVED_VAL: "served", AVERAGED_VAL: "weight-averaged"}
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     for ax, metric in ((acc_ax, "accuracy"), (loss_ax, "loss")):
         ax.plot(epochs, history.get(metric, []), marker=".", label=f"train {metric}")
         if f"val_{metric}" in history:  # absent when nothing was held out
             ax.plot(epochs, history[f"val_{metric}"], marker=".", label=f"validation {metric}")
-        for key, which in SERVED_CURVES.items():  # where the served model differs from the network
+        for key, which in served.items():  # where the served model differs from the network
             if metric == "accuracy" and key in history:
                 ax.plot(epochs, history[key], marker=".", label=f"validation accuracy, {which}")
         if best_epoch:
