@@ -11,6 +11,7 @@ import os
 import tokenize
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,8 +85,16 @@ def load_npz(path: Path, split: str, class_names: tuple[str, ...]) -> LabelledIm
     return _checked(images, labels, class_names, f"{path} ({split})")
 
 
-def load_image_folder(folder: Path, labels_csv: Path, class_names: tuple[str, ...]) -> LabelledImages:
-    """Pictures named in a CSV of `filename,label` rows (header optional), MNIST-preprocessed."""
+def load_image_folder(
+    folder: Path,
+    labels_csv: Path,
+    class_names: tuple[str, ...],
+    progress: Callable[[int, int], None] | None = None,
+) -> LabelledImages:
+    """Pictures named in a CSV of `filename,label` rows (header optional), MNIST-preprocessed.
+
+    `progress(done, total)` is called after each picture: decoding thousands of photos takes a while.
+    """
     folder, labels_csv = Path(folder), Path(labels_csv)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a directory")
@@ -110,6 +119,8 @@ def load_image_folder(folder: Path, labels_csv: Path, class_names: tuple[str, ..
             raise DataError(f"{labels_csv} row {number} ({name}): {err}") from None
         except OSError as err:
             raise DataError(f"cannot read {folder / name}: {err.strerror or err}") from None
+        if progress:
+            progress(number, len(rows))
     return _checked(np.stack(images), np.asarray(labels), class_names, f"{folder} ({labels_csv.name})")
 
 

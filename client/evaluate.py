@@ -169,7 +169,11 @@ def _load_data(args: argparse.Namespace) -> LabelledImages:
     if args.npz:
         data = load_npz(args.npz, args.split, names)
     elif args.images:
-        data = load_image_folder(args.images, args.labels, names)
+        reading = ProgressBar(f"reading {args.images}", unit="pictures")
+        try:
+            data = load_image_folder(args.images, args.labels, names, progress=reading)
+        finally:
+            reading.close()
     else:
         data = load_named(args.dataset, args.split, args.data_dir or default_data_dir())
     return data.head(args.limit)

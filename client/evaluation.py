@@ -174,8 +174,10 @@ class ProgressBar:
     file, a CI job) a line at each further tenth of the work, so a long run does not flood the log.
     The last call (done == total) always prints, and ends the line."""
 
-    def __init__(self, label: str, width: int = 30, stream=None, *, tty: bool | None = None) -> None:
-        self.label, self.width = label, width
+    def __init__(
+        self, label: str, width: int = 30, stream=None, *, tty: bool | None = None, unit: str = "images"
+    ) -> None:
+        self.label, self.width, self.unit = label, width, unit
         self.stream = stream or sys.stderr
         self.tty = _is_terminal(self.stream) if tty is None else tty
         self.started = time.perf_counter()
@@ -198,7 +200,7 @@ class ProgressBar:
         filled = min(self.width, self.width * done // total) if total else self.width
         rate = done / (now - self.started) if now > self.started else 0.0
         bar = "#" * filled + "." * (self.width - filled)
-        text = f"{self.label} [{bar}] {done}/{total} images, {rate:,.0f} img/s"
+        text = f"{self.label} [{bar}] {done}/{total} {self.unit}, {rate:,.0f} {self.unit}/s"
         if self.tty:
             self.stream.write(f"\r{text}" + ("\n" if finished else ""))
             self.line_open = not finished

@@ -132,7 +132,7 @@ def test_progress_on_a_terminal_redraws_one_line_and_always_shows_the_end(monkey
     for done in (256, 512, 600):
         bar(done, 600)
     text = screen.getvalue()
-    assert text.count("\r") == 3 and text.count("\n") == 1 and text.endswith("600/600 images, 200 img/s\n")
+    assert text.count("\r") == 3 and text.count("\n") == 1 and text.endswith("600/600 images, 200 images/s\n")
 
 
 def test_a_terminal_line_left_open_by_a_failure_is_ended_before_the_error(monkeypatch):
@@ -142,7 +142,7 @@ def test_a_terminal_line_left_open_by_a_failure_is_ended_before_the_error(monkey
     bar(256, 600)
     bar.close()
     bar.close()  # once is enough
-    assert screen.getvalue().endswith("256/600 images, 256 img/s\n") and screen.getvalue().count("\n") == 1
+    assert screen.getvalue().endswith("256/600 images, 256 images/s\n") and screen.getvalue().count("\n") == 1
 
 
 def test_an_evaluation_that_fails_half_way_prints_its_error_on_a_line_of_its_own(scripted, tmp_path, capsys):
@@ -160,6 +160,26 @@ def test_an_evaluation_that_fails_half_way_prints_its_error_on_a_line_of_its_own
     assert error_lines, err
     assert all(line.startswith("digits-eval: error: cannot reach") for line in error_lines), err
 
+
+
+def test_reading_a_folder_of_pictures_shows_its_progress(scripted, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    paper = np.full((84, 84), 255, np.uint8)
+    paper[12:72, 36:48] = 0  # a dark 1 on white paper
+    for i in range(20):
+        Image.fromarray(paper).save(folder / f"{i}.png")
+    (tmp_path / "labels.csv").write_text("".join(f"{i}.png,1\n" for i in range(20)))
+    scripted()
+    code = main(["--images", str(folder), "--labels", str(tmp_path / "labels.csv"),
+                 "--report", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    reading = [line for line in err.splitlines() if line.startswith(f"reading {folder} [")]
+    assert reading and reading[-1].startswith(f"reading {folder} [{'#' * 30}] 20/20 pictures"), err
+    assert len(reading) <= 10  # not a line per picture in a log
 
 # -- what the server answers ----------------------------------------------------------------------------
 
