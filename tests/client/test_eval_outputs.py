@@ -8,6 +8,7 @@ for, and each number checked against a hand count.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 from fractions import Fraction
@@ -359,7 +360,7 @@ def test_the_gallery_shows_each_wrong_image_with_its_own_label_and_prediction(fi
     images[:, 5, 5] = np.arange(30)  # each image tells which it is
     plot_misclassified(images, labels, predicted, MNIST, tmp_path / "m.png")
     axes = figures[0].axes
-    assert [ax.get_title() for ax in axes] == ["true: 3 pred: 8", "true: 7 pred: 1", "true: 5 pred: 0"]
+    assert [ax.get_title() for ax in axes] == ["true: 3\npred: 8", "true: 7\npred: 1", "true: 5\npred: 0"]
     assert [int(ax.get_images()[0].get_array()[5, 5]) for ax in axes] == [3, 17, 25]
     assert figures[0]._suptitle.get_text() == "3 misclassified"
     plot_misclassified(images, labels, predicted, MNIST, tmp_path / "m2.png", limit=2)
@@ -379,3 +380,21 @@ def test_the_confusion_plot_has_true_classes_down_and_predictions_across(figures
     cell = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
     assert cell[(4, 9)] == "7" and cell[(9, 4)] == "0"  # (row on the y axis, column on the x axis)
     assert [t.get_text() for t in ax.get_yticklabels()] == list(MNIST)
+
+
+def test_gallery_titles_run_into_nothing_even_with_fashion_names(figures, tmp_path):
+    from client.plots import plot_misclassified
+
+    names = contract.CLASS_NAMES["fashion_mnist"]
+    labels = np.array([9, 6, 0, 9, 2, 5, 4, 7, 8, 1] * 2)  # the longest names, side by side
+    predicted = (labels + 2) % 10
+    plot_misclassified(np.zeros((20, 28, 28), np.uint8), labels, predicted, names, tmp_path / "m.png")
+    fig = figures[0]
+    renderer = fig.canvas.get_renderer()
+    titles = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    for row in (titles[:10], titles[10:]):
+        for left, right in itertools.pairwise(row):
+            assert left.x1 <= right.x0, (left, right)
+    for above, title in zip(fig.axes[:10], titles[10:], strict=True):  # clear of the picture above
+        assert title.y1 <= above.get_window_extent(renderer).y0
+    assert max(title.y1 for title in titles[:10]) <= fig._suptitle.get_window_extent(renderer).y0
