@@ -142,8 +142,9 @@ def comparison_verdict(a: dict, b: dict, test: McNemarResult, alpha: float = 0.0
     diff = 100 * (b["accuracy"]["value"] - a["accuracy"]["value"])
     if not test.significant(alpha):
         return (
-            f"no significant difference between v{va} and v{vb} ({diff:+.2f} points, McNemar exact p = "
-            f"{test.p_value:.3g}; {test.only_a_correct} vs {test.only_b_correct} disagreements)"
+            f"no significant difference between v{va} and v{vb} ({diff:+.2f} points for v{vb}, McNemar "
+            f"exact p = {test.p_value:.3g}; only v{va} right on {test.only_a_correct}, "
+            f"only v{vb} right on {test.only_b_correct})"
         )
     better = vb if test.only_b_correct > test.only_a_correct else va
     return (

@@ -55,3 +55,11 @@ def test_the_verdict_names_the_version_that_is_right_more_often(b, c, better):
     second = {"model": {"version": 2}, "accuracy": {"value": 0.9 + (c - b) / 1000}}
     verdict = comparison_verdict(first, second, mcnemar_from_counts(b, c))
     assert verdict.startswith(f"v{better} is significantly better")
+
+
+def test_a_difference_that_is_not_significant_says_which_way_it_went():
+    first = {"model": {"version": 1}, "accuracy": {"value": 0.990}}
+    second = {"model": {"version": 2}, "accuracy": {"value": 0.992}}
+    verdict = comparison_verdict(first, second, mcnemar_from_counts(10, 12))
+    assert verdict.startswith("no significant difference between v1 and v2 (+0.20 points for v2, ")
+    assert verdict.endswith("only v1 right on 10, only v2 right on 12)")
