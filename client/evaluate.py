@@ -8,7 +8,7 @@ McNemar's exact test on their disagreements.
 Exit codes: 0 done, 2 bad arguments or data (also data that does not fit the model's input, or
 requests the server refuses, e.g. a batch over its limit, a --target or proxy setting that is not a valid
 address, or a --report folder that cannot be written),
-3 model server unreachable, 4 model/version/label not served, 1 any other server error.
+3 model server unreachable, 4 model/version/label not served, 1 any other server error, 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from client.model_client import ClientConfig, ModelClient, connect
 from client.stats import mcnemar_exact
 
 EXIT_OK, EXIT_SERVER_ERROR, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +105,14 @@ def _positive_seconds(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Evaluate; returns the exit code."""
+    """Evaluate; returns the exit code (130 on Ctrl-C, as the shell's, with a line instead of a traceback)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return _fail(EXIT_INTERRUPTED, "interrupted")
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if (args.images is None) != (args.labels is None):

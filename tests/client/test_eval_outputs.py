@@ -182,6 +182,19 @@ def test_reading_a_folder_of_pictures_shows_its_progress(scripted, tmp_path, cap
     assert reading and reading[-1].startswith(f"reading {folder} [{'#' * 30}] 20/20 pictures"), err
     assert len(reading) <= 10  # not a line per picture in a log
 
+
+def test_ctrl_c_ends_the_progress_line_and_exits_130_without_a_traceback(scripted, tmp_path, capsys):
+    def answer(call, images, version):
+        if call == 3:
+            raise KeyboardInterrupt
+        return images[:, 0, 0].astype(np.int64)
+
+    scripted(answer)
+    code = main(["--npz", save_npz(tmp_path, [1, 2, 3, 4] * 3), "--batch-size", "4", "--concurrency", "1",
+                 "--report", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 130 and err.splitlines()[-1] == "digits-eval: error: interrupted", err
+
 # -- what the server answers ----------------------------------------------------------------------------
 
 
