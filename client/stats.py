@@ -72,7 +72,18 @@ def mcnemar_from_counts(b: int, c: int) -> McNemarResult:
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts [true, predicted] as an int64 matrix."""
+    """Counts [true, predicted] as an int64 matrix.
+
+    Refuses labels of different lengths (one prediction would otherwise be broadcast over every label)
+    and classes outside 0..num_classes-1 (a -1 would otherwise be counted in the last class).
+    """
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    if y_true.ndim != 1 or y_true.shape != y_pred.shape:
+        raise ValueError(f"true and predicted classes must be two lists of one length, got shapes "
+                         f"{list(y_true.shape)} and {list(y_pred.shape)}")
+    for name, values in (("true", y_true), ("predicted", y_pred)):
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(f"a {name} class outside 0..{num_classes - 1}")
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    np.add.at(cm, (y_true, y_pred), 1)
     return cm

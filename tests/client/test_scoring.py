@@ -63,3 +63,13 @@ def test_a_difference_that_is_not_significant_says_which_way_it_went():
     verdict = comparison_verdict(first, second, mcnemar_from_counts(10, 12))
     assert verdict.startswith("no significant difference between v1 and v2 (+0.20 points for v2, ")
     assert verdict.endswith("only v1 right on 10, only v2 right on 12)")
+
+
+@pytest.mark.parametrize(
+    ("y_true", "y_pred", "words"),
+    [([0, 1, 2], [0], "one length"), ([0, 1, 2], [0, 1, -1], "predicted class outside 0..2"),
+     ([0, 3, 2], [0, 1, 2], "true class outside 0..2")],
+)  # fmt: skip
+def test_the_confusion_matrix_refuses_what_it_would_otherwise_miscount(y_true, y_pred, words):
+    with pytest.raises(ValueError, match=words):
+        confusion_matrix(np.array(y_true), np.array(y_pred), 3)
