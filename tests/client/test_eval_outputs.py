@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import math
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -25,7 +23,6 @@ from client.eval_report import console_text, markdown, report_dict
 from client.evaluate import main
 from client.evaluation import EvalRun, ProgressBar, predict_all, score
 from client.model_client import ClientConfig, ModelClient, ModelMetadata, Prediction, TensorSpec
-from client.stats import mcnemar_from_counts
 
 MNIST = contract.CLASS_NAMES["mnist"]
 
@@ -322,22 +319,6 @@ def test_a_run_with_no_or_one_error_writes_every_report_file(scripted, tmp_path,
     assert {p.name for p in (tmp_path / "r").iterdir()} == {
         "report.json", "report.md", "confusion_matrix.png", "misclassified.png"
     }
-
-
-# -- McNemar's exact p, counted from the binomial ------------------------------------------------------
-
-
-@pytest.mark.parametrize(("b", "c"), [(0, 5), (5, 17), (17, 5), (2, 30), (10, 11), (7, 7), (4000, 4100)])
-def test_mcnemar_exact_p_is_the_two_sided_binomial_tail(b, c):
-    n, k = b + c, min(b, c)
-    tail = Fraction(sum(math.comb(n, i) for i in range(k + 1)), 2**n)
-    expected = min(1.0, float(2 * tail))
-    assert mcnemar_from_counts(b, c).p_value == pytest.approx(expected, rel=1e-9)
-
-
-def test_mcnemar_on_published_values():
-    assert mcnemar_from_counts(0, 5).p_value == pytest.approx(0.0625)  # 2 / 2**5
-    assert mcnemar_from_counts(0, 0).p_value == 1.0 and mcnemar_from_counts(3, 3).p_value == 1.0
 
 
 # -- plots ----------------------------------------------------------------------------------------------

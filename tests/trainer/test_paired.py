@@ -181,7 +181,7 @@ def test_compare_takes_models_in_pairs(two_exports, capsys):
     assert "in pairs" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("b", "c"), [(15, 7), (30, 17), (17, 30), (0, 9), (400, 350)])
+@pytest.mark.parametrize(("b", "c"), [(15, 7), (30, 17), (17, 30), (0, 9), (400, 350), (7, 7), (4000, 4100)])
 def test_the_exact_p_is_the_two_sided_binomial_tail(b, c):
     n, k = b + c, min(b, c)
     tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
