@@ -90,10 +90,12 @@ def load_image_folder(
     labels_csv: Path,
     class_names: tuple[str, ...],
     progress: Callable[[int, int], None] | None = None,
+    limit: int | None = None,
 ) -> LabelledImages:
     """Pictures named in a CSV of `filename,label` rows (header optional), MNIST-preprocessed.
 
-    `progress(done, total)` is called after each picture: decoding thousands of photos takes a while.
+    Only the first `limit` rows are read, when given. `progress(done, total)` is called after each
+    picture: decoding thousands of photos takes a while.
     """
     folder, labels_csv = Path(folder), Path(labels_csv)
     if not folder.is_dir():
@@ -107,6 +109,7 @@ def load_image_folder(
         rows = rows[1:]  # a header row
     if not rows:
         raise DataError(f"{labels_csv} lists no images")
+    rows = rows[:limit]
     images, labels = [], []
     for number, row in enumerate(rows, start=1):
         if len(row) < 2:

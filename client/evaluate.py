@@ -179,7 +179,7 @@ def _load_data(args: argparse.Namespace) -> LabelledImages:
     elif args.images:
         reading = ProgressBar(f"reading {args.images}", unit="pictures")
         try:
-            data = load_image_folder(args.images, args.labels, names, progress=reading)
+            data = load_image_folder(args.images, args.labels, names, progress=reading, limit=args.limit)
         finally:
             reading.close()
     else:

@@ -180,6 +180,23 @@ def test_reading_a_folder_of_pictures_shows_its_progress(scripted, tmp_path, cap
     assert len(reading) <= 10  # not a line per picture in a log
 
 
+def test_limit_reads_only_the_first_pictures(scripted, tmp_path, capsys):
+    from PIL import Image
+
+    paper = np.full((84, 84), 255, np.uint8)
+    paper[12:72, 36:48] = 0
+    for i in range(3):
+        Image.fromarray(paper).save(tmp_path / f"{i}.png")
+    # Thousands of photos and --limit 3: the rows after the third are not opened (here: not there).
+    (tmp_path / "labels.csv").write_text("".join(f"{i}.png,1\n" for i in range(1000)))
+    scripted()
+    code = main(["--images", str(tmp_path), "--labels", str(tmp_path / "labels.csv"), "--limit", "3",
+                 "--report", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "3/3 pictures" in err and json.loads((tmp_path / "r" / "report.json").read_text())["images"] == 3
+
+
 def test_ctrl_c_ends_the_progress_line_and_exits_130_without_a_traceback(scripted, tmp_path, capsys):
     def answer(call, images, version):
         if call == 3:
