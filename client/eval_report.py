@@ -126,7 +126,7 @@ def markdown(report: dict, class_names: tuple[str, ...]) -> str:
         for c in report["per_class"]
     ]
     if _any_undefined(report):
-        out += ["", UNDEFINED_NOTE]
+        out += ["", "`" + UNDEFINED_NOTE.replace(":", "`:", 1)]  # `-`: not defined (...)
     out += ["", "## Confusion matrix (rows: true, columns: predicted)", ""]
     out.append("| | " + " | ".join(class_names) + " |")
     out.append("|---|" + "---:|" * len(class_names))

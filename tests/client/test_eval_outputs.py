@@ -293,7 +293,7 @@ def test_classes_the_data_cannot_score_are_undefined_not_zero():
     }
     md = markdown(report, MNIST)
     assert "| 7 | - | - | - | 0 |" in md and "| 5 | - | 0.0000 | 0.0000 | 1 |" in md
-    assert "-: not defined" in md and "-: not defined" in console_text(report, MNIST)
+    assert "\n`-`: not defined (" in md and "\n-: not defined (" in console_text(report, MNIST)
 
 
 def _setup() -> dict:
