@@ -16,6 +16,7 @@ from serving.errors import DeadlineExceeded, InvalidArgument, ServingError, Unav
 log = logging.getLogger(__name__)
 
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+OnBatch = Callable[[int, int, list[float]], None]  # (rows, rows after padding, each request's queue time)
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,14 @@ class BatchingConfig:
 
 
 class _Task:
-    __slots__ = ("inputs", "size", "done", "outputs", "error")
+    __slots__ = ("inputs", "size", "done", "outputs", "error", "enqueued_at")
 
     def __init__(self, inputs: dict[str, np.ndarray], size: int):
         self.inputs, self.size = inputs, size
         self.done = threading.Event()
         self.outputs: dict[str, np.ndarray] | None = None
         self.error: Exception | None = None
+        self.enqueued_at = time.monotonic()
 
 
 class _Batch:
@@ -69,7 +71,7 @@ class BatchQueue:
         run_fn: RunFn,
         config: BatchingConfig,
         name: str = "batch",
-        on_batch: Callable[[int, int], None] | None = None,
+        on_batch: OnBatch | None = None,
     ):
         self._run_fn, self._config = run_fn, config
         self._timeout_s = config.batch_timeout_micros / 1e6
@@ -178,17 +180,18 @@ class BatchQueue:
             task.done.set()
 
     def _run_merged(self, tasks: list[_Task], size: int) -> dict[str, np.ndarray]:
-        if len(tasks) == 1 and not self._config.allowed_batch_sizes:
-            return self._run_fn(tasks[0].inputs)
         padded = self._padded_size(size)
+        if self._on_batch is not None:
+            now = time.monotonic()
+            self._on_batch(size, padded, [now - task.enqueued_at for task in tasks])
+        if len(tasks) == 1 and padded == size:
+            return self._run_fn(tasks[0].inputs)
         merged = {}
         for alias in tasks[0].inputs:
             parts = [task.inputs[alias] for task in tasks]
             if padded > size:  # pad with copies of the first row, as TF Serving's batching session does
                 parts.append(np.repeat(parts[0][:1], padded - size, axis=0))
             merged[alias] = np.concatenate(parts, axis=0)
-        if self._on_batch is not None:
-            self._on_batch(size, padded)
         outputs = self._run_fn(merged)
         if any(value.ndim == 0 or value.shape[0] != padded for value in outputs.values()):
             # Outputs without a batch dimension cannot be split: answer each request on its own.

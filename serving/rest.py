@@ -89,7 +89,7 @@ class RestApi:
     def _timed(self, api: str, match: re.Match, body: bytes) -> Response:
         started = time.perf_counter()
         name = unquote(match.group(1)) if match.group(1) else ""
-        ok = False
+        status = "UNKNOWN"
         try:
             if not self._slots.acquire(timeout=self._options.timeout_ms / 1000):
                 raise DeadlineExceeded(
@@ -100,13 +100,15 @@ class RestApi:
                     response = self._dispatch(api, name, match, body, started)
             finally:
                 self._slots.release()
-            ok = True
+            status = "OK"
             return response
         except ServingError as error:
+            status = error.code.name
             return error_response(error.http_status, error.message)
         finally:
             if name:
-                self._metrics.record_request(name, _API_NAMES[api], "REST", ok, time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                self._metrics.record_request(name, _API_NAMES[api], "REST", status, elapsed)
 
     def _dispatch(self, api: str, name: str, match: re.Match, body: bytes, started: float) -> Response:
         version = _version(match.group(2))

@@ -11,7 +11,7 @@ from pathlib import Path
 from serving.batching import BatchQueue
 from serving.config_files import ConfigError, read_model_server_config
 from serving.grpc_service import create_grpc_server
-from serving.metrics import Metrics
+from serving.metrics import DEFAULT_BATCH_THREAD_POOL, Metrics
 from serving.model_manager import ModelManager
 from serving.rest import RestApi, RestServer
 from serving.servable import Servable
@@ -35,7 +35,6 @@ class ModelServer:
             config.model_config,
             self._load_servable,
             config.file_system_poll_wait_seconds,
-            on_event=lambda model, path, status: self.metrics.record_load(path, status),
         )
         self._stop = threading.Event()
         self._grpc = None
@@ -47,17 +46,29 @@ class ModelServer:
 
     def _load_servable(self, name: str, version: int, path: Path) -> Servable:
         servable = Servable(name, version, path, self.config.saved_model_tags)
-        servable.load()
+        try:
+            servable.load()
+        except Exception:
+            self.metrics.record_load(str(path), ok=False)
+            raise
+        self.metrics.record_load(str(path), ok=True)
         if self.config.batching is not None:
             batching = self.config.batching
+
+            def on_batch(size: int, padded: int, queued: list[float]) -> None:
+                self.metrics.record_batch(size, padded, queued, DEFAULT_BATCH_THREAD_POOL)
+
             servable.enable_batching(
                 lambda run_fn: BatchQueue(
-                    run_fn, batching, name=f"batch-{name}-{version}", on_batch=self.metrics.record_batch
+                    run_fn,
+                    batching,
+                    name=f"batch-{name}-{version}",
+                    on_batch=on_batch,
                 )
             )
         if self.config.enable_warmup:
             try:
-                run_warmup(servable, self.config.warmup_iterations)
+                run_warmup(servable, self.config.warmup_iterations, self.metrics)
             except Exception:
                 servable.close()
                 raise

@@ -70,8 +70,8 @@ def test_concurrent_callers_get_exactly_their_own_rows(batched_server, built_mod
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)  # merged batches round differently
     metrics = requests.get(f"{rest}/monitoring/prometheus/metrics", timeout=5).text
-    batches = int(metrics.split("batching_session:batches_total ")[1].split()[0])
-    rows = int(metrics.split("batching_session:rows_total ")[1].split()[0])
+    batches = int(metrics.split(":tensorflow:serving:batching_session:wrapped_run_count{} ")[1].split()[0])
+    rows = int(metrics.split("\n:digits:serving:batching:rows ")[1].split()[0])
     assert rows == sum(len(x) for x in requests_images)
     assert batches < len(requests_images)  # requests were merged
     channel.close()
