@@ -11,7 +11,7 @@ from pathlib import Path
 from serving.batching import BatchQueue
 from serving.config_files import ConfigError, read_model_server_config
 from serving.grpc_service import create_grpc_server
-from serving.metrics import DEFAULT_BATCH_THREAD_POOL, Metrics
+from serving.metrics import Metrics
 from serving.model_manager import ModelManager
 from serving.rest import RestApi, RestServer
 from serving.servable import Servable
@@ -36,6 +36,12 @@ class ModelServer:
             self._load_servable,
             config.file_system_poll_wait_seconds,
         )
+        # TF Serving's one SharedBatchScheduler: num_batch_threads batches at once over every model.
+        self._batch_slots = (
+            threading.BoundedSemaphore(max(1, config.batching.num_batch_threads))
+            if config.batching is not None
+            else None
+        )
         self._stop = threading.Event()
         self._grpc = None
         self._health = None
@@ -56,7 +62,7 @@ class ModelServer:
             batching = self.config.batching
 
             def on_batch(size: int, padded: int, queued: list[float]) -> None:
-                self.metrics.record_batch(size, padded, queued, DEFAULT_BATCH_THREAD_POOL)
+                self.metrics.record_batch(size, padded, queued, batching.thread_pool_name)
 
             servable.enable_batching(
                 lambda run_fn: BatchQueue(
@@ -64,6 +70,7 @@ class ModelServer:
                     batching,
                     name=f"batch-{name}-{version}",
                     on_batch=on_batch,
+                    slots=self._batch_slots,
                 )
             )
         if self.config.enable_warmup:
