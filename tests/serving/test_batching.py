@@ -353,3 +353,38 @@ def test_a_split_request_whose_pieces_cannot_be_joined_fails_instead_of_hanging(
     with pytest.raises(ServingError, match="cannot join the outputs of a split request"):
         queue.run({"x": np.zeros((6, 1), np.float32)}, timeout=10)
     queue.stop()
+
+
+def test_grpc_answers_unavailable_when_the_batch_queue_is_full(tmp_path, built_models, server_factory):
+    shutil.copytree(built_models.digits[1], tmp_path / "digits" / "1")
+    config = BatchingConfig(
+        max_batch_size=1, batch_timeout_micros=0, max_enqueued_batches=1, num_batch_threads=1
+    )
+    server = server_factory(
+        f'model_config_list {{ config {{ name: "digits" base_path: "{tmp_path / "digits"}" }} }}',
+        batching=config,
+    )
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "digits"
+    request.inputs[INPUT_NAME].CopyFrom(tf.make_tensor_proto(np.zeros((1, 28, 28), np.uint8)))
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    start = threading.Barrier(16)
+
+    def call(_):
+        start.wait()
+        try:
+            return grpc.StatusCode.OK, stub.Predict(request, timeout=30)
+        except grpc.RpcError as error:
+            return error.code(), error.details()
+
+    with ThreadPoolExecutor(16) as pool:
+        results = [result for _ in range(4) for result in pool.map(call, range(16))]
+    channel.close()
+    codes = {code for code, _ in results}
+    assert codes == {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}  # served or turned away, nothing else
+    for code, answer in results:
+        if code == grpc.StatusCode.UNAVAILABLE:
+            assert answer == "The batch scheduling queue to which this task was submitted is full"
+        else:
+            assert tf.make_ndarray(answer.outputs[OUTPUT_PROBABILITIES]).shape == (1, 10)
