@@ -63,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--batching_parameters_file", help="text-proto BatchingParameters")
     flag("--monitoring_config_file", help="text-proto MonitoringConfig (Prometheus metrics on the REST port)")
     flag("--rest_api_num_threads", type=int, default=4 * _CPUS, help="REST requests processed at once")
-    flag("--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout (504 beyond)")
+    flag(
+        "--rest_api_timeout_in_ms",
+        type=int,
+        default=30000,
+        help="REST request timeout (504 beyond; 0: none, as TF Serving)",
+    )
     boolean("--rest_api_enable_cors_support", False, "add CORS headers and answer preflight OPTIONS")
     flag(
         "--rest_api_max_body_bytes",
@@ -140,14 +145,11 @@ def build_config(args: argparse.Namespace):
             metrics_path = monitoring.prometheus_config.path or DEFAULT_PROMETHEUS_PATH
     if args.port < 0 or args.rest_api_port < 0:
         raise ConfigError("ports must be >= 0")
-    for name in (
-        "rest_api_num_threads",
-        "grpc_max_threads",
-        "rest_api_timeout_in_ms",
-        "rest_api_max_body_bytes",
-    ):
+    for name in ("rest_api_num_threads", "grpc_max_threads", "rest_api_max_body_bytes"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name} must be positive")
+    if args.rest_api_timeout_in_ms < 0:
+        raise ConfigError("--rest_api_timeout_in_ms must be >= 0 (0: no timeout)")
     return ServerConfig(
         model_config=model_config,
         grpc_port=args.port,

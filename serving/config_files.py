@@ -143,12 +143,21 @@ def read_batching_parameters(path: str | Path):
     sizes = list(params.allowed_batch_sizes)
     if max_batch <= 0:
         raise ConfigError(f"{path}: max_batch_size must be positive")
+    splitting = params.HasField("enable_large_batch_splitting") and params.enable_large_batch_splitting.value
+    execution_batch = max_batch
+    if splitting and params.HasField("max_execution_batch_size"):
+        execution_batch = params.max_execution_batch_size.value
     if sizes:
         if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)) or sizes[0] <= 0:
             raise ConfigError(f"{path}: allowed_batch_sizes entries must be positive and increasing")
-        if sizes[-1] != max_batch:
-            raise ConfigError(f"{path}: Last entry in allowed_batch_sizes must match max_batch_size")
-    for field in ("num_batch_threads", "max_enqueued_batches"):
+        if sizes[-1] != execution_batch:
+            # TF Serving: with enable_large_batch_splitting the batches run at max_execution_batch_size.
+            what = "max_execution_batch_size" if execution_batch != max_batch else "max_batch_size"
+            raise ConfigError(
+                f"{path}: Last entry in allowed_batch_sizes must match {what}; last entry was "
+                f"{sizes[-1]}; expected {execution_batch}"
+            )
+    for field in ("num_batch_threads", "max_enqueued_batches", "max_execution_batch_size"):
         if params.HasField(field) and getattr(params, field).value <= 0:
             raise ConfigError(f"{path}: {field} must be positive")
     if params.HasField("batch_timeout_micros") and params.batch_timeout_micros.value < 0:

@@ -37,28 +37,34 @@ SERVICE_NAMES = (
 )
 
 
-def _rpc(api: str):
-    """Turn ServingErrors into status codes, count the request, and never leak a traceback."""
+def _rpc(api: str, counted: bool = False):
+    """Turn ServingErrors into status codes, count the request, and never leak a traceback.
+
+    As TF Serving's prediction_service_impl.cc, only Predict, Classify and Regress (`counted`) go into
+    request_count and request_latency, under the API names "Predict", "Classify" and "Regress".
+    """
 
     def wrap(method):
         @functools.wraps(method)
         def handler(self, request, context):
             started = time.perf_counter()
-            ok = False
+            status = "UNKNOWN"
             try:
                 with self._metrics.in_flight():
                     response = method(self, request, context)
-                ok = True
+                status = "OK"
                 return response
             except ServingError as error:
+                status = error.code.name
                 context.abort(error.code, error.grpc_message)
             except Exception as error:  # noqa: BLE001 -- a bug costs one INTERNAL, not the server
+                status = "INTERNAL"
                 log.exception("gRPC %s failed", api)
                 context.abort(grpc.StatusCode.INTERNAL, f"Internal error: {type(error).__name__}: {error}")
             finally:
-                name = _model_name(request)
-                if name:
-                    self._metrics.record_request(name, api, "GRPC", ok, time.perf_counter() - started)
+                if counted:
+                    elapsed = time.perf_counter() - started
+                    self._metrics.record_request(_model_name(request), api, "GRPC", status, elapsed)
 
         return handler
 
@@ -99,7 +105,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ModelManager, metrics: Metrics):
         self._manager, self._metrics = manager, metrics
 
-    @_rpc("predict")
+    @_rpc("Predict", counted=True)
     def Predict(self, request, context):  # noqa: N802 -- generated stub's naming
         servable = _resolve(self._manager, request.model_spec)
         signature = servable.signature(request.model_spec.signature_name)
@@ -113,7 +119,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         _fill_spec(response.model_spec, servable, signature.name)
         return response
 
-    @_rpc("classify")
+    @_rpc("Classify", counted=True)
     def Classify(self, request, context):  # noqa: N802
         servable = _resolve(self._manager, request.model_spec)
         result = inference.classify(
@@ -123,7 +129,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         _fill_spec(response.model_spec, servable, request.model_spec.signature_name)
         return response
 
-    @_rpc("regress")
+    @_rpc("Regress", counted=True)
     def Regress(self, request, context):  # noqa: N802
         servable = _resolve(self._manager, request.model_spec)
         result = inference.regress(

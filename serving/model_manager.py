@@ -87,11 +87,9 @@ class ModelManager:
         config: model_server_config_pb2.ModelServerConfig,
         load_servable: Callable[[str, int, Path], Servable],
         poll_wait_seconds: float = 1.0,
-        on_event: Callable[[str, str, str], None] | None = None,
     ):
         self._load_servable = load_servable
         self._poll_wait_seconds = poll_wait_seconds
-        self._on_event = on_event or (lambda model, path, status: None)
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()  # one poll at a time: the thread, a reload, a test
         self._models: dict[str, ManagedModel] = {}
@@ -255,7 +253,6 @@ class ModelManager:
                 version,
                 entry.error_message,
             )
-            self._on_event(name, str(path), "error")
             return
         with self._lock:
             entry.servable, entry.state = servable, State.AVAILABLE
@@ -265,7 +262,6 @@ class ModelManager:
             version,
             time.monotonic() - started,
         )
-        self._on_event(name, str(path), "success")
 
     def _unload_unaspired(self, name: str, model: ManagedModel, aspired: set[int]) -> None:
         with self._lock:

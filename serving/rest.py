@@ -65,6 +65,8 @@ class RestApi:
     def __init__(self, manager: ModelManager, metrics: Metrics, options: RestOptions):
         self._manager, self._metrics, self._options = manager, metrics, options
         self._slots = threading.BoundedSemaphore(max(1, options.num_threads))
+        # --rest_api_timeout_in_ms=0: no timeout, as TF Serving (RunOptions.timeout_in_ms 0 = none).
+        self._timeout_s = options.timeout_ms / 1000 if options.timeout_ms > 0 else None
 
     def handle(self, method: str, path: str, body: bytes) -> Response:
         """Route one request; every failure becomes a JSON error with TF Serving's status code."""
@@ -89,9 +91,9 @@ class RestApi:
     def _timed(self, api: str, match: re.Match, body: bytes) -> Response:
         started = time.perf_counter()
         name = unquote(match.group(1)) if match.group(1) else ""
-        ok = False
+        status = "UNKNOWN"
         try:
-            if not self._slots.acquire(timeout=self._options.timeout_ms / 1000):
+            if not self._slots.acquire(timeout=self._timeout_s):
                 raise DeadlineExceeded(
                     f"Request timed out after {self._options.timeout_ms} ms waiting for a REST worker"
                 )
@@ -100,13 +102,15 @@ class RestApi:
                     response = self._dispatch(api, name, match, body, started)
             finally:
                 self._slots.release()
-            ok = True
+            status = "OK"
             return response
         except ServingError as error:
+            status = error.code.name
             return error_response(error.http_status, error.message)
         finally:
             if name:
-                self._metrics.record_request(name, _API_NAMES[api], "REST", ok, time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                self._metrics.record_request(name, _API_NAMES[api], "REST", status, elapsed)
 
     def _dispatch(self, api: str, name: str, match: re.Match, body: bytes, started: float) -> Response:
         version = _version(match.group(2))
@@ -126,8 +130,10 @@ class RestApi:
             inputs, row = json_tensors.predict_inputs(
                 doc, signature, may_hold_bool=json_tensors.may_hold_bool(body)
             )
-            remaining = self._options.timeout_ms / 1000 - (time.perf_counter() - started)
-            outputs = servable.predict(signature, inputs, timeout=max(remaining, 0.001))
+            remaining = None
+            if self._timeout_s is not None:
+                remaining = max(self._timeout_s - (time.perf_counter() - started), 0.001)
+            outputs = servable.predict(signature, inputs, timeout=remaining)
             result = json_tensors.predict_response(outputs, row)
         else:
             examples = json_tensors.examples_from_json(doc)
@@ -141,7 +147,7 @@ class RestApi:
             else:
                 regressed = inference.regress(servable, signature_name, examples)
                 result = {"results": [r.value for r in regressed.regressions]}
-        if time.perf_counter() - started > self._options.timeout_ms / 1000:
+        if self._timeout_s is not None and time.perf_counter() - started > self._timeout_s:
             raise DeadlineExceeded(
                 f"Request took longer than --rest_api_timeout_in_ms={self._options.timeout_ms}"
             )

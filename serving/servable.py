@@ -89,6 +89,7 @@ class Servable:
         self._loaded = None  # keeps the restored object (and so its variables) alive
         self._batchers: dict[str, object] = {}
         self._batcher_factory: Callable | None = None
+        self._closed = False
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -120,6 +121,7 @@ class Servable:
     def close(self) -> None:
         """Stop this version's batch queues (in-flight work finishes first)."""
         with self._lock:
+            self._closed = True
             batchers, self._batchers = list(self._batchers.values()), {}
         for batcher in batchers:
             batcher.stop()
@@ -147,8 +149,9 @@ class Servable:
         """Validate inputs against the signature, run it (batched if enabled), return the wanted outputs."""
         check_inputs(signature, inputs)
         wanted = check_output_filter(signature, output_filter)
-        if self._batcher_factory is not None and _batchable(signature, inputs):
-            outputs = self._batcher(signature).run(inputs, timeout)
+        batcher = self._batcher(signature) if _batchable(signature, inputs) else None
+        if batcher is not None:
+            outputs = batcher.run(inputs, timeout)
         else:
             outputs = self.run(signature, inputs)
         return {alias: outputs[alias] for alias in wanted}
@@ -167,7 +170,11 @@ class Servable:
             raise from_tf_error(error) from None
 
     def _batcher(self, signature: Signature):
+        """This signature's batch queue; None without batching or once closed (in-flight requests that
+        still hold an unloaded version run unbatched: no new queue, whose threads nobody would stop)."""
         with self._lock:
+            if self._batcher_factory is None or self._closed:
+                return None
             batcher = self._batchers.get(signature.name)
             if batcher is None:
                 batcher = self._batcher_factory(lambda inputs: self.run(signature, inputs))

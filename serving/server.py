@@ -35,7 +35,12 @@ class ModelServer:
             config.model_config,
             self._load_servable,
             config.file_system_poll_wait_seconds,
-            on_event=lambda model, path, status: self.metrics.record_load(path, status),
+        )
+        # TF Serving's one SharedBatchScheduler: num_batch_threads batches at once over every model.
+        self._batch_slots = (
+            threading.BoundedSemaphore(max(1, config.batching.num_batch_threads))
+            if config.batching is not None
+            else None
         )
         self._stop = threading.Event()
         self._grpc = None
@@ -47,17 +52,30 @@ class ModelServer:
 
     def _load_servable(self, name: str, version: int, path: Path) -> Servable:
         servable = Servable(name, version, path, self.config.saved_model_tags)
-        servable.load()
+        try:
+            servable.load()
+        except Exception:
+            self.metrics.record_load(str(path), ok=False)
+            raise
+        self.metrics.record_load(str(path), ok=True)
         if self.config.batching is not None:
             batching = self.config.batching
+
+            def on_batch(size: int, padded: int, queued: list[float]) -> None:
+                self.metrics.record_batch(size, padded, queued, batching.thread_pool_name)
+
             servable.enable_batching(
                 lambda run_fn: BatchQueue(
-                    run_fn, batching, name=f"batch-{name}-{version}", on_batch=self.metrics.record_batch
+                    run_fn,
+                    batching,
+                    name=f"batch-{name}-{version}",
+                    on_batch=on_batch,
+                    slots=self._batch_slots,
                 )
             )
         if self.config.enable_warmup:
             try:
-                run_warmup(servable, self.config.warmup_iterations)
+                run_warmup(servable, self.config.warmup_iterations, self.metrics)
             except Exception:
                 servable.close()
                 raise

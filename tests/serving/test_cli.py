@@ -196,3 +196,27 @@ def test_a_label_on_a_version_that_is_not_available_exits_non_zero_in_one_line(t
         "which is not currently available for inference\n"
     ) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_rest_api_timeout_zero_means_no_timeout_as_in_tf_serving(tmp_path, built_models, server_factory):
+    import requests
+
+    from serving.cli import build_config, build_parser
+    from serving.config_files import ConfigError
+
+    shutil.copytree(built_models.digits[1], tmp_path / "m" / "1")
+    args = build_parser().parse_args(["--model_base_path", str(tmp_path / "m"), "--rest_api_timeout_in_ms=0"])
+    config = build_config(args)
+    assert config.rest.timeout_ms == 0
+    server = server_factory(
+        f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path / "m"}" }} }}', rest=config.rest
+    )
+    body = {"instances": np.zeros((2, 28, 28), np.uint8).tolist()}
+    r = requests.post(f"http://127.0.0.1:{server.rest_port}/v1/models/m:predict", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 2
+    negative = build_parser().parse_args(
+        ["--model_base_path", str(tmp_path / "m"), "--rest_api_timeout_in_ms=-1"]
+    )
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        build_config(negative)
