@@ -308,14 +308,21 @@ def prepare_data(
 
 
 def save_npz(dataset: Dataset, path: str | Path) -> Path:
-    """Write a dataset in the mnist.npz layout atomically (temp file, then rename)."""
+    """Write a dataset in the mnist.npz layout atomically: a temp file beside it, flushed to disk, then
+    renamed over it. An interruption (Ctrl-C, a full disk) leaves the old file as it was and no temp file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_args = {"dir": path.parent, "prefix": f".{path.stem}-", "suffix": ".npz", "delete": False}
-    with tempfile.NamedTemporaryFile(**tmp_args) as tmp:
-        np.savez_compressed(tmp, **dataset.arrays())
-    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates 0600; the data is meant to be shared
-    os.replace(tmp.name, path)
+    descriptor, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            np.savez_compressed(handle, **dataset.arrays())
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename, or a crash could leave an empty file
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the data is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -167,6 +167,28 @@ def test_saved_data_is_readable_by_everyone_and_complete(tmp_path, mnist_data):
         _assert_same(Dataset("mnist", **{key: saved[key] for key in data.ARRAY_NAMES}), small)
 
 
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, OSError(28, "No space left on device")])
+def test_an_interrupted_save_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch, interruption):
+    """Ctrl-C or a full disk half-way through writing: data/ holds what it held, nothing half-written."""
+    images, labels = np.zeros((2, 28, 28), np.uint8), np.zeros(2, np.uint8)
+    old = Dataset("mnist", images, labels, images, labels)
+    path = save_npz(old, tmp_path / "mnist.npz")
+    before = path.read_bytes()
+    real_savez = np.savez_compressed
+
+    def dies_half_way(file, **arrays):
+        real_savez(file, **arrays)  # the bytes are there, the rename is not done yet
+        file.truncate(100)
+        raise interruption
+
+    monkeypatch.setattr(np, "savez_compressed", dies_half_way)
+    new = Dataset("mnist", *(array + 1 for array in old.arrays().values()))
+    with pytest.raises((KeyboardInterrupt, OSError)):
+        save_npz(new, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["mnist.npz"]
+    assert path.read_bytes() == before
+
+
 def test_a_fetched_copy_that_fails_verification_is_never_written(tmp_path, mnist_data, monkeypatch):
     """What a fetch brings is verified before it is saved: a wrong array never becomes data/mnist.npz."""
     x_train = mnist_data.x_train.copy()
