@@ -49,6 +49,7 @@ IDX_FILES = (
     "t10k-images-idx3-ubyte.gz",
     "t10k-labels-idx1-ubyte.gz",
 )
+GZIP_MAGIC = b"\x1f\x8b"
 
 # sha256 of array.tobytes() for the uint8 C-order arrays (../shared/reference/data.md).
 MNIST_SHA256 = {
@@ -177,25 +178,33 @@ def load_npz(path: str | Path, name: str = "mnist") -> Dataset:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Parse one IDX file (gzipped or not) of unsigned bytes."""
+    """Parse one IDX file of unsigned bytes, gzipped or not (told by its content, not its name)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: missing IDX file. Fix: {FIX_COMMAND}")
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as handle:
-            raw = handle.read()
+        raw = path.read_bytes()
+        if raw[:2] == GZIP_MAGIC:
+            raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:  # a damaged .gz: bad header, cut short or bad deflate data
         raise DataError(f"{path}: unreadable, the file is damaged ({exc}). Fix: {FIX_COMMAND}") from exc
     # Header: two zero bytes, a type code (0x08 = ubyte), the number of dims, then big-endian uint32 dims.
     if len(raw) < 4:
-        raise DataError(f"{path}: too short to be an IDX file. Fix: {FIX_COMMAND}")
+        raise DataError(f"{path}: too short to be an IDX file ({len(raw)} bytes). Fix: {FIX_COMMAND}")
     zero, type_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or type_code != 0x08 or ndim == 0:
-        raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number). Fix: {FIX_COMMAND}")
+        raise DataError(
+            f"{path}: not an unsigned-byte IDX file (bad magic number 0x{raw[:4].hex()}, expected "
+            f"0x000008 and a dimension count). Fix: {FIX_COMMAND}"
+        )
     header_size = 4 + 4 * ndim
+    if len(raw) < header_size:
+        raise DataError(
+            f"{path}: cut short inside its header ({len(raw)} bytes, the header alone is {header_size}). "
+            f"Fix: {FIX_COMMAND}"
+        )
     dims = struct.unpack(f">{ndim}I", raw[4:header_size])
-    expected = int(np.prod(dims))
+    expected = int(np.prod(dims, dtype=object))
     if len(raw) - header_size != expected:
         raise DataError(
             f"{path}: holds {len(raw) - header_size} bytes of data, its header promises {expected}. "
@@ -214,10 +223,28 @@ def write_idx(path: str | Path, array: np.ndarray, compresslevel: int = 6) -> Pa
     return path
 
 
+def idx_file(directory: str | Path, gz_name: str) -> Path:
+    """The IDX file for `gz_name` in `directory`, as its publishers and mirrors name it: gzipped
+    (`train-images-idx3-ubyte.gz`) or not (`train-images-idx3-ubyte`, `train-images.idx3-ubyte`)."""
+    stem = gz_name.removesuffix(".gz")
+    dotted = stem.replace("-idx", ".idx")
+    candidates = [Path(directory) / name for name in (gz_name, stem, f"{dotted}.gz", dotted)]
+    return next((path for path in candidates if path.is_file()), candidates[0])
+
+
 def load_idx_dir(directory: str | Path, name: str = "mnist") -> Dataset:
-    """Load and verify the four original IDX `.gz` files from one directory."""
+    """Load and verify the four original IDX files (gzipped or not) from one directory."""
     directory = Path(directory)
-    arrays = {key: read_idx(directory / file) for key, file in zip(ARRAY_NAMES, IDX_FILES, strict=True)}
+    if not directory.is_dir():
+        raise DataError(f"{directory}: missing IDX file folder (it should hold {', '.join(IDX_FILES)})")
+    arrays = {}
+    for key, file in zip(ARRAY_NAMES, IDX_FILES, strict=True):
+        path = idx_file(directory, file)
+        if not path.is_file():
+            raise DataError(
+                f"{directory}: missing IDX file {file} (or {file.removesuffix('.gz')}, not gzipped)"
+            )
+        arrays[key] = read_idx(path)
     verify(name, arrays, directory)
     return Dataset(name, source=str(directory), **arrays)
 

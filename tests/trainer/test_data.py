@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import pickle
 import shutil
@@ -133,8 +134,6 @@ def test_idx_with_bad_header_or_size_is_rejected(tmp_path, mnist_data):
     labels = tmp_path / "labels.gz"
     write_idx(labels, mnist_data.y_test)
     assert np.array_equal(data.read_idx(labels), mnist_data.y_test)
-    import gzip
-
     raw = gzip.decompress(labels.read_bytes())
     (tmp_path / "magic.gz").write_bytes(gzip.compress(b"\x00\x00\x0d\x01" + raw[4:]))
     with pytest.raises(DataError, match="bad magic number"):
@@ -144,6 +143,55 @@ def test_idx_with_bad_header_or_size_is_rejected(tmp_path, mnist_data):
         data.read_idx(tmp_path / "short.gz")
     with pytest.raises(DataError, match="missing IDX file"):
         load_idx_dir(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\x00\x00\x08\x03\x00\x00\x27\x10", r"cut short inside its header \(8 bytes, .* is 16\)"),
+        (b"\x00\x00\x08", r"too short to be an IDX file \(3 bytes\)"),
+        (b"\x00\x00\x08\x00", "bad magic number 0x00000800"),
+        (b"\x00\x00\x08\x01\xff\xff\xff\xff", "holds 0 bytes of data, its header promises 4294967295"),
+    ],
+)
+@pytest.mark.parametrize("gzipped", [True, False])
+def test_an_idx_file_cut_short_in_its_header_is_a_data_error(tmp_path, content, expected, gzipped):
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    path.write_bytes(gzip.compress(content) if gzipped else content)
+    with pytest.raises(DataError, match=expected) as err:
+        data.read_idx(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        [name.removesuffix(".gz") for name in IDX_FILES],  # as the original files unpack
+        [name.removesuffix(".gz").replace("-idx", ".idx") for name in IDX_FILES],  # as many mirrors name them
+    ],
+)
+def test_idx_files_that_are_not_gzipped_load_the_same(tmp_path, mnist_data, names):
+    for key, name in zip(data.ARRAY_NAMES, names, strict=True):
+        gzipped = write_idx(tmp_path / "tmp.gz", getattr(mnist_data, key), compresslevel=1)
+        (tmp_path / name).write_bytes(gzip.decompress(gzipped.read_bytes()))
+        gzipped.unlink()
+    _assert_same(load_dataset("mnist", source="idx", idx_dir=tmp_path), mnist_data)
+
+
+def test_a_gzipped_idx_file_is_told_by_its_content_not_its_name(tmp_path, mnist_data):
+    gz = write_idx(tmp_path / "labels", mnist_data.y_test)  # gzipped, no .gz
+    plain = tmp_path / "labels.gz"
+    plain.write_bytes(gzip.decompress(gz.read_bytes()))  # plain, named .gz
+    for path in (gz, plain):
+        np.testing.assert_array_equal(data.read_idx(path), mnist_data.y_test)
+
+
+def test_a_missing_idx_file_names_both_of_its_names(tmp_path, mnist_data):
+    for key, name in zip(data.ARRAY_NAMES[:3], IDX_FILES[:3], strict=True):
+        write_idx(tmp_path / name, getattr(mnist_data, key), compresslevel=1)
+    missing = r"missing IDX file t10k-labels-idx1-ubyte.gz \(or t10k-labels-idx1-ubyte, not gzipped\)"
+    with pytest.raises(DataError, match=missing):
+        load_idx_dir(tmp_path)
 
 
 def test_fashion_mnist_is_balanced_and_a_wrong_label_is_caught():
