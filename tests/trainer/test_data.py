@@ -194,6 +194,54 @@ def test_a_missing_idx_file_names_both_of_its_names(tmp_path, mnist_data):
         load_idx_dir(tmp_path)
 
 
+def test_the_keras_cache_is_found_where_keras_puts_it(tmp_path, mnist_data, monkeypatch):
+    """$KERAS_HOME with a `~` (Keras expands it), and /tmp/.keras, where Keras goes when home is read-only."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(data, "KERAS_TMP_HOME", tmp_path / "tmp-keras")
+    monkeypatch.setenv("KERAS_HOME", "~/my-keras")
+    for home in ("home/my-keras", "tmp-keras"):
+        cached = tmp_path / home / "datasets" / "mnist.npz"
+        cached.parent.mkdir(parents=True)
+        shutil.copy(mnist_data.source, cached)
+        assert load_dataset("mnist", source="keras-cache").source == str(cached)
+        monkeypatch.delenv("KERAS_HOME", raising=False)  # and ~/.keras holds nothing: Keras's /tmp/.keras
+
+
+def test_a_bad_keras_cache_says_how_to_mend_the_keras_cache(tmp_path, mnist_data, monkeypatch):
+    """`make data` writes data/, never the Keras cache: the message must not send the user there alone."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    (tmp_path / "datasets").mkdir()
+    x_train = mnist_data.x_train.copy()
+    x_train[0, 0, 0] = 1
+    path = tmp_path / "datasets" / "mnist.npz"
+    np.savez(path, **{**mnist_data.arrays(), "x_train": x_train})
+    with pytest.raises(DataError, match="checksum mismatch for x_train") as err:
+        load_dataset("mnist", source="keras-cache")
+    message = str(err.value)
+    assert str(path) in message and "keras.datasets.mnist.load_data()" in message
+    assert "--source npz" in message
+    assert "re-create it with `digits-train data`" not in message
+
+
+def test_mnist_and_fashion_mnist_given_for_each_other_are_named(mnist_data):
+    fashion = load_dataset("fashion_mnist")
+    with pytest.raises(DataError, match="this is Fashion-MNIST .*, not MNIST"):
+        data.verify("mnist", fashion.arrays(), "here")
+    with pytest.raises(DataError, match="this is MNIST, not Fashion-MNIST"):
+        data.verify("fashion_mnist", mnist_data.arrays(), "here")
+
+
+def test_prepare_data_fetches_only_the_datasets_named(tmp_path, mnist_data, monkeypatch):
+    fetched = []
+    fashion = load_dataset("fashion_mnist")
+    monkeypatch.setattr(data, "fetch_mnist", lambda log: fetched.append("mnist") or mnist_data)
+    monkeypatch.setattr(data, "fetch_fashion_mnist", lambda log: fetched.append("fashion_mnist") or fashion)
+    paths = prepare_data(tmp_path, log=lambda _: None, names="fashion_mnist")  # "mnist" is in that string
+    assert fetched == ["fashion_mnist"] and [p.name for p in paths] == ["fashion_mnist.npz"]
+    with pytest.raises(DataError, match="unknown dataset 'emnist'"):
+        prepare_data(tmp_path, log=lambda _: None, names=["emnist"])
+
+
 def test_fashion_mnist_is_balanced_and_a_wrong_label_is_caught():
     fashion = load_dataset("fashion_mnist")
     assert fashion.x_train.shape == (60000, 28, 28) and fashion.x_test.shape == (10000, 28, 28)
@@ -250,8 +298,9 @@ def test_a_fetched_copy_that_fails_verification_is_never_written(tmp_path, mnist
 
     monkeypatch.setattr(data, "fetch_mnist", wrong_mirror)
     monkeypatch.setattr(data, "fetch_fashion_mnist", unreached)
-    with pytest.raises(DataError, match="a mirror: checksum mismatch for x_train"):
+    with pytest.raises(DataError, match="a mirror: checksum mismatch for x_train") as err:
         prepare_data(tmp_path, log=lambda _: None)
+    assert "not the published data: run `digits-train data` again" in str(err.value)
     assert list(tmp_path.iterdir()) == []
 
 
