@@ -7,7 +7,6 @@ The client never imports the trainer, so it reads the Keras `mnist.npz` layout i
 from __future__ import annotations
 
 import csv
-import os
 import tokenize
 import zipfile
 import zlib
@@ -19,7 +18,7 @@ import numpy as np
 from client import contract
 from client.preprocess import ImageLimits, prepare_image
 
-DATA_DIR_ENV = "DIGITS_DATA_DIR"
+DATA_DIR_ENV = contract.DATA_DIR_ENV
 SPLITS = ("test", "train")
 # What a damaged npz raises from inside numpy and zipfile: a bad zip structure, a bad deflate stream, a
 # mangled .npy header (tokenize and ast run on it), a compression method mangled into an unknown one.
@@ -51,13 +50,13 @@ class LabelledImages:
 
 
 def default_data_dir() -> Path:
-    """$DIGITS_DATA_DIR, else ./data."""
-    return Path(os.environ.get(DATA_DIR_ENV) or "data")
+    """$DIGITS_DATA_DIR, else ./data: contract.data_dir's rule, the trainer's too."""
+    return contract.data_dir()
 
 
 def load_named(dataset: str, split: str, data_dir: Path) -> LabelledImages:
     """`<data_dir>/<dataset>.npz` (written by `digits-train data`)."""
-    path = Path(data_dir) / f"{dataset}.npz"
+    path = contract.data_dir(data_dir) / f"{dataset}.npz"
     if not path.is_file():
         raise DataError(f"{path} not found: run `make data` (or pass --data-dir / --npz)")
     return load_npz(path, split, contract.CLASS_NAMES[dataset])

@@ -50,8 +50,9 @@ curl -fsS "http://127.0.0.1:$rest_port/v1/models/mnist"
 
 echo "== 3/4 REST predict of the first test image (a 7)"
 body=$("$BIN/python" - <<'PY'
-import json, os, numpy as np
-x = np.load(os.path.join(os.environ.get("DIGITS_DATA_DIR", "data"), "mnist.npz"))["x_test"][:1]
+import json, numpy as np
+from client.contract import data_dir
+x = np.load(data_dir() / "mnist.npz")["x_test"][:1]
 print(json.dumps({"instances": x.tolist()}))
 PY
 )

