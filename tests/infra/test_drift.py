@@ -263,8 +263,7 @@ def _free_port() -> int:
 def _run_up(tmp_path: Path, state: str, **env_extra: str) -> subprocess.CompletedProcess:
     """scripts/up.sh with stand-ins: a model server that answers `state` for version 1, a gateway that
     leaves a mark when started and exits after up.sh's health check."""
-    (tmp_path / "scripts").mkdir()
-    shutil.copy(REPO / "scripts" / "up.sh", tmp_path / "scripts" / "up.sh")
+    _copy_scripts(tmp_path, "up.sh")
     shutil.copytree(SERVING_CONFIG, tmp_path / "serving" / "config")
     (tmp_path / "models" / contract.DEFAULT_MODEL_NAME / "1").mkdir(parents=True)  # no training
     bin_dir = tmp_path / ".venv" / "bin"
@@ -314,18 +313,36 @@ def test_make_up_fails_when_the_model_never_becomes_available(tmp_path):
 
 
 
-def test_make_demo_waits_serve_wait_s_for_the_model_then_fails_with_its_log(tmp_path):
-    """scripts/demo.sh with stand-ins (a trainer that trains nothing, a model server forever LOADING)."""
+def _copy_scripts(tmp_path: Path, script: str) -> None:
+    """`script` and the shell functions it sources, into tmp_path/scripts."""
     (tmp_path / "scripts").mkdir()
-    shutil.copy(REPO / "scripts" / "demo.sh", tmp_path / "scripts" / "demo.sh")
+    for name in (script, "wait_for.sh"):
+        shutil.copy(REPO / "scripts" / name, tmp_path / "scripts" / name)
+
+
+_LOADING_SERVE_STUB = _http_stub(
+    "flags = dict(arg[2:].split('=', 1) for arg in sys.argv[1:] if '=' in arg)\n"
+    "print('stub: still loading', file=sys.stderr, flush=True)",
+    "int(flags['rest_api_port'])",
+    b'{"model_version_status": [{"version": "1", "state": "LOADING"}]}', "serve_forever",
+)
+_DYING_SERVE_STUB = "#!/bin/sh\necho 'stub: cannot load' >&2\nexit 1\n"
+
+
+@pytest.mark.parametrize(
+    ("serve", "words"),
+    [
+        (_LOADING_SERVE_STUB, ("did not say AVAILABLE within 2 s", "stub: still loading")),
+        (_DYING_SERVE_STUB, ("demo: digits-serve exited", "stub: cannot load")),
+    ],
+    ids=["never-available", "exits"],
+)
+def test_make_demo_waits_serve_wait_s_for_the_model_then_fails_with_its_log(tmp_path, serve, words):
+    """scripts/demo.sh with stand-ins (a trainer that trains nothing, a model server forever LOADING or one
+    that exits at once): it fails with the server's log and stops what it started."""
+    _copy_scripts(tmp_path, "demo.sh")
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    serve = _http_stub(
-        "flags = dict(arg[2:].split('=', 1) for arg in sys.argv[1:] if '=' in arg)\n"
-        "print('stub: still loading', file=sys.stderr, flush=True)",
-        "int(flags['rest_api_port'])",
-        b'{"model_version_status": [{"version": "1", "state": "LOADING"}]}', "serve_forever",
-    )
     stubs = {"python": f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', "digits-train": "#!/bin/sh\n",
              "digits-serve": serve}
     for name, text in stubs.items():
@@ -341,7 +358,7 @@ def test_make_demo_waits_serve_wait_s_for_the_model_then_fails_with_its_log(tmp_
         os.killpg(demo.pid, signal.SIGKILL)
         raise
     assert demo.returncode == 1
-    assert "not AVAILABLE within 2 s" in err and "stub: still loading" in err, err
+    assert all(word in err for word in words), err
     with pytest.raises(ProcessLookupError):  # nothing left in its process group: the server was stopped
         os.killpg(demo.pid, 0)
     assert not list((tmp_path / "tmp").iterdir()), "demo.sh leaves its scratch folder behind"
