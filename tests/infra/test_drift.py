@@ -3,6 +3,7 @@ model layout, TF Serving flags and config files, gateway settings and images, wi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -131,6 +132,40 @@ def test_make_up_train_and_demo_fetch_mnist_alone():
         prerequisites = re.search(rf"^{target}:([^#\n]*)", makefile, re.MULTILINE).group(1).split()
         assert prerequisites == ["data-mnist"], target
     assert "--dataset mnist" in re.search(r"^data-mnist:.*\n\t(.*)", makefile, re.MULTILINE).group(1)
+
+
+def test_make_passes_folders_with_spaces_whole(tmp_path):
+    """`make data/train/up` in a checkout whose path has a space, with DATA_DIR and MODELS_DIR that have
+    one too: each folder reaches digits-train and up.sh as one argument (stand-ins record what they got)."""
+    repo = tmp_path / "my checkout"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(REPO / name, repo / name)
+    bin_dir = repo / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    os.utime(repo / "pyproject.toml", (0, 0))
+    (repo / ".venv" / ".installed").touch()  # newer than pyproject.toml: `setup` has nothing to do
+    record = tmp_path / "calls.jsonl"
+    recorder = (f"#!{sys.executable}\nimport json, os, sys\nwith open({str(record)!r}, 'a') as out:\n"
+                "    out.write(json.dumps([sys.argv[1:], os.environ.get('DIGITS_DATA_DIR')]) + '\\n')\n")
+    (bin_dir / "digits-train").write_text(recorder)
+    (bin_dir / "digits-train").chmod(0o755)
+    (repo / "scripts" / "up.sh").write_text(
+        '".venv/bin/digits-train" up.sh "$MODELS_DIR" "$MODEL_NAME" "$PRESET"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS", "DIGITS_"))}
+    for target in ("data", "train", "up"):
+        result = subprocess.run(["make", "-s", target, "DATA_DIR=my data", "MODELS_DIR=my models"], cwd=repo,
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    assert calls == [
+        [["data", "--data-dir", "my data"], "my data"],
+        [["data", "--dataset", "mnist", "--data-dir", "my data"], "my data"],
+        [["train", "--preset", "fast", "--models-dir", "my models", "--model-name", "mnist"], "my data"],
+        [["data", "--dataset", "mnist", "--data-dir", "my data"], "my data"],
+        [["up.sh", "my models", "mnist", "fast"], "my data"],
+    ]
 
 
 def test_config_files_reach_both_deployments_whole(compose, k8s):
