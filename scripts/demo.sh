@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 BIN=.venv/bin
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}  # hide TF start-up chatter
 SERVE_WAIT_S=${SERVE_WAIT_S:-120}  # how long the model may take to load (as in up.sh)
-# shellcheck source=scripts/wait_for.sh
-source scripts/wait_for.sh
+# shellcheck source=scripts/http.sh
+source scripts/http.sh
 work=$(mktemp -d)
 report=reports/demo
 server=""
@@ -31,9 +31,9 @@ echo "== 2/4 serve: digits-serve on gRPC $grpc_port, REST $rest_port"
   --model_name=mnist --model_base_path="$work/models/mnist" --enable_batching \
   --batching_parameters_file=serving/config/batching.config > "$work/serve.log" 2>&1 &
 server=$!
-# As up.sh waits (scripts/wait_for.sh): until the status says AVAILABLE; with digits-serve's log if not.
+# As up.sh waits (scripts/http.sh): until the status says AVAILABLE; with digits-serve's log if not.
 wait_for demo "http://127.0.0.1:$rest_port/v1/models/mnist" AVAILABLE "$server" digits-serve "$work/serve.log"
-curl -fsS "http://127.0.0.1:$rest_port/v1/models/mnist"
+http "http://127.0.0.1:$rest_port/v1/models/mnist"
 
 echo "== 3/4 REST predict of the first test image (a 7)"
 body=$("$BIN/python" - <<'PY'
@@ -43,7 +43,7 @@ x = np.load(data_dir() / "mnist.npz")["x_test"][:1]
 print(json.dumps({"instances": x.tolist()}))
 PY
 )
-curl -fsS -X POST "http://127.0.0.1:$rest_port/v1/models/mnist:predict" -d "$body" \
+http "http://127.0.0.1:$rest_port/v1/models/mnist:predict" "$body" \
   | "$BIN/python" -c 'import json,sys; p=json.load(sys.stdin)["predictions"][0]; print("classes:", p["classes"], " p=%.4f" % max(p["probabilities"]))'
 
 echo "== 4/4 evaluate over gRPC on the 10,000 test images"

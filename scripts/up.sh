@@ -14,8 +14,8 @@ GRPC_PORT=${GRPC_PORT:-8500}
 REST_PORT=${REST_PORT:-8501}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 SERVE_WAIT_S=${SERVE_WAIT_S:-120}  # how long the model (and then the gateway) may take to answer
-# shellcheck source=scripts/wait_for.sh
-source scripts/wait_for.sh
+# shellcheck source=scripts/http.sh
+source scripts/http.sh
 base="$MODELS_DIR/$MODEL_NAME"
 
 if ! ls -d "$base"/[0-9]* >/dev/null 2>&1; then

@@ -351,7 +351,7 @@ def test_make_up_fails_when_the_model_never_becomes_available(tmp_path):
 def _copy_scripts(tmp_path: Path, script: str) -> None:
     """`script` and the shell functions it sources, into tmp_path/scripts."""
     (tmp_path / "scripts").mkdir()
-    for name in (script, "wait_for.sh"):
+    for name in (script, "http.sh"):
         shutil.copy(REPO / "scripts" / name, tmp_path / "scripts" / name)
 
 
@@ -375,25 +375,74 @@ _DYING_SERVE_STUB = "#!/bin/sh\necho 'stub: cannot load' >&2\nexit 1\n"
 def test_make_demo_waits_serve_wait_s_for_the_model_then_fails_with_its_log(tmp_path, serve, words):
     """scripts/demo.sh with stand-ins (a trainer that trains nothing, a model server forever LOADING or one
     that exits at once): it fails with the server's log and stops what it started."""
-    _copy_scripts(tmp_path, "demo.sh")
-    bin_dir = tmp_path / ".venv" / "bin"
-    bin_dir.mkdir(parents=True)
-    stubs = {"python": f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', "digits-train": "#!/bin/sh\n",
-             "digits-serve": serve}
-    for name, text in stubs.items():
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    (tmp_path / "tmp").mkdir()
-    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "SERVE_WAIT_S": "2"}
-    demo = subprocess.Popen(["bash", str(tmp_path / "scripts" / "demo.sh")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, err = demo.communicate(timeout=30)  # it used to wait 60 s whatever SERVE_WAIT_S said
-    except subprocess.TimeoutExpired:
-        os.killpg(demo.pid, signal.SIGKILL)
-        raise
+    demo, _, err = _run_demo(tmp_path, serve)
     assert demo.returncode == 1
     assert all(word in err for word in words), err
     with pytest.raises(ProcessLookupError):  # nothing left in its process group: the server was stopped
         os.killpg(demo.pid, 0)
     assert not list((tmp_path / "tmp").iterdir()), "demo.sh leaves its scratch folder behind"
+
+
+_ANSWERING_SERVE_STUB = f'''#!{sys.executable}
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+flags = dict(arg[2:].split("=", 1) for arg in sys.argv[1:] if "=" in arg)
+class Answer(BaseHTTPRequestHandler):
+    def answer(self, code, body):
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        self.answer(200, b'{{"model_version_status": [{{"version": "1", "state": "AVAILABLE"}}]}}')
+    def do_POST(self):
+        images = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"]
+        if [len(images), len(images[0]), len(images[0][0])] != [1, 28, 28]:
+            return self.answer(400, b'{{"error": "not one 28x28 image"}}')
+        self.answer(200, b'{{"predictions": [{{"classes": 7, "probabilities": [0.1, 0.9]}}]}}')
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", int(flags["rest_api_port"])), Answer).serve_forever()
+'''
+
+
+def test_make_demo_runs_through_with_no_curl_installed(tmp_path):
+    """`make demo` needs no apt-get: with only the commands bash itself needs on PATH (no curl), it asks the
+    server for its status, sends it the first MNIST test image, prints the answer and evaluates."""
+    path = tmp_path / "path"
+    path.mkdir()
+    for tool in ("dirname", "mktemp", "rm", "cat", "sleep"):
+        (path / tool).symlink_to(shutil.which(tool))
+    demo, out, err = _run_demo(tmp_path, _ANSWERING_SERVE_STUB, PATH=str(path))
+    assert demo.returncode == 0, out + err
+    assert '"state": "AVAILABLE"' in out and "classes: 7  p=0.9000" in out, out
+    assert re.search(r"eval: --target 127\.0\.0\.1:\d+ --protocol grpc --dataset mnist", out), out
+    with pytest.raises(ProcessLookupError):
+        os.killpg(demo.pid, 0)
+    assert not list((tmp_path / "tmp").iterdir()), "demo.sh leaves its scratch folder behind"
+
+
+def _run_demo(tmp_path: Path, serve: str, **env_extra: str) -> tuple[subprocess.Popen, str, str]:
+    """scripts/demo.sh with stand-ins: a trainer that trains nothing, `serve` as digits-serve, a digits-eval
+    that prints its arguments; MNIST from the test data folder."""
+    from tests.conftest import data_dir
+
+    _copy_scripts(tmp_path, "demo.sh")
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    stubs = {"python": f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', "digits-train": "#!/bin/sh\n",
+             "digits-serve": serve, "digits-eval": '#!/bin/sh\necho "eval: $*"\n'}
+    for name, text in stubs.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "SERVE_WAIT_S": "2", "PYTHONPATH": str(REPO),
+           "DIGITS_DATA_DIR": str(data_dir().resolve()), **env_extra}
+    demo = subprocess.Popen([shutil.which("bash"), str(tmp_path / "scripts" / "demo.sh")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = demo.communicate(timeout=30)  # it used to wait 60 s whatever SERVE_WAIT_S said
+    except subprocess.TimeoutExpired:
+        os.killpg(demo.pid, signal.SIGKILL)
+        raise
+    return demo, out, err

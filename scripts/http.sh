@@ -1,6 +1,25 @@
 # shellcheck shell=bash
-# Sourced by scripts/up.sh and scripts/demo.sh, from the repository root, after they set BIN (the venv's
-# bin folder) and SERVE_WAIT_S (how long a server may take to answer).
+# HTTP for scripts/up.sh and scripts/demo.sh with the venv's Python, so that no curl is needed. Sourced
+# from the repository root after BIN (the venv's bin folder) and SERVE_WAIT_S (how long a server may take
+# to answer) are set. Servers are asked directly, never through a proxy.
+
+# http URL [BODY]: GET URL, or POST BODY (JSON) to it; prints the answer. Fails with the server's answer
+# on an HTTP error, or the reason when there was no answer.
+http() {
+  "$BIN/python" - "$@" <<'PY'
+import sys, urllib.error, urllib.request
+url, body = sys.argv[1], (sys.argv[2].encode() if len(sys.argv) > 2 else None)
+request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"} if body else {})
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    with opener.open(request, timeout=30) as answer:
+        print(answer.read().decode())
+except urllib.error.HTTPError as err:
+    sys.exit(f"{url}: HTTP {err.code}: {err.read().decode(errors='replace')}")
+except OSError as err:
+    sys.exit(f"{url}: no answer ({err})")
+PY
+}
 
 # wait_for WHO URL WORD PID NAME [LOG]: wait until URL's answer holds WORD (asked with no proxy). Exits 1,
 # so that the caller's EXIT trap stops what it started, when NAME (process PID) has exited or SERVE_WAIT_S
