@@ -65,7 +65,13 @@ def load_named(dataset: str, split: str, data_dir: Path) -> LabelledImages:
 def load_npz(path: Path, split: str, class_names: tuple[str, ...]) -> LabelledImages:
     """x_<split> and y_<split> from an npz in the Keras mnist.npz layout."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file: np.load gives its one array
+            raise DataError(
+                f"cannot read {path}: it holds one array of shape {list(loaded.shape)} (a .npy file), not an "
+                f".npz with x_{split} and y_{split}"
+            )
+        with loaded as archive:
             keys = (f"x_{split}", f"y_{split}")
             missing = [k for k in keys if k not in archive.files]
             if missing:

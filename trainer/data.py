@@ -196,7 +196,13 @@ def load_npz(path: str | Path, name: str = "mnist", fix: str | None = None) -> D
     if not path.is_file():
         raise DataError(f"{path}: missing. Fix: {fix or FIX_COMMAND}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file: np.load gives its one array
+            raise DataError(
+                f"{path}: one array of shape {list(loaded.shape)} (a .npy file), not an npz archive of "
+                f"{', '.join(ARRAY_NAMES)}. Fix: {fix or DAMAGED_FIX}"
+            )
+        with loaded as npz:
             arrays = {key: npz[key] for key in ARRAY_NAMES if key in npz.files}
     except NPZ_DECODE_ERRORS as exc:
         raise DataError(

@@ -151,6 +151,19 @@ def test_a_damaged_npz_exits_2_with_a_message(tmp_path, unused_port, capsys, sav
     assert "Traceback" not in err
 
 
+def test_a_single_npy_array_given_as_npz_exits_2_with_a_message(tmp_path, unused_port, capsys):
+    """np.load of a .npy file gives an array, not an archive: a clear error, not a TypeError traceback."""
+    path = tmp_path / "images.npz"
+    with path.open("wb") as handle:
+        np.save(handle, np.zeros((4, 28, 28), np.uint8))
+    code = main(["--protocol", "rest", "--target", f"127.0.0.1:{unused_port}", "--npz", str(path),
+                 "--report", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"cannot read {path}: it holds one array of shape [4, 28, 28] (a .npy file)" in err, err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     "case, args, code, words",
     [

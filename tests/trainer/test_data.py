@@ -77,6 +77,7 @@ def test_one_changed_value_in_any_array_is_a_checksum_mismatch(mnist_data, key):
         ("short", "wrong shape for x_test"),
         ("float", "dtype float32"),
         ("no_labels", "'y_test' is missing"),
+        ("npy", r"one array of shape \[10000, 28, 28\] \(a .npy file\), not an npz archive"),
     ],
 )
 def test_damaged_npz_is_rejected_with_a_clear_error(tmp_path, mnist_data, damage, expected):
@@ -91,6 +92,9 @@ def test_damaged_npz_is_rejected_with_a_clear_error(tmp_path, mnist_data, damage
         np.savez(path, **{**arrays, "x_train": arrays["x_train"].astype(np.float32)})
     elif damage == "no_labels":
         np.savez(path, **{k: v for k, v in arrays.items() if k != "y_test"})
+    elif damage == "npy":  # np.save of one array, given an .npz name
+        with path.open("wb") as handle:
+            np.save(handle, arrays["x_test"])
     with pytest.raises(DataError, match=expected) as err:
         load_npz(path, "mnist")
     assert str(path) in str(err.value) and "make data" in str(err.value)
