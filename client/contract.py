@@ -54,7 +54,8 @@ DEFAULT_DATA_DIR = "data"
 def data_dir(given: str | Path | None = None) -> Path:
     """The data folder: `given`, else $DIGITS_DATA_DIR (empty counts as unset), else ./data; a leading `~`
     expanded, as a shell would (`make DATA_DIR=~/d` exports it unexpanded)."""
-    return Path(given or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
+    # os.path's expanduser, not Path's: `~someone` with no such user stays as written (Path's raises).
+    return Path(os.path.expanduser(given or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR))
 
 
 def parse_version(name: str) -> int | None:

@@ -126,7 +126,7 @@ def keras_cache_path(name: str, keras_home: str | Path | None = None) -> Path:
     _check_name(name)
     leaf = Path("datasets") / ("mnist.npz" if name == "mnist" else "fashion-mnist")
     homes = [keras_home] if keras_home else [os.environ.get("KERAS_HOME") or "~/.keras", KERAS_TMP_HOME]
-    candidates = [Path(home).expanduser() / leaf for home in homes]
+    candidates = [Path(os.path.expanduser(home)) / leaf for home in homes]  # as Keras: `~nobody` stays
     return next((path for path in candidates if path.exists()), candidates[0])
 
 

@@ -352,7 +352,8 @@ def test_prepare_data_is_a_no_op_when_files_are_good(tmp_path, mnist_data):
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"), [("", "data"), ("~/d", "HOME/d"), ("rel/d", "rel/d"), ("/abs", "/abs")]
+    ("value", "expected"),
+    [("", "data"), ("~/d", "HOME/d"), ("rel/d", "rel/d"), ("/abs", "/abs"), ("~nobody9/d", "~nobody9/d")],
 )
 def test_trainer_and_client_read_digits_data_dir_alike(tmp_path, monkeypatch, value, expected):
     from client import datasets
