@@ -6,14 +6,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
-DATA_DIR   ?= data
+DATA_DIR   ?= $(or $(DIGITS_DATA_DIR),data)
 MODELS_DIR ?= models
 MODEL_NAME ?= mnist
 PRESET     ?= fast
 ARGS       ?=
 
 # Folder names are quoted in the recipes: a DATA_DIR or MODELS_DIR with spaces is passed whole. ARGS is not:
-# it is several words.
+# it is several words. DATA_DIR defaults to $DIGITS_DATA_DIR, what every command reads, and is exported as it.
 export DIGITS_DATA_DIR := $(DATA_DIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 

@@ -134,9 +134,9 @@ def test_make_up_train_and_demo_fetch_mnist_alone():
     assert "--dataset mnist" in re.search(r"^data-mnist:.*\n\t(.*)", makefile, re.MULTILINE).group(1)
 
 
-def test_make_passes_folders_with_spaces_whole(tmp_path):
-    """`make data/train/up` in a checkout whose path has a space, with DATA_DIR and MODELS_DIR that have
-    one too: each folder reaches digits-train and up.sh as one argument (stand-ins record what they got)."""
+def _make_sandbox(tmp_path: Path) -> tuple[Path, Path]:
+    """The Makefile in a checkout whose path has a space, `setup` done, with stand-ins for digits-train and
+    scripts/up.sh that append what they got (arguments, $DIGITS_DATA_DIR) to a JSON-lines record."""
     repo = tmp_path / "my checkout"
     (repo / "scripts").mkdir(parents=True)
     for name in ("Makefile", "pyproject.toml"):
@@ -153,11 +153,22 @@ def test_make_passes_folders_with_spaces_whole(tmp_path):
     (repo / "scripts" / "up.sh").write_text(
         '".venv/bin/digits-train" up.sh "$MODELS_DIR" "$MODEL_NAME" "$PRESET"\n'
     )
+    return repo, record
+
+
+def _make(repo: Path, *args: str, **env_extra: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS", "DIGITS_"))}
+    result = subprocess.run(["make", "-s", *args], cwd=repo, env={**env, **env_extra}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_make_passes_folders_with_spaces_whole(tmp_path):
+    """`make data/train/up` in a checkout whose path has a space, with DATA_DIR and MODELS_DIR that have
+    one too: each folder reaches digits-train and up.sh as one argument."""
+    repo, record = _make_sandbox(tmp_path)
     for target in ("data", "train", "up"):
-        result = subprocess.run(["make", "-s", target, "DATA_DIR=my data", "MODELS_DIR=my models"], cwd=repo,
-                                env=env, capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stdout + result.stderr
+        _make(repo, target, "DATA_DIR=my data", "MODELS_DIR=my models")
     calls = [json.loads(line) for line in record.read_text().splitlines()]
     assert calls == [
         [["data", "--data-dir", "my data"], "my data"],
@@ -165,6 +176,18 @@ def test_make_passes_folders_with_spaces_whole(tmp_path):
         [["train", "--preset", "fast", "--models-dir", "my models", "--model-name", "mnist"], "my data"],
         [["data", "--dataset", "mnist", "--data-dir", "my data"], "my data"],
         [["up.sh", "my models", "mnist", "fast"], "my data"],
+    ]
+
+
+def test_make_reads_digits_data_dir_from_the_environment(tmp_path):
+    """DIGITS_DATA_DIR is what digits-train and digits-eval read: `make` must not replace it with ./data."""
+    repo, record = _make_sandbox(tmp_path)
+    _make(repo, "data-mnist", DIGITS_DATA_DIR="/srv/mnist data")
+    _make(repo, "data-mnist", "DATA_DIR=given")  # the make variable still wins
+    _make(repo, "data-mnist")
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [(args[-1], env) for args, env in calls] == [
+        ("/srv/mnist data", "/srv/mnist data"), ("given", "given"), ("data", "data")
     ]
 
 
