@@ -95,7 +95,8 @@ def load_image_folder(folder: Path, labels_csv: Path, class_names: tuple[str, ..
     if not folder.is_dir():
         raise DataError(f"{folder} is not a directory")
     try:
-        with labels_csv.open(newline="", encoding="utf-8") as handle:
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte order mark, no part of the first file's name.
+        with labels_csv.open(newline="", encoding="utf-8-sig") as handle:
             rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"cannot read {labels_csv}: {err}") from None

@@ -110,6 +110,21 @@ def test_a_folder_of_pictures_with_a_labels_csv(served_model, test_digits, tmp_p
     assert report["accuracy"]["value"] >= 0.8
 
 
+@pytest.mark.parametrize("header", [True, False])
+def test_a_labels_csv_saved_by_excel_with_a_byte_order_mark(test_digits, tmp_path, header):
+    """Excel's "CSV UTF-8" starts with a BOM: it is not part of the first file's name (or the header's)."""
+    from client.datasets import load_image_folder
+
+    rows = [["filename", "label"]] if header else []
+    for i in range(3):
+        Image.fromarray(test_digits[0][i]).save(tmp_path / f"{i}.png")
+        rows.append([f"{i}.png", str(test_digits[1][i])])
+    text = "".join(",".join(row) + "\r\n" for row in rows)
+    (tmp_path / "labels.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    images = load_image_folder(tmp_path, tmp_path / "labels.csv", tuple("0123456789"))
+    assert images.labels.tolist() == test_digits[1][:3].tolist() and images.images.shape == (3, 28, 28)
+
+
 def test_named_dataset_from_the_data_dir_with_its_class_names(served_model, tmp_path, monkeypatch, capsys):
     """--dataset reads <data dir>/<name>.npz and reports in that dataset's class names."""
     from client.contract import CLASS_NAMES
