@@ -27,11 +27,8 @@ from trainer.data import (
 
 
 @pytest.fixture(autouse=True)
-def _no_keras_cache(tmp_path_factory, monkeypatch):
-    """No test finds the Keras cache of whoever runs it: `prepare_data` would take MNIST from there."""
-    empty = tmp_path_factory.mktemp("no-keras-cache")
-    monkeypatch.setenv("KERAS_HOME", str(empty))
-    monkeypatch.setattr(data, "KERAS_TMP_HOME", empty)
+def _isolated(no_keras_cache):
+    """Every test here: no Keras cache of whoever runs it (`prepare_data` would take MNIST from there)."""
 
 
 def _assert_same(a: Dataset, b: Dataset) -> None:
