@@ -46,3 +46,10 @@ PY
     sleep 1
   done
 }
+
+# Sourcing checks SERVE_WAIT_S at once, before the script starts anything: bash arithmetic would take "2m"
+# for an error deep in a wait, and "two" for a variable, 0.
+if ! [[ $SERVE_WAIT_S =~ ^[0-9]+$ ]]; then
+  echo "${0##*/}: SERVE_WAIT_S must be a whole number of seconds, not '$SERVE_WAIT_S'" >&2
+  exit 2
+fi

@@ -371,6 +371,14 @@ def test_make_up_fails_when_the_model_never_becomes_available(tmp_path):
 
 
 
+@pytest.mark.parametrize("value", ["2m", "two", "-1"])
+def test_make_up_refuses_a_serve_wait_s_that_is_not_seconds_before_starting_anything(tmp_path, value):
+    result = _run_up(tmp_path, "AVAILABLE", SERVE_WAIT_S=value)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"up.sh: SERVE_WAIT_S must be a whole number of seconds, not '{value}'" in result.stderr
+    assert not (tmp_path / "served.config").exists(), "digits-serve started"
+
+
 def _copy_scripts(tmp_path: Path, script: str) -> None:
     """`script` and the shell functions it sources, into tmp_path/scripts."""
     (tmp_path / "scripts").mkdir()
