@@ -520,7 +520,9 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 def _run(command: list[str], cwd: str | Path | None = None) -> None:
     """Run a fetch command; a failure becomes a DataError with the command's own last words."""
     try:
-        subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True, timeout=900)
+        subprocess.run(
+            command, cwd=cwd, check=True, capture_output=True, text=True, errors="replace", timeout=900
+        )  # errors="replace": a tool's message in another encoding must not become a UnicodeDecodeError
     except FileNotFoundError as exc:
         raise DataError(f"`{command[0]}` not found: {exc}") from exc
     except subprocess.CalledProcessError as exc:

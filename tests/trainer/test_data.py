@@ -7,6 +7,7 @@ import io
 import pickle
 import shutil
 import stat
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -382,6 +383,16 @@ def test_unknown_dataset_and_source_are_clear_errors():
         load_dataset("emnist")
     with pytest.raises(DataError, match="unknown data source"):
         load_dataset("mnist", source="ftp")
+
+
+def test_a_failing_fetch_command_is_a_data_error_with_its_last_words(tmp_path):
+    """pip or apt-get failing, even in another encoding than ours: one DataError naming the command."""
+    script = "import sys; sys.stderr.buffer.write(b'E: no network \\xff\\xfe\\n'); sys.exit(100)"
+    with pytest.raises(DataError, match=r"failed \(exit 100\): E: no network") as err:
+        data._run([sys.executable, "-c", script])
+    assert "python" in str(err.value)
+    with pytest.raises(DataError, match="`no-such-tool-here` not found"):
+        data._run(["no-such-tool-here", "download"])
 
 
 def test_wheel_pickle_may_hold_numpy_arrays_only():
