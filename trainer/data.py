@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import tokenize
 import zipfile
 import zlib
@@ -360,6 +361,7 @@ def prepare_data(
         if name not in names:
             continue
         path = npz_path(data_dir, name)
+        _remove_stale_temp_files(path, log)
         if path.exists():
             try:
                 load_npz(path, name)
@@ -380,6 +382,21 @@ def prepare_data(
         log(f"{path}: written and verified ({dataset.source})")
         written.append(path)
     return written
+
+
+STALE_TEMP_S = 3600  # a temp file this old belongs to no save still running: a save takes seconds
+
+
+def _remove_stale_temp_files(path: Path, log: Callable[[str], None]) -> None:
+    """Remove save_npz temp files beside `path` that an interrupted save left (older versions left them on
+    Ctrl-C); recent ones may be another `digits-train data`'s save in progress, and stay."""
+    for tmp in path.parent.glob(f".{path.stem}-*.npz"):
+        try:
+            if time.time() - tmp.stat().st_mtime > STALE_TEMP_S:
+                tmp.unlink()
+                log(f"{tmp}: removed, left by an interrupted save")
+        except OSError:  # gone meanwhile, or not ours to remove: no reason to stop
+            continue
 
 
 def _from_keras_cache(name: str, log: Callable[[str], None]) -> Dataset | None:

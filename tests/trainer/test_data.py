@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import shutil
 import stat
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -294,6 +296,18 @@ def test_an_interrupted_save_leaves_the_old_file_and_no_temp_file(tmp_path, monk
         save_npz(new, path)
     assert [p.name for p in tmp_path.iterdir()] == ["mnist.npz"]
     assert path.read_bytes() == before
+
+
+def test_prepare_data_removes_temp_files_an_interrupted_save_left_long_ago(tmp_path, mnist_data):
+    shutil.copy(mnist_data.source, tmp_path / "mnist.npz")
+    stale, recent = tmp_path / ".mnist-abc123.npz", tmp_path / ".mnist-def456.npz"
+    for leftover in (stale, recent):
+        leftover.write_bytes(b"half a zip")
+    os.utime(stale, (time.time() - 2 * data.STALE_TEMP_S,) * 2)
+    messages: list[str] = []
+    prepare_data(tmp_path, log=messages.append, names=["mnist"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [recent.name, "mnist.npz"]  # recent: maybe a save
+    assert f"{stale}: removed, left by an interrupted save" in messages
 
 
 def test_a_fetched_copy_that_fails_verification_is_never_written(tmp_path, mnist_data, monkeypatch):
