@@ -6,12 +6,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
-DATA_DIR   ?= data
+DATA_DIR   ?= $(or $(DIGITS_DATA_DIR),data)
 MODELS_DIR ?= models
 MODEL_NAME ?= mnist
 PRESET     ?= fast
 ARGS       ?=
 
+# Folder names are quoted in the recipes: a DATA_DIR or MODELS_DIR with spaces is passed whole. ARGS is not:
+# it is several words. DATA_DIR defaults to $DIGITS_DATA_DIR, what every command reads, and is exported as it.
 export DIGITS_DATA_DIR := $(DATA_DIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -33,26 +35,27 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)  ## create .venv and install the project with its dev tools
 
 data: setup  ## fetch MNIST and Fashion-MNIST, convert to mnist.npz layout, verify checksums
-	$(BIN)/digits-train data --data-dir $(DATA_DIR)
+	$(BIN)/digits-train data --data-dir "$(DATA_DIR)"
 
 # MNIST alone, for the targets that read nothing else: Fashion-MNIST comes through apt-get (Debian/Ubuntu).
 data-mnist: setup
-	$(BIN)/digits-train data --dataset mnist --data-dir $(DATA_DIR)
+	$(BIN)/digits-train data --dataset mnist --data-dir "$(DATA_DIR)"
 
 train: data-mnist  ## train PRESET (default: fast) and export the next version to models/mnist
-	$(BIN)/digits-train train --preset $(PRESET) --models-dir $(MODELS_DIR) --model-name $(MODEL_NAME) $(ARGS)
+	$(BIN)/digits-train train --preset "$(PRESET)" --models-dir "$(MODELS_DIR)" --model-name "$(MODEL_NAME)" \
+	  $(ARGS)
 
 reproduce-seed: data-mnist  ## train the tutorial's six presets and write reports/reproduce_seed.md
-	$(BIN)/digits-train reproduce-seed --data-dir $(DATA_DIR) $(ARGS)
+	$(BIN)/digits-train reproduce-seed --data-dir "$(DATA_DIR)" $(ARGS)
 
 tune: data-mnist  ## hyperparameter search (KerasTuner); ARGS='--budget 30'
-	$(BIN)/digits-train tune --data-dir $(DATA_DIR) $(ARGS)
+	$(BIN)/digits-train tune --data-dir "$(DATA_DIR)" $(ARGS)
 
 up: data-mnist  ## train a model if none exists, then serve it (gRPC 8500, REST 8501) and the gateway (8080)
-	MODELS_DIR=$(MODELS_DIR) MODEL_NAME=$(MODEL_NAME) PRESET=$(PRESET) bash scripts/up.sh
+	MODELS_DIR="$(MODELS_DIR)" MODEL_NAME="$(MODEL_NAME)" PRESET="$(PRESET)" bash scripts/up.sh
 
 demo: data-mnist  ## a short end-to-end run: train, export, serve, evaluate, print the results
-	MODELS_DIR=$(MODELS_DIR) bash scripts/demo.sh
+	bash scripts/demo.sh
 
 browsers:  ## Debian's Chromium for the drawing-page test
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }

@@ -6,6 +6,9 @@ imports it from here, so training and serving cannot drift apart.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 IMAGE_SIZE = 28
 """Height and width of one input image, in pixels."""
 
@@ -42,6 +45,17 @@ DEFAULT_MODEL_BASE = "models"
 GRPC_PORT = 8500
 REST_PORT = 8501
 GATEWAY_PORT = 8080
+
+# Where `digits-train data` writes <dataset>.npz and every reader (trainer, digits-eval, scripts) looks.
+DATA_DIR_ENV = "DIGITS_DATA_DIR"
+DEFAULT_DATA_DIR = "data"
+
+
+def data_dir(given: str | Path | None = None) -> Path:
+    """The data folder: `given`, else $DIGITS_DATA_DIR (empty counts as unset), else ./data; a leading `~`
+    expanded, as a shell would (`make DATA_DIR=~/d` exports it unexpanded)."""
+    # os.path's expanduser, not Path's: `~someone` with no such user stays as written (Path's raises).
+    return Path(os.path.expanduser(given or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR))
 
 
 def parse_version(name: str) -> int | None:

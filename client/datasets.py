@@ -7,7 +7,6 @@ The client never imports the trainer, so it reads the Keras `mnist.npz` layout i
 from __future__ import annotations
 
 import csv
-import os
 import tokenize
 import zipfile
 import zlib
@@ -20,7 +19,7 @@ import numpy as np
 from client import contract
 from client.preprocess import ImageLimits, prepare_image
 
-DATA_DIR_ENV = "DIGITS_DATA_DIR"
+DATA_DIR_ENV = contract.DATA_DIR_ENV
 SPLITS = ("test", "train")
 # What a damaged npz raises from inside numpy and zipfile: a bad zip structure, a bad deflate stream, a
 # mangled .npy header (tokenize and ast run on it), a compression method mangled into an unknown one.
@@ -52,13 +51,13 @@ class LabelledImages:
 
 
 def default_data_dir() -> Path:
-    """$DIGITS_DATA_DIR, else ./data."""
-    return Path(os.environ.get(DATA_DIR_ENV) or "data")
+    """$DIGITS_DATA_DIR, else ./data: contract.data_dir's rule, the trainer's too."""
+    return contract.data_dir()
 
 
 def load_named(dataset: str, split: str, data_dir: Path) -> LabelledImages:
     """`<data_dir>/<dataset>.npz` (written by `digits-train data`)."""
-    path = Path(data_dir) / f"{dataset}.npz"
+    path = contract.data_dir(data_dir) / f"{dataset}.npz"
     if not path.is_file():
         raise DataError(f"{path} not found: run `make data` (or pass --data-dir / --npz)")
     return load_npz(path, split, contract.CLASS_NAMES[dataset])
@@ -67,7 +66,13 @@ def load_named(dataset: str, split: str, data_dir: Path) -> LabelledImages:
 def load_npz(path: Path, split: str, class_names: tuple[str, ...]) -> LabelledImages:
     """x_<split> and y_<split> from an npz in the Keras mnist.npz layout."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file: np.load gives its one array
+            raise DataError(
+                f"cannot read {path}: it holds one array of shape {list(loaded.shape)} (a .npy file), not an "
+                f".npz with x_{split} and y_{split}"
+            )
+        with loaded as archive:
             keys = (f"x_{split}", f"y_{split}")
             missing = [k for k in keys if k not in archive.files]
             if missing:
@@ -101,7 +106,8 @@ def load_image_folder(
     if not folder.is_dir():
         raise DataError(f"{folder} is not a directory")
     try:
-        with labels_csv.open(newline="", encoding="utf-8") as handle:
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte order mark, no part of the first file's name.
+        with labels_csv.open(newline="", encoding="utf-8-sig") as handle:
             rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"cannot read {labels_csv}: {err}") from None

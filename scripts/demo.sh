@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 BIN=.venv/bin
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}  # hide TF start-up chatter
 SERVE_WAIT_S=${SERVE_WAIT_S:-120}  # how long the model may take to load (as in up.sh)
+# shellcheck source=scripts/http.sh
+source scripts/http.sh
 work=$(mktemp -d)
 report=reports/demo
 server=""
@@ -29,33 +31,19 @@ echo "== 2/4 serve: digits-serve on gRPC $grpc_port, REST $rest_port"
   --model_name=mnist --model_base_path="$work/models/mnist" --enable_batching \
   --batching_parameters_file=serving/config/batching.config > "$work/serve.log" 2>&1 &
 server=$!
-# As up.sh waits: until the status says AVAILABLE (no proxy asked); fails with digits-serve's log when it
-# has exited or SERVE_WAIT_S seconds have passed.
-waited=0
-until "$BIN/python" - "http://127.0.0.1:$rest_port/v1/models/mnist" AVAILABLE 2>/dev/null <<'PY'; do
-import sys, urllib.request
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-sys.exit(sys.argv[2].encode() not in opener.open(sys.argv[1], timeout=2).read())
-PY
-  kill -0 "$server" 2>/dev/null || { cat "$work/serve.log" >&2; echo "demo: digits-serve exited" >&2; exit 1; }
-  if (( ++waited >= SERVE_WAIT_S )); then
-    cat "$work/serve.log" >&2
-    echo "demo: the model was not AVAILABLE within ${SERVE_WAIT_S} s (digits-serve's log is above;" \
-      "SERVE_WAIT_S=... waits longer)" >&2
-    exit 1
-  fi
-  sleep 1
-done
-curl -fsS "http://127.0.0.1:$rest_port/v1/models/mnist"
+# As up.sh waits (scripts/http.sh): until the status says AVAILABLE; with digits-serve's log if not.
+wait_for demo "http://127.0.0.1:$rest_port/v1/models/mnist" AVAILABLE "$server" digits-serve "$work/serve.log"
+http "http://127.0.0.1:$rest_port/v1/models/mnist"
 
 echo "== 3/4 REST predict of the first test image (a 7)"
 body=$("$BIN/python" - <<'PY'
-import json, os, numpy as np
-x = np.load(os.path.join(os.environ.get("DIGITS_DATA_DIR", "data"), "mnist.npz"))["x_test"][:1]
+import json, numpy as np
+from client.contract import data_dir
+x = np.load(data_dir() / "mnist.npz")["x_test"][:1]
 print(json.dumps({"instances": x.tolist()}))
 PY
 )
-curl -fsS -X POST "http://127.0.0.1:$rest_port/v1/models/mnist:predict" -d "$body" \
+http "http://127.0.0.1:$rest_port/v1/models/mnist:predict" "$body" \
   | "$BIN/python" -c 'import json,sys; p=json.load(sys.stdin)["predictions"][0]; print("classes:", p["classes"], " p=%.4f" % max(p["probabilities"]))'
 
 echo "== 4/4 evaluate over gRPC on the 10,000 test images"

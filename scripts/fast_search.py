@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("phase", choices=sorted(PHASES))
-    parser.add_argument("--data-dir", default=os.environ.get("DIGITS_DATA_DIR", str(REPO_ROOT / "data")))
+    parser.add_argument("--data-dir", default=os.environ.get("DIGITS_DATA_DIR") or str(REPO_ROOT / "data"))
     args = parser.parse_args(argv)
     from trainer.data import load_dataset
 

@@ -14,6 +14,8 @@ GRPC_PORT=${GRPC_PORT:-8500}
 REST_PORT=${REST_PORT:-8501}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 SERVE_WAIT_S=${SERVE_WAIT_S:-120}  # how long the model (and then the gateway) may take to answer
+# shellcheck source=scripts/http.sh
+source scripts/http.sh
 base="$MODELS_DIR/$MODEL_NAME"
 
 if ! ls -d "$base"/[0-9]* >/dev/null 2>&1; then
@@ -49,33 +51,14 @@ PY
   --monitoring_config_file=serving/config/monitoring.config &
 pids+=($!)
 
-# wait_for URL WORD PID NAME: until URL's answer holds WORD (no proxy asked); fails when NAME (PID) has
-# exited or SERVE_WAIT_S seconds have passed.
-wait_for() {
-  local waited=0
-  until "$BIN/python" - "$1" "$2" 2>/dev/null <<'PY'; do
-import sys, urllib.request
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-sys.exit(sys.argv[2].encode() not in opener.open(sys.argv[1], timeout=2).read())
-PY
-    kill -0 "$3" 2>/dev/null || { echo "up: $4 exited" >&2; exit 1; }
-    if (( ++waited >= SERVE_WAIT_S )); then
-      echo "up: $1 did not say $2 within ${SERVE_WAIT_S} s ($4's log is above; SERVE_WAIT_S=... waits" \
-        "longer)" >&2
-      exit 1
-    fi
-    sleep 1
-  done
-}
-
 # The REST port opens only once the model is loaded (as in TF Serving): wait for AVAILABLE.
-wait_for "http://localhost:$REST_PORT/v1/models/$MODEL_NAME" AVAILABLE "${pids[0]}" digits-serve
+wait_for up "http://localhost:$REST_PORT/v1/models/$MODEL_NAME" AVAILABLE "${pids[0]}" digits-serve
 
 DIGITS_MODEL_SERVER="localhost:$GRPC_PORT" DIGITS_MODEL_NAME="$MODEL_NAME" \
   "$BIN/digits-gateway" --host 0.0.0.0 --port "$GATEWAY_PORT" &
 pids+=($!)
 # It listens only after importing TensorFlow (the gRPC stubs need it): some seconds.
-wait_for "http://localhost:$GATEWAY_PORT/healthz" ok "${pids[1]}" digits-gateway
+wait_for up "http://localhost:$GATEWAY_PORT/healthz" ok "${pids[1]}" digits-gateway
 
 cat <<MSG
 up: serving $base

@@ -16,8 +16,18 @@ FIXTURE_SEED = 1234
 
 
 def data_dir() -> Path:
-    """$DIGITS_DATA_DIR (as `make` exports it) or the repo's data/."""
-    return Path(os.environ.get("DIGITS_DATA_DIR") or REPO_ROOT / "data")
+    """$DIGITS_DATA_DIR (as `make` exports it, `~` expanded as the commands do) or the repo's data/."""
+    return Path(os.path.expanduser(os.environ.get("DIGITS_DATA_DIR") or REPO_ROOT / "data"))
+
+
+@pytest.fixture
+def no_keras_cache(tmp_path_factory, monkeypatch) -> None:
+    """No Keras cache of whoever runs the tests is found: `digits-train data` would take MNIST from it."""
+    import trainer.data
+
+    empty = tmp_path_factory.mktemp("no-keras-cache")
+    monkeypatch.setenv("KERAS_HOME", str(empty))
+    monkeypatch.setattr(trainer.data, "KERAS_TMP_HOME", empty)
 
 
 @pytest.fixture(scope="session")

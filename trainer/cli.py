@@ -145,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="npz",
         help="where to read the data: our npz (default), ~/.keras cache, IDX files, Keras download",
     )
-    train.add_argument("--idx-dir", type=Path, help="folder with the four IDX .gz files (with --source idx)")
+    train.add_argument(
+        "--idx-dir", type=Path, help="folder with the four IDX files, gzipped or not (with --source idx)"
+    )
     train.add_argument(
         "--limit-train", type=_positive_int, help="train on a random subset of this many images"
     )
@@ -261,7 +263,7 @@ def _check_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     if args.idx_dir is not None and args.source != "idx":
         parser.error(f"--idx-dir is read with --source idx only; this run reads --source {args.source}")
     if args.source == "idx" and args.idx_dir is None:
-        parser.error("--source idx needs --idx-dir, the folder holding the four IDX .gz files")
+        parser.error("--source idx needs --idx-dir, the folder holding the four IDX files")
     preset = preset_from_args(args)
     cfg = preset.train
     if args.elastic and not cfg.augment:  # the distortion scales with the strength: 0 leaves every image be

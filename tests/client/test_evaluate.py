@@ -110,6 +110,21 @@ def test_a_folder_of_pictures_with_a_labels_csv(served_model, test_digits, tmp_p
     assert report["accuracy"]["value"] >= 0.8
 
 
+@pytest.mark.parametrize("header", [True, False])
+def test_a_labels_csv_saved_by_excel_with_a_byte_order_mark(test_digits, tmp_path, header):
+    """Excel's "CSV UTF-8" starts with a BOM: it is not part of the first file's name (or the header's)."""
+    from client.datasets import load_image_folder
+
+    rows = [["filename", "label"]] if header else []
+    for i in range(3):
+        Image.fromarray(test_digits[0][i]).save(tmp_path / f"{i}.png")
+        rows.append([f"{i}.png", str(test_digits[1][i])])
+    text = "".join(",".join(row) + "\r\n" for row in rows)
+    (tmp_path / "labels.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    images = load_image_folder(tmp_path, tmp_path / "labels.csv", tuple("0123456789"))
+    assert images.labels.tolist() == test_digits[1][:3].tolist() and images.images.shape == (3, 28, 28)
+
+
 def test_named_dataset_from_the_data_dir_with_its_class_names(served_model, tmp_path, monkeypatch, capsys):
     """--dataset reads <data dir>/<name>.npz and reports in that dataset's class names."""
     from client.contract import CLASS_NAMES
@@ -148,6 +163,19 @@ def test_a_damaged_npz_exits_2_with_a_message(tmp_path, unused_port, capsys, sav
     err = capsys.readouterr().err
     assert code == 2, err  # the (absent) model server is never asked
     assert err.startswith(f"digits-eval: error: cannot read {path}: the file is damaged"), err
+    assert "Traceback" not in err
+
+
+def test_a_single_npy_array_given_as_npz_exits_2_with_a_message(tmp_path, unused_port, capsys):
+    """np.load of a .npy file gives an array, not an archive: a clear error, not a TypeError traceback."""
+    path = tmp_path / "images.npz"
+    with path.open("wb") as handle:
+        np.save(handle, np.zeros((4, 28, 28), np.uint8))
+    code = main(["--protocol", "rest", "--target", f"127.0.0.1:{unused_port}", "--npz", str(path),
+                 "--report", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"cannot read {path}: it holds one array of shape [4, 28, 28] (a .npy file)" in err, err
     assert "Traceback" not in err
 
 

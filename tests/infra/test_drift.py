@@ -3,6 +3,7 @@ model layout, TF Serving flags and config files, gateway settings and images, wi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -131,6 +132,63 @@ def test_make_up_train_and_demo_fetch_mnist_alone():
         prerequisites = re.search(rf"^{target}:([^#\n]*)", makefile, re.MULTILINE).group(1).split()
         assert prerequisites == ["data-mnist"], target
     assert "--dataset mnist" in re.search(r"^data-mnist:.*\n\t(.*)", makefile, re.MULTILINE).group(1)
+
+
+def _make_sandbox(tmp_path: Path) -> tuple[Path, Path]:
+    """The Makefile in a checkout whose path has a space, `setup` done, with stand-ins for digits-train and
+    scripts/up.sh that append what they got (arguments, $DIGITS_DATA_DIR) to a JSON-lines record."""
+    repo = tmp_path / "my checkout"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(REPO / name, repo / name)
+    bin_dir = repo / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    os.utime(repo / "pyproject.toml", (0, 0))
+    (repo / ".venv" / ".installed").touch()  # newer than pyproject.toml: `setup` has nothing to do
+    record = tmp_path / "calls.jsonl"
+    recorder = (f"#!{sys.executable}\nimport json, os, sys\nwith open({str(record)!r}, 'a') as out:\n"
+                "    out.write(json.dumps([sys.argv[1:], os.environ.get('DIGITS_DATA_DIR')]) + '\\n')\n")
+    (bin_dir / "digits-train").write_text(recorder)
+    (bin_dir / "digits-train").chmod(0o755)
+    (repo / "scripts" / "up.sh").write_text(
+        '".venv/bin/digits-train" up.sh "$MODELS_DIR" "$MODEL_NAME" "$PRESET"\n'
+    )
+    return repo, record
+
+
+def _make(repo: Path, *args: str, **env_extra: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS", "DIGITS_"))}
+    result = subprocess.run(["make", "-s", *args], cwd=repo, env={**env, **env_extra}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_make_passes_folders_with_spaces_whole(tmp_path):
+    """`make data/train/up` in a checkout whose path has a space, with DATA_DIR and MODELS_DIR that have
+    one too: each folder reaches digits-train and up.sh as one argument."""
+    repo, record = _make_sandbox(tmp_path)
+    for target in ("data", "train", "up"):
+        _make(repo, target, "DATA_DIR=my data", "MODELS_DIR=my models")
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    assert calls == [
+        [["data", "--data-dir", "my data"], "my data"],
+        [["data", "--dataset", "mnist", "--data-dir", "my data"], "my data"],
+        [["train", "--preset", "fast", "--models-dir", "my models", "--model-name", "mnist"], "my data"],
+        [["data", "--dataset", "mnist", "--data-dir", "my data"], "my data"],
+        [["up.sh", "my models", "mnist", "fast"], "my data"],
+    ]
+
+
+def test_make_reads_digits_data_dir_from_the_environment(tmp_path):
+    """DIGITS_DATA_DIR is what digits-train and digits-eval read: `make` must not replace it with ./data."""
+    repo, record = _make_sandbox(tmp_path)
+    _make(repo, "data-mnist", DIGITS_DATA_DIR="/srv/mnist data")
+    _make(repo, "data-mnist", "DATA_DIR=given")  # the make variable still wins
+    _make(repo, "data-mnist")
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [(args[-1], env) for args, env in calls] == [
+        ("/srv/mnist data", "/srv/mnist data"), ("given", "given"), ("data", "data")
+    ]
 
 
 def test_config_files_reach_both_deployments_whole(compose, k8s):
@@ -263,8 +321,7 @@ def _free_port() -> int:
 def _run_up(tmp_path: Path, state: str, **env_extra: str) -> subprocess.CompletedProcess:
     """scripts/up.sh with stand-ins: a model server that answers `state` for version 1, a gateway that
     leaves a mark when started and exits after up.sh's health check."""
-    (tmp_path / "scripts").mkdir()
-    shutil.copy(REPO / "scripts" / "up.sh", tmp_path / "scripts" / "up.sh")
+    _copy_scripts(tmp_path, "up.sh")
     shutil.copytree(SERVING_CONFIG, tmp_path / "serving" / "config")
     (tmp_path / "models" / contract.DEFAULT_MODEL_NAME / "1").mkdir(parents=True)  # no training
     bin_dir = tmp_path / ".venv" / "bin"
@@ -314,34 +371,109 @@ def test_make_up_fails_when_the_model_never_becomes_available(tmp_path):
 
 
 
-def test_make_demo_waits_serve_wait_s_for_the_model_then_fails_with_its_log(tmp_path):
-    """scripts/demo.sh with stand-ins (a trainer that trains nothing, a model server forever LOADING)."""
+@pytest.mark.parametrize("value", ["2m", "two", "-1"])
+def test_make_up_refuses_a_serve_wait_s_that_is_not_seconds_before_starting_anything(tmp_path, value):
+    result = _run_up(tmp_path, "AVAILABLE", SERVE_WAIT_S=value)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"up.sh: SERVE_WAIT_S must be a whole number of seconds, not '{value}'" in result.stderr
+    assert not (tmp_path / "served.config").exists(), "digits-serve started"
+
+
+def _copy_scripts(tmp_path: Path, script: str) -> None:
+    """`script` and the shell functions it sources, into tmp_path/scripts."""
     (tmp_path / "scripts").mkdir()
-    shutil.copy(REPO / "scripts" / "demo.sh", tmp_path / "scripts" / "demo.sh")
+    for name in (script, "http.sh"):
+        shutil.copy(REPO / "scripts" / name, tmp_path / "scripts" / name)
+
+
+_LOADING_SERVE_STUB = _http_stub(
+    "flags = dict(arg[2:].split('=', 1) for arg in sys.argv[1:] if '=' in arg)\n"
+    "print('stub: still loading', file=sys.stderr, flush=True)",
+    "int(flags['rest_api_port'])",
+    b'{"model_version_status": [{"version": "1", "state": "LOADING"}]}', "serve_forever",
+)
+_DYING_SERVE_STUB = "#!/bin/sh\necho 'stub: cannot load' >&2\nexit 1\n"
+
+
+@pytest.mark.parametrize(
+    ("serve", "words"),
+    [
+        (_LOADING_SERVE_STUB, ("did not say AVAILABLE within 2 s", "stub: still loading")),
+        (_DYING_SERVE_STUB, ("demo: digits-serve exited", "stub: cannot load")),
+    ],
+    ids=["never-available", "exits"],
+)
+def test_make_demo_waits_serve_wait_s_for_the_model_then_fails_with_its_log(tmp_path, serve, words):
+    """scripts/demo.sh with stand-ins (a trainer that trains nothing, a model server forever LOADING or one
+    that exits at once): it fails with the server's log and stops what it started."""
+    demo, _, err = _run_demo(tmp_path, serve)
+    assert demo.returncode == 1
+    assert all(word in err for word in words), err
+    with pytest.raises(ProcessLookupError):  # nothing left in its process group: the server was stopped
+        os.killpg(demo.pid, 0)
+    assert not list((tmp_path / "tmp").iterdir()), "demo.sh leaves its scratch folder behind"
+
+
+_ANSWERING_SERVE_STUB = f'''#!{sys.executable}
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+flags = dict(arg[2:].split("=", 1) for arg in sys.argv[1:] if "=" in arg)
+class Answer(BaseHTTPRequestHandler):
+    def answer(self, code, body):
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        self.answer(200, b'{{"model_version_status": [{{"version": "1", "state": "AVAILABLE"}}]}}')
+    def do_POST(self):
+        images = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"]
+        if [len(images), len(images[0]), len(images[0][0])] != [1, 28, 28]:
+            return self.answer(400, b'{{"error": "not one 28x28 image"}}')
+        self.answer(200, b'{{"predictions": [{{"classes": 7, "probabilities": [0.1, 0.9]}}]}}')
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", int(flags["rest_api_port"])), Answer).serve_forever()
+'''
+
+
+def test_make_demo_runs_through_with_no_curl_installed(tmp_path):
+    """`make demo` needs no apt-get: with only the commands bash itself needs on PATH (no curl), it asks the
+    server for its status, sends it the first MNIST test image, prints the answer and evaluates."""
+    path = tmp_path / "path"
+    path.mkdir()
+    for tool in ("dirname", "mktemp", "rm", "cat", "sleep"):
+        (path / tool).symlink_to(shutil.which(tool))
+    demo, out, err = _run_demo(tmp_path, _ANSWERING_SERVE_STUB, PATH=str(path))
+    assert demo.returncode == 0, out + err
+    assert '"state": "AVAILABLE"' in out and "classes: 7  p=0.9000" in out, out
+    assert re.search(r"eval: --target 127\.0\.0\.1:\d+ --protocol grpc --dataset mnist", out), out
+    with pytest.raises(ProcessLookupError):
+        os.killpg(demo.pid, 0)
+    assert not list((tmp_path / "tmp").iterdir()), "demo.sh leaves its scratch folder behind"
+
+
+def _run_demo(tmp_path: Path, serve: str, **env_extra: str) -> tuple[subprocess.Popen, str, str]:
+    """scripts/demo.sh with stand-ins: a trainer that trains nothing, `serve` as digits-serve, a digits-eval
+    that prints its arguments; MNIST from the test data folder."""
+    from tests.conftest import data_dir
+
+    _copy_scripts(tmp_path, "demo.sh")
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    serve = _http_stub(
-        "flags = dict(arg[2:].split('=', 1) for arg in sys.argv[1:] if '=' in arg)\n"
-        "print('stub: still loading', file=sys.stderr, flush=True)",
-        "int(flags['rest_api_port'])",
-        b'{"model_version_status": [{"version": "1", "state": "LOADING"}]}', "serve_forever",
-    )
     stubs = {"python": f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', "digits-train": "#!/bin/sh\n",
-             "digits-serve": serve}
+             "digits-serve": serve, "digits-eval": '#!/bin/sh\necho "eval: $*"\n'}
     for name, text in stubs.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     (tmp_path / "tmp").mkdir()
-    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "SERVE_WAIT_S": "2"}
-    demo = subprocess.Popen(["bash", str(tmp_path / "scripts" / "demo.sh")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "SERVE_WAIT_S": "2", "PYTHONPATH": str(REPO),
+           "DIGITS_DATA_DIR": str(data_dir().resolve()), **env_extra}
+    demo = subprocess.Popen([shutil.which("bash"), str(tmp_path / "scripts" / "demo.sh")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _, err = demo.communicate(timeout=30)  # it used to wait 60 s whatever SERVE_WAIT_S said
+        out, err = demo.communicate(timeout=30)  # it used to wait 60 s whatever SERVE_WAIT_S said
     except subprocess.TimeoutExpired:
         os.killpg(demo.pid, signal.SIGKILL)
         raise
-    assert demo.returncode == 1
-    assert "not AVAILABLE within 2 s" in err and "stub: still loading" in err, err
-    with pytest.raises(ProcessLookupError):  # nothing left in its process group: the server was stopped
-        os.killpg(demo.pid, 0)
-    assert not list((tmp_path / "tmp").iterdir()), "demo.sh leaves its scratch folder behind"
+    return demo, out, err

@@ -123,7 +123,7 @@ def test_unusable_output_folders_are_refused_before_any_work(tmp_path, handlers_
 
 
 def test_damaged_data_or_an_unusable_data_dir_is_exit_1_not_a_traceback(tmp_path, mnist_data, monkeypatch,
-                                                                        capsys):
+                                                                        capsys, no_keras_cache):
     import trainer.data
 
     damaged = tmp_path / "damaged"
@@ -150,7 +150,7 @@ def test_damaged_data_or_an_unusable_data_dir_is_exit_1_not_a_traceback(tmp_path
     assert f"{a_file / 'sub'}: cannot create the data folder" in err and "Traceback" not in err
 
 
-def test_data_for_mnist_alone_needs_no_apt_get(tmp_path, mnist_data, monkeypatch, capsys):
+def test_data_for_mnist_alone_needs_no_apt_get(tmp_path, mnist_data, monkeypatch, capsys, no_keras_cache):
     import trainer.data
 
     def no_apt_get(log):
