@@ -154,10 +154,14 @@ class Process:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def wait_until(self, ready: Callable[[], bool], timeout_s: float, what: str) -> None:
-        """Poll `ready()` until true; a child that exits or a timeout is a RuntimeError with the log tail."""
+        """Poll `ready()` until true; a child that exits or a timeout is a RuntimeError with the log tail.
+
+        On a timeout the child is stopped first: a caller that gives up on it never leaks it (or its port).
+        """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
+                self.stop()  # reaps it and closes the log
                 raise RuntimeError(
                     f"{self.name} exited ({self.popen.returncode}) before {what}:\n{self.log_tail()}"
                 )
@@ -167,7 +171,8 @@ class Process:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"{self.name}: no {what} within {timeout_s:.0f} s:\n{self.log_tail()}")
+        self.stop()
+        raise RuntimeError(f"{self.name}: no {what} within {timeout_s:.0f} s, stopped:\n{self.log_tail()}")
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         if self.alive():

@@ -220,9 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[common.Process] = []
     try:
         log_dir = run_dir / "logs"
+        # Each process joins `procs` as it starts, so that a failure in the next start stops it too.
         off = common.ModelServerProcess(
             "serve-batching-off", base, log_dir, model_name=args.model_name, extra=args.server_arg
         )
+        procs.append(off)
         on = common.ModelServerProcess(
             "serve-batching-on",
             base,
@@ -231,10 +233,11 @@ def main(argv: list[str] | None = None) -> int:
             batching_file=BATCHING_FILE,
             extra=args.server_arg,
         )
+        procs.append(on)
         naive_port = common.free_port()
         naive_args = ["--model-dir", str(version_dir), "--port", str(naive_port)]
         naive = common.bench_script("naive-flask", "naive_flask.py", naive_args, log_dir)
-        procs += [off, on, naive]
+        procs.append(naive)
         off.wait_ready()
         gateway_port = common.free_port()
         gateway_env = {

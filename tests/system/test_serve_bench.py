@@ -1,9 +1,11 @@
-"""bench/serve_bench.py without servers: the targets when a measurement answered nothing, its flags, and
-the server CPU per request counting the warm-up requests its reading spans."""
+"""bench/serve_bench.py without model servers: the targets when a measurement answered nothing, its flags,
+the server CPU per request counting the warm-up requests its reading spans, and bench/common.py's child
+processes."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -88,3 +90,13 @@ def test_warm_up_requests_are_counted_with_the_timed_ones(bench_common):
                       "started": started, "ended": started + 1.0})
     assert (result.ok, result.warmup_ok) == (200, 10)
     assert result.summary()["warmup_requests"] == 10
+
+
+def test_a_server_that_never_gets_ready_is_stopped_not_leaked(bench_common, tmp_path):
+    proc = bench_common.Process("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match="sleeper: no readiness within 1 s"):
+            proc.wait_until(lambda: False, 1.0, "readiness")
+        assert not proc.alive()
+    finally:
+        proc.stop()
