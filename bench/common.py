@@ -11,6 +11,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import queue
 import re
 import signal
 import socket
@@ -342,6 +343,7 @@ class LoadResult:
     warmup_ok: int = 0  # untimed warm-up requests answered (before `started`)
     started: float = float("inf")
     ended: float = 0.0
+    client_starts: list[float] = field(default_factory=list)  # when each client's clock started
 
     @property
     def ok(self) -> int:
@@ -355,6 +357,11 @@ class LoadResult:
     def rps(self) -> float:
         return self.ok / self.wall_s
 
+    @property
+    def start_spread_s(self) -> float:
+        """Seconds between the first and the last client starting its clock (0 for one client)."""
+        return max(self.client_starts) - min(self.client_starts) if self.client_starts else 0.0
+
     def p(self, q: float) -> float:
         """Latency percentile in ms."""
         return 1000 * percentile(self.latencies_s, q)
@@ -363,6 +370,7 @@ class LoadResult:
         self.latencies_s.extend(part["latencies"])
         self.errors += part["errors"]
         self.warmup_ok += part["warmup_ok"]
+        self.client_starts.extend(part["starts"])
         self.error_samples.extend(part["samples"][: max(0, 5 - len(self.error_samples))])
         if part["latencies"] or part["errors"]:
             self.started, self.ended = min(self.started, part["started"]), max(self.ended, part["ended"])
@@ -374,6 +382,7 @@ class LoadResult:
             "warmup_requests": self.warmup_ok,
             "errors": self.errors,
             "wall_s": round(self.wall_s, 3),
+            "start_spread_ms": round(1000 * self.start_spread_s, 1),
             "rps": round(self.rps, 1),
             "p50_ms": round(self.p(50), 3),
             "p99_ms": round(self.p(99), 3),
@@ -420,10 +429,17 @@ def _http_caller(job: LoadJob) -> Callable[[bytes], None]:
     return call
 
 
-def _client_thread(job: LoadJob, offset: int, barrier, out: dict, lock: threading.Lock) -> None:
-    caller = _grpc_caller(job) if job.kind == "grpc" else _http_caller(job)
+def _client_thread(job: LoadJob, offset: int, warmed, go: threading.Event, out: dict, lock) -> None:
+    """One client: connect and warm up, wait for every client of the measurement to be ready, then time."""
     payloads = job.payloads
-    for i in range(job.warmup_requests):  # connect and warm up (lazy imports, caches) before the clock starts
+    try:
+        caller = _grpc_caller(job) if job.kind == "grpc" else _http_caller(job)
+    except Exception as error:  # noqa: BLE001 -- a client that cannot start fails its requests, not the run
+        caller = None
+        with lock:
+            out["errors"] += 1
+            out["samples"].append(f"client: {error}"[:300])
+    for i in range(job.warmup_requests if caller else 0):  # connect and warm up before the clock starts
         try:
             caller(payloads[(offset + i) % len(payloads)])
         except Exception as error:  # noqa: BLE001 -- reported as a failed request, never a dead worker
@@ -433,7 +449,10 @@ def _client_thread(job: LoadJob, offset: int, barrier, out: dict, lock: threadin
         else:
             with lock:
                 out["warmup_ok"] += 1
-    barrier.wait()
+    warmed.wait()
+    go.wait()  # set when every client in every process has warmed up (or the measurement is called off)
+    if caller is None or out["aborted"]:
+        return
     latencies, errors, samples = [], 0, []
     started = time.monotonic()
     deadline = started + job.duration_s
@@ -453,31 +472,42 @@ def _client_thread(job: LoadJob, offset: int, barrier, out: dict, lock: threadin
         out["latencies"].extend(latencies)
         out["errors"] += errors
         out["samples"].extend(samples)
+        out["starts"].append(started)
         out["started"] = min(out["started"], started)
         out["ended"] = max(out["ended"], ended)
 
 
 def _worker_main(index: int, jobs, results) -> None:
-    """One client process: run each job with its share of client threads, report the merged numbers."""
+    """One client process: run each job with its share of client threads, report the merged numbers.
+
+    For each job it reports ("ready", index) once its clients have warmed up, waits for "go" (sent when
+    every process is ready, so that no client is timed while another still connects), then reports
+    ("done", index, numbers). None instead of "go" calls the measurement off; None as a job ends it.
+    """
     while True:
         item = jobs.get()
         if item is None:
             return
         job, threads, first_offset = item
-        out = {"latencies": [], "errors": 0, "warmup_ok": 0, "samples": [],
-               "started": float("inf"), "ended": 0.0}
+        out = {"latencies": [], "errors": 0, "warmup_ok": 0, "samples": [], "starts": [],
+               "started": float("inf"), "ended": 0.0, "aborted": False}
         lock = threading.Lock()
-        barrier = threading.Barrier(threads + 1)
+        warmed, go = threading.Barrier(threads + 1), threading.Event()
         workers = [
-            threading.Thread(target=_client_thread, args=(job, first_offset + t, barrier, out, lock))
+            threading.Thread(target=_client_thread, args=(job, first_offset + t, warmed, go, out, lock))
             for t in range(threads)
         ]
         for worker in workers:
             worker.start()
-        barrier.wait()  # every client connected: go
+        warmed.wait()  # every client of this process connected and warmed up
+        results.put(("ready", index, None))
+        out["aborted"] = jobs.get() != "go"
+        go.set()
         for worker in workers:
             worker.join()
-        results.put((index, out))
+        if out["aborted"]:
+            return
+        results.put(("done", index, out))
 
 
 class LoadPool:
@@ -495,7 +525,12 @@ class LoadPool:
             proc.start()
 
     def run(self, job: LoadJob, clients: int) -> LoadResult:
-        """`clients` concurrent clients (each its own connection), spread over the processes, until done."""
+        """`clients` concurrent clients (each its own connection), spread over the processes, until done.
+
+        Every client's clock starts together, once all of them have connected and warmed up: the span
+        measured holds the timed requests of every client and nothing else. A process that does not
+        report in time is a RuntimeError, never a hang.
+        """
         n = len(self._procs)
         shares = [clients // n + (1 if i < clients % n else 0) for i in range(n)]
         busy = [i for i, share in enumerate(shares) if share]
@@ -503,17 +538,36 @@ class LoadPool:
         for i in busy:
             self._jobs[i].put((job, shares[i], offset))
             offset += shares[i] * 7919  # different images per client
+        warm_up_s = (job.warmup_requests + 1) * job.timeout_s + 60
+        self._collect("ready", len(busy), warm_up_s)
+        for i in busy:
+            self._jobs[i].put("go")
         result = LoadResult(clients)
-        deadline = time.monotonic() + job.duration_s + job.timeout_s + 120
-        for _ in busy:
-            remaining = deadline - time.monotonic()
-            _, part = self._results.get(timeout=max(remaining, 1))
+        for part in self._collect("done", len(busy), job.duration_s + job.timeout_s + 60):
             result.merge(part)
         return result
 
+    def _collect(self, kind: str, count: int, timeout_s: float) -> list:
+        """`count` reports of `kind` from the processes within `timeout_s` (a RuntimeError otherwise)."""
+        deadline = time.monotonic() + timeout_s
+        parts = []
+        while len(parts) < count:
+            try:
+                got, index, part = self._results.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                raise RuntimeError(
+                    f"{count - len(parts)} of {count} client processes sent no {kind!r} within "
+                    f"{timeout_s:.0f} s"
+                ) from None
+            if got != kind:
+                raise RuntimeError(f"client process {index} sent {got!r}, expected {kind!r}")
+            parts.append(part)
+        return parts
+
     def close(self) -> None:
-        for queue in self._jobs:
-            queue.put(None)
+        for jobs in self._jobs:
+            jobs.put(None)  # calls off a measurement waiting for "go", then ends the process
+            jobs.put(None)
         for proc in self._procs:
             proc.join(timeout=10)
             if proc.is_alive():

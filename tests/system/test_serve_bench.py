@@ -1,11 +1,14 @@
 """bench/serve_bench.py without model servers: the targets when a measurement answered nothing, its flags,
-the server CPU per request counting the warm-up requests its reading spans, and bench/common.py's child
-processes."""
+the server CPU per request counting the warm-up requests its reading spans, and bench/common.py's load
+clients (against a stand-in HTTP server) and child processes."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import sys
+import threading
+import time
 
 import pytest
 
@@ -87,9 +90,45 @@ def test_warm_up_requests_are_counted_with_the_timed_ones(bench_common):
     result = bench_common.LoadResult(clients=2)
     for started in (10.0, 10.2):
         result.merge({"latencies": [0.001] * 100, "errors": 0, "warmup_ok": 5, "samples": [],
-                      "started": started, "ended": started + 1.0})
+                      "starts": [started], "started": started, "ended": started + 1.0})
     assert (result.ok, result.warmup_ok) == (200, 10)
     assert result.summary()["warmup_requests"] == 10
+
+
+class _FirstRequestSlow(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with 200 at once, except the server's very first request: that one takes 3 s."""
+
+    first = threading.Lock()
+
+    def do_POST(self):  # noqa: N802 -- http.server's naming
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if _FirstRequestSlow.first.acquire(blocking=False):
+            time.sleep(3.0)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_no_client_is_timed_while_another_still_warms_up(bench_common):
+    """Two client processes, one of them held up 3 s in its warm-up: both clocks start together, so the
+    measured span is the 0.5 s asked for, not the other client's early start plus the wait."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FirstRequestSlow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    job = bench_common.LoadJob("http", f"127.0.0.1:{server.server_port}", (b"{}",), path="/",
+                               duration_s=0.5, warmup_requests=1, timeout_s=10)
+    try:
+        with bench_common.LoadPool(processes=2) as pool:
+            result = pool.run(job, clients=2)
+    finally:
+        server.shutdown()
+    assert result.errors == 0 and result.warmup_ok == 2 and result.ok > 2
+    assert result.wall_s < 0.5 + 1.5, result.summary()  # 3.5 s when each process started on its own
+    assert result.start_spread_s < 1.5, result.client_starts
+    assert result.summary()["start_spread_ms"] == round(1000 * result.start_spread_s, 1)
 
 
 def test_a_server_that_never_gets_ready_is_stopped_not_leaked(bench_common, tmp_path):
