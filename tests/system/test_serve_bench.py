@@ -75,6 +75,20 @@ def test_measured_arms_keep_their_ratios(bench_serve):
     assert all(t["met"] is True or t["met"] is False for t in targets.values())
 
 
+def test_a_baseline_that_failed_requests_gives_no_ratio(bench_serve):
+    """req/s counts answers only: a failing baseline would flatter the ratio, so the target is missed."""
+    run = results(naive=10.0, off32=100.0)  # 130x naive and 13x batching off, were they clean
+    run["naive"]["c32"]["errors"] = 12
+    run["digits_serve"]["grpc/batching-off/c32"]["errors"] = 3
+    targets = by_name(bench_serve.targets(run))
+    naive = targets["32 gRPC clients, batching on >= 50x naive Flask"]
+    assert not naive["met"] and naive["measured"] == (
+        "not measured: naive Flask failed 12 requests, which would flatter the ratio"
+    )
+    batching = targets["32 gRPC clients: batching on >= 5x batching off"]
+    assert not batching["met"] and "gRPC batching off c32 failed 3 requests" in batching["measured"]
+
+
 @pytest.mark.parametrize("flag", [["--duration", "0"], ["--duration", "-1"], ["--duration", "nan"]])
 def test_a_duration_that_measures_nothing_is_refused(bench_serve, flag, capsys):
     with pytest.raises(SystemExit) as exited:
