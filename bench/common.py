@@ -266,12 +266,28 @@ def wait_http_ok(url: str, proc: Process, timeout_s: float = 60.0) -> None:
     proc.wait_until(lambda: http_json(url, timeout=2)[0] == 200, timeout_s, f"200 from {url}")
 
 
+def mnist_data_dir(parser: argparse.ArgumentParser, data_dir: Path) -> Path:
+    """`--data-dir` made absolute (children run in the repository root); a usage error without mnist.npz."""
+    data_dir = Path(data_dir).resolve()
+    if not (data_dir / "mnist.npz").is_file():
+        parser.error(f"--data-dir {data_dir} holds no mnist.npz (`make data-mnist` fetches it)")
+    return data_dir
+
+
 def ensure_model(
-    model_base: Path | None, cache_dir: Path, *, model_name: str = "mnist", epochs: int = 2
+    model_base: Path | None,
+    cache_dir: Path,
+    *,
+    model_name: str = "mnist",
+    epochs: int = 2,
+    data_dir: Path | None = None,
 ) -> Path:
-    """A model base path with at least one version: the given one, or one trained once into `cache_dir`."""
+    """A model base path with at least one version: the given one, or one trained once into `cache_dir`.
+
+    The path comes back absolute: the servers run in the repository root, not in the caller's directory.
+    """
     if model_base is not None:
-        base = Path(model_base)
+        base = Path(model_base).resolve()
         if not base.is_dir() or not _version_dirs(base):
             raise SystemExit(f"{base} holds no numbered version directory")
         return base
@@ -279,25 +295,25 @@ def ensure_model(
     if base.is_dir() and any((p / "saved_model.pb").is_file() for p in _version_dirs(base)):
         return base
     print(f"training a model for the benchmark (seed-best, {epochs} epochs) into {base} ...", flush=True)
-    subprocess.run(
-        [
-            str(Path(sys.executable).parent / "digits-train"),
-            "train",
-            "--preset",
-            "seed-best",
-            "--epochs",
-            str(epochs),
-            "--models-dir",
-            str(cache_dir / "models"),
-            "--model-name",
-            model_name,
-            "--reports-dir",
-            str(cache_dir / "train-reports"),
-        ],
-        check=True,
-        env=console_scripts_env(),
-        cwd=REPO_ROOT,
-    )
+    argv = [
+        str(Path(sys.executable).parent / "digits-train"),
+        "train",
+        "--preset",
+        "seed-best",
+        "--epochs",
+        str(epochs),
+        "--models-dir",
+        str(cache_dir / "models"),
+        "--model-name",
+        model_name,
+        "--reports-dir",
+        str(cache_dir / "train-reports"),
+    ]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    done = subprocess.run(argv, env=console_scripts_env(), cwd=REPO_ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"training the benchmark's model failed: digits-train exited {done.returncode}")
     return base
 
 

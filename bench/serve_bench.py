@@ -49,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="model base path with numbered versions (default: train one into bench/results)",
     )
     parser.add_argument("--model-name", default="mnist")
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DIGITS_DATA_DIR") or "data"))
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("DIGITS_DATA_DIR") or "data"),
+        help="folder with mnist.npz (default: $DIGITS_DATA_DIR or data)",
+    )
     parser.add_argument("--quick", action="store_true", help="short measurements (about a minute)")
     parser.add_argument("--duration", type=common.positive_float, help="seconds per load measurement (> 0)")
     parser.add_argument("--out", type=Path, help="JSON results file (default bench/results/serve_bench.json)")
@@ -200,14 +205,18 @@ def run_eval(target: str, data_dir: Path, batch: int, concurrency: int, report_d
 # ----------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     """Run every measurement, print the table and the targets, write the JSON; 0 when all targets are met."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.data_dir = common.mnist_data_dir(parser, args.data_dir)
     config = BenchConfig.quick() if args.quick else BenchConfig()
     if args.duration is not None:
         config = BenchConfig(**{**asdict(config), "duration_s": args.duration})
     results_dir = common.RESULTS_DIR
     run_dir = results_dir / "serve_bench_run"
     run_dir.mkdir(parents=True, exist_ok=True)
-    base = common.ensure_model(args.model_base, results_dir, model_name=args.model_name)
+    base = common.ensure_model(
+        args.model_base, results_dir, model_name=args.model_name, data_dir=args.data_dir
+    )
     version_dir = common.latest_version_dir(base)
 
     import numpy as np

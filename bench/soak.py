@@ -348,7 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="model base path to take the latest version from (default: trained into bench/results)",
     )
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DIGITS_DATA_DIR") or "data"))
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("DIGITS_DATA_DIR") or "data"),
+        help="folder with mnist.npz (default: $DIGITS_DATA_DIR or data)",
+    )
     parser.add_argument(
         "--no-batching", action="store_true", help="run digits-serve without --enable_batching"
     )
@@ -397,7 +402,9 @@ def memory_check(mid: tuple[int, float], end: tuple[int, float], span: int) -> t
 
 def main(argv: list[str] | None = None) -> int:
     """Run the soak; 0 when every check passed."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.data_dir = common.mnist_data_dir(parser, args.data_dir)
     quick = SoakConfig(requests=2_000, time_limit_s=120, poll_s=0.5, disconnects=40)
     config = quick if args.quick else SoakConfig()
     config = SoakConfig(
@@ -408,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         batching=not args.no_batching,
         swap_slack_s=args.swap_slack,
     )
-    source = common.latest_version_dir(common.ensure_model(args.model_base, common.RESULTS_DIR))
+    models = common.ensure_model(args.model_base, common.RESULTS_DIR, data_dir=args.data_dir)
+    source = common.latest_version_dir(models)
     started = time.monotonic()
     deadline = started + config.time_limit_s
     common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -142,3 +142,13 @@ def test_numbers_that_would_fall_back_to_defaults_are_refused(bench_soak, flag, 
     with pytest.raises(SystemExit) as exited:
         bench_soak.build_parser().parse_args(flag)
     assert exited.value.code == 2 and flag[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["bench_soak", "bench_serve"])
+def test_a_data_dir_without_mnist_is_a_usage_error_before_anything_starts(script, request, tmp_path, capsys):
+    """Not a traceback from numpy after a model was trained and servers started."""
+    bench = request.getfixturevalue(script)
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["--data-dir", str(tmp_path), "--model-base", str(tmp_path / "no-models")])
+    assert exited.value.code == 2
+    assert f"--data-dir {tmp_path} holds no mnist.npz" in capsys.readouterr().err
