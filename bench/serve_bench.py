@@ -20,6 +20,8 @@ from pathlib import Path
 
 import common
 
+from client import arguments
+
 BATCHING_FILE = common.REPO_ROOT / "serving" / "config" / "batching.config"
 CONCURRENCIES = (1, 8, 32)
 EVAL_SETTINGS = ((1000, 2), (500, 4), (2000, 2))  # (batch size, concurrency) tried for digits-eval
@@ -56,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder with mnist.npz (default: $DIGITS_DATA_DIR or data)",
     )
     parser.add_argument("--quick", action="store_true", help="short measurements (about a minute)")
-    parser.add_argument("--duration", type=common.positive_float, help="seconds per load measurement (> 0)")
+    parser.add_argument(
+        "--duration", type=arguments.positive_float, help="seconds per load measurement (> 0)"
+    )
     parser.add_argument("--out", type=Path, help="JSON results file (default bench/results/serve_bench.json)")
     parser.add_argument(
         "--server-arg",

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import common
 
+from client import arguments
+
 CLIENTS = 16
 # How a stopping (or stopped) server turns away a call sent after SIGTERM: gRPC cancels calls that
 # arrive during its graceful stop, and refuses connections once it is gone. Either is retried.
@@ -335,13 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--requests",
-        type=common.positive_int,
+        type=arguments.positive_int,
         help="size of the steady stream (default 100000; --quick 2000); more when steps 1-3 outlast its "
         "first half, so that the memory check spans as many requests again",
     )
     parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
     parser.add_argument(
-        "--time-limit", type=common.positive_float, help="seconds before the stream is cut short"
+        "--time-limit", type=arguments.positive_float, help="seconds before the stream is cut short"
     )
     parser.add_argument(
         "--model-base",
@@ -359,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--swap-slack",
-        type=common.non_negative_float,
+        type=arguments.non_negative_float,
         default=SoakConfig.swap_slack_s,
         help="seconds allowed beyond poll + load time for a new version to answer (default 0.5)",
     )

@@ -34,6 +34,10 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # the trainer and client packages, also without an install
+from client.arguments import checked, positive_int  # noqa: E402 -- needs the path above
+
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 REFERENCE = "seed-best"
 TARGET_RATIO = 1 / 6
@@ -167,11 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--candidate", default="fast", help="preset to compare (default: fast)")
     parser.add_argument(
         "--reference-epochs",
-        type=int,
+        type=checked(int, lambda v: v >= 2, "must be 2 or more (the first epoch includes tracing)"),
         default=3,
         help="seed-best epochs timed before each candidate run and after the last (>= 2)",
     )
-    parser.add_argument("--seeds", type=int, default=1, help="candidate runs, seeds 42, 43, ...")
+    parser.add_argument("--seeds", type=positive_int, default=1, help="candidate runs, seeds 42, 43, ...")
     parser.add_argument("--data-dir", default=os.environ.get("DIGITS_DATA_DIR", str(REPO_ROOT / "data")))
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "train_bench.json")
     return parser
@@ -179,10 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.reference_epochs < 2 or args.seeds < 1:
-        print("train_bench: --reference-epochs must be >= 2 and --seeds >= 1", file=sys.stderr)
-        return 2
-    sys.path.insert(0, str(REPO_ROOT))
     from trainer.presets import PRESETS, get_preset
 
     if args.candidate not in PRESETS:  # now, not after the first timed runs

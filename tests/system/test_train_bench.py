@@ -60,8 +60,16 @@ def test_the_candidate_is_timed_over_its_epochs_as_the_reference_is(bench_train)
     assert compared["ratio_of_means"] == pytest.approx(6.0 / 83.0, abs=1e-4)
 
 
-@pytest.mark.parametrize("argv", [["--candidate", "fsat"], ["--seeds", "0"], ["--reference-epochs", "1"]])
-def test_bad_arguments_are_refused_before_anything_is_timed(bench_train, argv, tmp_path, capsys):
-    assert bench_train.main([*argv, "--data-dir", str(tmp_path), "--out", str(tmp_path / "b.json")]) == 2
-    assert "train_bench:" in capsys.readouterr().err
+def test_an_unknown_candidate_is_refused_before_anything_is_timed(bench_train, tmp_path, capsys):
+    argv = ["--candidate", "fsat", "--data-dir", str(tmp_path), "--out", str(tmp_path / "b.json")]
+    assert bench_train.main(argv) == 2
+    assert "train_bench: unknown --candidate 'fsat'" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "0"], ["--seeds", "two"], ["--reference-epochs", "1"]])
+def test_bad_numbers_are_usage_errors_before_anything_is_timed(bench_train, argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        bench_train.main([*argv, "--data-dir", str(tmp_path), "--out", str(tmp_path / "b.json")])
+    assert exited.value.code == 2 and f"argument {argv[0]}:" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
