@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -118,7 +119,8 @@ class Stream:
     def join(self) -> None:
         self.stop.set()
         for thread in self.threads:
-            thread.join(timeout=60)
+            if thread.ident is not None:  # started
+                thread.join(timeout=60)
 
     def _client(self, index: int) -> None:
         import grpc
@@ -417,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         batching=not args.no_batching,
         swap_slack_s=args.swap_slack,
     )
+    out = args.out or common.RESULTS_DIR / "soak.json"
+    out.unlink(missing_ok=True)  # a run that stops early must not leave an older run's verdict behind
     models = common.ensure_model(args.model_base, common.RESULTS_DIR, data_dir=args.data_dir)
     source = common.latest_version_dir(models)
     started = time.monotonic()
@@ -451,11 +455,13 @@ def main(argv: list[str] | None = None) -> int:
         f"batching {'on' if config.batching else 'off'}; work dir {work}",
         flush=True,
     )
-    server = start_server("soak-serve")
-    stream = Stream(server.grpc_target, images, expected, server.model_name)
-    rss: dict[str, float] = {"ready": common.rss_mib(server.pid)}
-    stream.start()
+    stream = Stream(f"127.0.0.1:{ports['grpc_port']}", images, expected, "mnist")
+    rss: dict[str, float] = {}
+    server = None
     try:
+        server = start_server("soak-serve")
+        rss["ready"] = common.rss_mib(server.pid)
+        stream.start()
         warm = max(200, config.requests // 20)
         stream.wait_ok(warm, deadline)
         rss["warm"] = common.rss_mib(server.pid)
@@ -562,9 +568,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{stream.tally.refused_while_down} sent after SIGTERM and refused (retried: "
             f"{dict(sorted(stream.tally.refusals.items()))})",
         )
+    except Exception as error:  # noqa: BLE001 -- a server that would not start (or a bug): a failed soak
+        if not isinstance(error, RuntimeError):  # RuntimeErrors carry the server's log tail; others a trace
+            traceback.print_exc()
+        checks.add("every step ran to its end", False, f"stopped by {type(error).__name__}: {error}")
     finally:
         stream.join()
-        server.stop()
+        if server is not None:
+            server.stop()
     tally = stream.tally
     checks.add("no failed request", tally.failed == 0, f"{tally.failed} failed")
     checks.add("no wrong answer", tally.wrong == 0, f"{tally.wrong} wrong")
@@ -577,7 +588,6 @@ def main(argv: list[str] | None = None) -> int:
     print("server RSS (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
     for sample in tally.samples:
         print(f"  e.g. {sample}")
-    out = args.out or common.RESULTS_DIR / "soak.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = {
         "passed": checks.all_ok,

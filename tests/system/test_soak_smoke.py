@@ -152,3 +152,24 @@ def test_a_data_dir_without_mnist_is_a_usage_error_before_anything_starts(script
         bench.main(["--data-dir", str(tmp_path), "--model-base", str(tmp_path / "no-models")])
     assert exited.value.code == 2
     assert f"--data-dir {tmp_path} holds no mnist.npz" in capsys.readouterr().err
+
+
+def test_a_server_that_never_gets_ready_fails_the_soak_with_its_reason_in_a_fresh_summary(
+    bench_soak, mnist_model_dir, tmp_path, monkeypatch
+):
+    """Exit 1 and a summary saying why, not a traceback that leaves an earlier run's summary in place."""
+
+    def never_ready(server, timeout_s: float = 120.0):
+        server.stop()
+        raise RuntimeError(f"{server.name}: no ready model server within {timeout_s:.0f} s, stopped")
+
+    monkeypatch.setattr(bench_soak.common.ModelServerProcess, "wait_ready", never_ready)
+    out = tmp_path / "soak.json"
+    out.write_text('{"passed": true}\n')  # an earlier run's verdict
+    data_dir = os.environ.get("DIGITS_DATA_DIR") or str(REPO_ROOT / "data")
+    argv = ["--quick", "--model-base", str(mnist_model_dir), "--data-dir", data_dir, "--out", str(out)]
+    assert bench_soak.main(argv) == 1
+    summary = json.loads(out.read_text())
+    step = {check["check"]: check for check in summary["checks"]}["every step ran to its end"]
+    assert not summary["passed"] and not step["ok"]
+    assert "RuntimeError: soak-serve: no ready model server within 120 s" in step["detail"]
