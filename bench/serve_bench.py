@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration is not None:
         config = BenchConfig(**{**asdict(config), "duration_s": args.duration})
     results_dir = common.RESULTS_DIR
+    out = args.out or results_dir / "serve_bench.json"
+    out.unlink(missing_ok=True)  # a run that stops early must not leave an older run's numbers behind
     run_dir = results_dir / "serve_bench_run"
     run_dir.mkdir(parents=True, exist_ok=True)
     base = common.ensure_model(
@@ -374,7 +376,6 @@ def main(argv: list[str] | None = None) -> int:
     results["wall_s"] = round(time.monotonic() - started, 1)
     results["load_average"] = (load_before, os.getloadavg()[0])
     results["targets"] = targets(results)
-    out = args.out or results_dir / "serve_bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")  # first: the numbers outlive a bug in the table
     print(render(results))

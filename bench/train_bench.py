@@ -189,9 +189,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train_bench: unknown --candidate {args.candidate!r}; known: {', '.join(PRESETS)}",
               file=sys.stderr)
         return 2
-    from trainer.data import load_dataset
+    from trainer.data import DataError, load_dataset
 
-    dataset = load_dataset("mnist", args.data_dir)
+    args.out.unlink(missing_ok=True)  # a run that stops early must not leave an older run's numbers behind
+    try:
+        dataset = load_dataset("mnist", args.data_dir)
+    except DataError as error:
+        print(f"train_bench: {error}", file=sys.stderr)
+        return 2
     reference_preset = get_preset(REFERENCE)
     full_epochs = reference_preset.train.epochs
 

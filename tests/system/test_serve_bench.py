@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import sys
 import threading
 import time
@@ -94,6 +95,15 @@ def test_a_duration_that_measures_nothing_is_refused(bench_serve, flag, capsys):
     with pytest.raises(SystemExit) as exited:
         bench_serve.build_parser().parse_args(flag)
     assert exited.value.code == 2 and "--duration" in capsys.readouterr().err
+
+
+def test_an_older_runs_json_does_not_outlive_a_run_that_stops_early(bench_serve, tmp_path):
+    out = tmp_path / "serve_bench.json"
+    out.write_text('{"targets": [{"met": true}]}\n')  # an earlier run's verdict
+    data_dir = os.environ.get("DIGITS_DATA_DIR") or str(bench_serve.common.REPO_ROOT / "data")
+    with pytest.raises(SystemExit, match="holds no numbered version directory"):
+        bench_serve.main(["--data-dir", data_dir, "--model-base", str(tmp_path / "none"), "--out", str(out)])
+    assert not out.exists()
 
 
 def test_duration_is_used_when_given(bench_serve):

@@ -73,3 +73,13 @@ def test_bad_numbers_are_usage_errors_before_anything_is_timed(bench_train, argv
         bench_train.main([*argv, "--data-dir", str(tmp_path), "--out", str(tmp_path / "b.json")])
     assert exited.value.code == 2 and f"argument {argv[0]}:" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_missing_data_is_a_clear_error_and_an_older_runs_json_does_not_outlive_the_run(
+    bench_train, tmp_path, capsys
+):
+    out = tmp_path / "b.json"
+    out.write_text('{"met": {"ratio": true, "accuracy": true}}\n')  # an earlier run's verdict
+    assert bench_train.main(["--data-dir", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    assert "train_bench: " in capsys.readouterr().err
+    assert not out.exists()
