@@ -103,6 +103,7 @@ class Process:
         self.name, self.argv = name, argv
         self.log_path = Path(log_dir) / f"{name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0  # earlier runs' lines
         self._log = self.log_path.open("ab")
         self._log.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
         self._log.flush()
@@ -124,7 +125,10 @@ class Process:
         return self.popen.poll() is None
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """What this process wrote (the log file is appended to: earlier runs' lines stay before it)."""
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_start)
+            return log.read().decode(errors="replace")
 
     def log_tail(self, lines: int = 15) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])

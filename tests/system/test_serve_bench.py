@@ -163,3 +163,13 @@ def test_a_server_that_never_gets_ready_is_stopped_not_leaked(bench_common, tmp_
         assert not proc.alive()
     finally:
         proc.stop()
+
+
+def test_a_process_reads_only_its_own_lines_of_an_appended_log(bench_common, tmp_path):
+    """An earlier run's lines (its ports, its last words) are never taken for this process's."""
+    (tmp_path / "serve.log").write_text("Running gRPC ModelServer at 127.0.0.1:1111 ...\nold crash\n")
+    proc = bench_common.Process("serve", [sys.executable, "-c", "print('this run')"], tmp_path)
+    proc.popen.wait(30)
+    proc.stop()
+    assert "this run" in proc.log_text() and "1111" not in proc.log_text()
+    assert "old crash" not in proc.log_tail()
