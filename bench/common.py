@@ -159,12 +159,15 @@ class Process:
             self.popen.send_signal(signum)
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL; returns the exit code."""
+        """SIGTERM, wait, then SIGKILL to its process group (a gunicorn's workers too); the exit code."""
         self.signal(signal.SIGTERM)
         try:
             self.popen.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            self.popen.kill()
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)  # its own session: the group is its, not ours
+            except ProcessLookupError:
+                pass
             self.popen.wait(10)
         self._log.close()
         return self.popen.returncode

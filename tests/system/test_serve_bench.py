@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -173,3 +174,35 @@ def test_a_process_reads_only_its_own_lines_of_an_appended_log(bench_common, tmp
     proc.stop()
     assert "this run" in proc.log_text() and "1111" not in proc.log_text()
     assert "old crash" not in proc.log_tail()
+
+
+STUBBORN = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+print(subprocess.Popen([sys.executable, "-c", code]).pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` exists and is no zombie (an orphan's zombie may wait long for a reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_server_deaf_to_sigterm_is_killed_with_its_children(bench_common, tmp_path):
+    """As a gunicorn's workers would be: nothing of it keeps running, or holds a port, after stop()."""
+    proc = bench_common.Process("stubborn", [sys.executable, "-c", STUBBORN], tmp_path)
+    try:
+        proc.wait_until(lambda: proc.log_text().split("\n")[-2].isdigit(), 30, "its child's pid")
+        child = int(proc.log_text().split("\n")[-2])
+        assert _running(child)
+    finally:
+        proc.stop(timeout_s=1)
+    deadline = time.monotonic() + 5
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not proc.alive() and not _running(child)
