@@ -25,7 +25,6 @@ from client import arguments
 BATCHING_FILE = common.REPO_ROOT / "serving" / "config" / "batching.config"
 CONCURRENCIES = (1, 8, 32)
 EVAL_SETTINGS = ((1000, 2), (500, 4), (2000, 2))  # (batch size, concurrency) tried for digits-eval
-ECHO_METHOD = "/tensorflow.serving.PredictionService/Predict"
 
 
 @dataclass(frozen=True)
@@ -148,7 +147,7 @@ def start_echo_server(target: str, request: bytes, log_dir: Path) -> tuple[commo
     import grpc
 
     with grpc.insecure_channel(target) as channel:
-        response = channel.unary_unary(ECHO_METHOD)(request, timeout=30)
+        response = channel.unary_unary(common.PREDICT_METHOD)(request, timeout=30)
     response_file = log_dir / "echo_response.bin"
     response_file.write_bytes(response)
     port = common.free_port()
@@ -160,7 +159,7 @@ def start_echo_server(target: str, request: bytes, log_dir: Path) -> tuple[commo
     def answers() -> bool:
         with grpc.insecure_channel(echo_target) as channel:
             try:
-                return channel.unary_unary(ECHO_METHOD)(request, timeout=2) == response
+                return channel.unary_unary(common.PREDICT_METHOD)(request, timeout=2) == response
             except grpc.RpcError:  # not listening yet
                 return False
 
