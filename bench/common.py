@@ -537,26 +537,35 @@ class LoadPool:
             self._jobs[i].put((job, shares[i], offset))
             offset += shares[i] * 7919  # different images per client
         warm_up_s = (job.warmup_requests + 1) * job.timeout_s + 60
-        self._collect("ready", len(busy), warm_up_s)
+        self._collect("ready", busy, warm_up_s)
         for i in busy:
             self._jobs[i].put("go")
         result = LoadResult(clients)
-        for part in self._collect("done", len(busy), job.duration_s + job.timeout_s + 60):
+        for part in self._collect("done", busy, job.duration_s + job.timeout_s + 60):
             result.merge(part)
         return result
 
-    def _collect(self, kind: str, count: int, timeout_s: float) -> list:
-        """`count` reports of `kind` from the processes within `timeout_s` (a RuntimeError otherwise)."""
+    def _collect(self, kind: str, busy: list[int], timeout_s: float) -> list:
+        """A report of `kind` from each of the `busy` processes within `timeout_s`, else a RuntimeError.
+
+        A process that died (it never reports) is an error at once, not after the whole timeout.
+        """
         deadline = time.monotonic() + timeout_s
         parts = []
-        while len(parts) < count:
+        while len(parts) < len(busy):
             try:
-                got, index, part = self._results.get(timeout=max(deadline - time.monotonic(), 0.01))
+                got, index, part = self._results.get(timeout=1.0)
             except queue.Empty:
-                raise RuntimeError(
-                    f"{count - len(parts)} of {count} client processes sent no {kind!r} within "
-                    f"{timeout_s:.0f} s"
-                ) from None
+                procs = [(i, self._procs[i]) for i in busy]
+                dead = [f"{i} (exit {proc.exitcode})" for i, proc in procs if not proc.is_alive()]
+                if dead:
+                    raise RuntimeError(f"client process {', '.join(dead)} died before its {kind!r}") from None
+                if time.monotonic() > deadline:
+                    missing = len(busy) - len(parts)
+                    raise RuntimeError(
+                        f"{missing} of {len(busy)} client processes sent no {kind!r} within {timeout_s:.0f} s"
+                    ) from None
+                continue
             if got != kind:
                 raise RuntimeError(f"client process {index} sent {got!r}, expected {kind!r}")
             parts.append(part)

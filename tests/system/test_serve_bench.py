@@ -206,3 +206,16 @@ def test_a_server_deaf_to_sigterm_is_killed_with_its_children(bench_common, tmp_
     while _running(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not proc.alive() and not _running(child)
+
+
+def test_a_client_process_that_died_fails_the_measurement_at_once(bench_common):
+    """A clear error within seconds, not a wait for the measurement's whole timeout."""
+    job = bench_common.LoadJob("http", f"127.0.0.1:{bench_common.free_port()}", (b"{}",), path="/",
+                               duration_s=0.2, warmup_requests=1, timeout_s=60)
+    with bench_common.LoadPool(processes=2) as pool:
+        pool._procs[1].terminate()  # as the OOM killer would
+        pool._procs[1].join(10)
+        began = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"client process 1 \(exit -15\) died before its 'ready'"):
+            pool.run(job, clients=2)
+        assert time.monotonic() - began < 30
