@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # this checkout's client/ and serving/, as the servers started here use
+    sys.path.insert(1, str(REPO_ROOT))  # after bench/ itself, before an install that may point elsewhere
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 _GRPC_PORT_LINE = re.compile(r"Running gRPC ModelServer at [^:]+:(\d+)")
