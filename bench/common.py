@@ -280,7 +280,9 @@ def ensure_model(
         return base
     print(f"training a model for the benchmark (seed-best, {epochs} epochs) into {base} ...", flush=True)
     argv = [
-        str(Path(sys.executable).parent / "digits-train"),
+        sys.executable,
+        "-m",
+        "trainer.cli",  # digits-train, from this checkout (run in the repository root)
         "train",
         "--preset",
         "seed-best",

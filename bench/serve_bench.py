@@ -170,7 +170,9 @@ def start_echo_server(target: str, request: bytes, log_dir: Path) -> tuple[commo
 def run_eval(target: str, data_dir: Path, batch: int, concurrency: int, report_dir: Path) -> dict:
     """`digits-eval` over gRPC on the 10,000 test images; its own report.json gives wall time and accuracy."""
     argv = [
-        str(Path(sys.executable).parent / "digits-eval"),
+        sys.executable,
+        "-m",
+        "client.evaluate",  # digits-eval, from this checkout (run in the repository root)
         "--target",
         target,
         "--protocol",
