@@ -167,7 +167,9 @@ def start_echo_server(target: str, request: bytes, log_dir: Path) -> tuple[commo
     return echo, echo_target
 
 
-def run_eval(target: str, data_dir: Path, batch: int, concurrency: int, report_dir: Path) -> dict:
+def run_eval(
+    target: str, model_name: str, data_dir: Path, batch: int, concurrency: int, report_dir: Path
+) -> dict:
     """`digits-eval` over gRPC on the 10,000 test images; its own report.json gives wall time and accuracy."""
     argv = [
         sys.executable,
@@ -177,6 +179,8 @@ def run_eval(target: str, data_dir: Path, batch: int, concurrency: int, report_d
         target,
         "--protocol",
         "grpc",
+        "--model-name",
+        model_name,
         "--data-dir",
         str(data_dir),
         "--batch-size",
@@ -359,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
             results["naive"] = naive_results
 
         evals = [
-            run_eval(off.grpc_target, args.data_dir, batch, conc, run_dir / f"eval-{batch}-{conc}")
+            run_eval(
+                off.grpc_target, args.model_name, args.data_dir, batch, conc, run_dir / f"eval-{batch}-{conc}"
+            )
             for batch, conc in config.eval_settings
         ]
         best_eval = min(evals, key=lambda e: e["wall_s"])

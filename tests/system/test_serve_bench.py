@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -105,6 +106,23 @@ def test_an_older_runs_json_does_not_outlive_a_run_that_stops_early(bench_serve,
     with pytest.raises(SystemExit, match="holds no numbered version directory"):
         bench_serve.main(["--data-dir", data_dir, "--model-base", str(tmp_path / "none"), "--out", str(out)])
     assert not out.exists()
+
+
+def test_the_evaluation_asks_for_the_served_model_by_its_name(bench_serve, tmp_path, monkeypatch):
+    """`--model-name digits` serves "digits": digits-eval must not ask for its default, "mnist"."""
+    calls = []
+
+    def run(argv, **kwargs):
+        calls.append(argv)
+        report = {"wall_s": 1.0, "throughput_images_per_s": 1e4, "errors": 80, "images": 10000}
+        (tmp_path / "report.json").write_text(json.dumps(report))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(bench_serve.subprocess, "run", run)
+    result = bench_serve.run_eval("127.0.0.1:1", "digits", tmp_path, 1000, 2, tmp_path)
+    assert result["images"] == 10000
+    argv = calls[0]
+    assert argv[argv.index("--model-name") + 1] == "digits"
 
 
 def test_duration_is_used_when_given(bench_serve):
