@@ -92,6 +92,23 @@ def test_a_baseline_that_failed_requests_gives_no_ratio(bench_serve):
     assert not batching["met"] and "gRPC batching off c32 failed 3 requests" in batching["measured"]
 
 
+def test_a_missed_target_never_shows_the_limit_itself(bench_serve):
+    """Rounded for the table, 1.004 ms over in-process read "+1.00 ms" beside [MISSED] "within 1 ms"."""
+    run = results(on32=39_798.0, naive=796.0)  # 49.997x naive: "50x" at no decimals
+    run["in_process"]["p50_ms"] = 0.6
+    run["digits_serve"]["grpc/batching-off/c1"]["p50_ms"] = 1.604
+    run["eval"]["in_process_wall_s"] = 0.5499  # the eval's 1.1 s is 2.0004x
+    targets = by_name(bench_serve.targets(run))
+    grpc = targets["gRPC single-image p50 within 1 ms of in-process"]
+    assert not grpc["met"] and grpc["measured"].endswith("(+1.004 ms)")
+    naive = targets["32 gRPC clients, batching on >= 50x naive Flask"]
+    assert not naive["met"] and naive["measured"].endswith("(49.997x)")
+    evaluation = targets["10k eval via gRPC within 2x of in-process predict"]
+    assert not evaluation["met"] and evaluation["measured"].endswith("(2.0004x)")
+    rest = targets["REST single-image p50 within 2 ms of in-process"]
+    assert rest["met"] and rest["measured"].endswith("(+0.90 ms)")  # as many decimals as ever elsewhere
+
+
 @pytest.mark.parametrize("flag", [["--duration", "0"], ["--duration", "-1"], ["--duration", "nan"]])
 def test_a_duration_that_measures_nothing_is_refused(bench_serve, flag, capsys):
     with pytest.raises(SystemExit) as exited:
