@@ -1,4 +1,4 @@
-"""Shared by the serving benchmark and the soak test: servers as subprocesses, client processes, stats.
+"""Shared by the benchmarks and the soak test: servers as subprocesses, client processes, stats.
 
 Only the standard library is imported at module level: load-generator processes are spawned and import
 this module, and they must start fast (no TensorFlow) so that they measure the server, not themselves.
@@ -70,6 +70,14 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def shown(value: float, limit: float, digits: int) -> str:
+    """`value` with `digits` decimals, or as many more as it takes not to look equal to a `limit` it is not
+    (a p50 1.004 ms above in-process is no "+1.00 ms" beside a missed "within 1 ms")."""
+    while digits < 6 and value != limit and f"{value:.{digits}f}" == f"{limit:.{digits}f}":
+        digits += 1
+    return f"{value:.{digits}f}"
 
 
 def http_json(

@@ -438,19 +438,19 @@ def targets(results: dict) -> list[dict]:
         {
             "target": "gRPC single-image p50 within 1 ms of in-process",
             "measured": unmeasured["grpc"]
-            or f"{grpc_p50:.2f} ms vs {inproc:.2f} ms (+{_shown(grpc_p50 - inproc, 1.0, 2)} ms)",
+            or f"{grpc_p50:.2f} ms vs {inproc:.2f} ms (+{common.shown(grpc_p50 - inproc, 1.0, 2)} ms)",
             "met": not unmeasured["grpc"] and grpc_p50 - inproc <= 1.0,
         },
         {
             "target": "REST single-image p50 within 2 ms of in-process",
             "measured": unmeasured["rest"]
-            or f"{rest_p50:.2f} ms vs {inproc:.2f} ms (+{_shown(rest_p50 - inproc, 2.0, 2)} ms)",
+            or f"{rest_p50:.2f} ms vs {inproc:.2f} ms (+{common.shown(rest_p50 - inproc, 2.0, 2)} ms)",
             "met": not unmeasured["rest"] and rest_p50 - inproc <= 2.0,
         },
         {
             "target": "32 gRPC clients: batching on >= 5x batching off",
             "measured": unmeasured["batching"]
-            or f"{on32:.0f} vs {off32:.0f} req/s ({_shown(on32 / off32, 5.0, 1)}x); a bare Python gRPC "
+            or f"{on32:.0f} vs {off32:.0f} req/s ({common.shown(on32 / off32, 5.0, 1)}x); a bare Python gRPC "
             f"server with a canned answer, same clients: {ceiling32:.0f} req/s = {ceiling32 / off32:.1f}x "
             "batching off",
             "met": not unmeasured["batching"] and on32 >= 5 * off32,
@@ -458,13 +458,13 @@ def targets(results: dict) -> list[dict]:
         {
             "target": "32 gRPC clients, batching on >= 50x naive Flask",
             "measured": unmeasured["naive"]
-            or f"{on32:.0f} vs {naive:.1f} req/s ({_shown(on32 / naive, 50.0, 0)}x)",
+            or f"{on32:.0f} vs {naive:.1f} req/s ({common.shown(on32 / naive, 50.0, 0)}x)",
             "met": not unmeasured["naive"] and on32 >= 50 * naive,
         },
         {
             "target": "10k eval via gRPC within 2x of in-process predict",
             "measured": f"{evals['best']['wall_s']:.2f} s vs {evals['in_process_wall_s']:.2f} s "
-            f"({_shown(eval_ratio, 2.0, 2)}x)",
+            f"({common.shown(eval_ratio, 2.0, 2)}x)",
             "met": eval_ratio <= 2.0,
         },
         {
@@ -478,14 +478,6 @@ def targets(results: dict) -> list[dict]:
             ),
         },
     ]
-
-
-def _shown(value: float, limit: float, digits: int) -> str:
-    """`value` with `digits` decimals, or as many more as it takes not to look equal to a `limit` it is not
-    (a p50 1.004 ms above in-process is no "+1.00 ms" beside a missed "within 1 ms")."""
-    while digits < 6 and value != limit and f"{value:.{digits}f}" == f"{limit:.{digits}f}":
-        digits += 1
-    return f"{value:.{digits}f}"
 
 
 def _unanswered(*arms: tuple[str, float]) -> str:

@@ -31,6 +31,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import common
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +167,17 @@ def compare(references: list[RunTime], candidates: list[RunTime], epochs: int) -
     }
 
 
+def verdicts(ratio: float, mean_accuracy: float) -> tuple[str, str]:
+    """The two targets' lines, each value shown so that it never looks equal to a limit it is not."""
+    met = {True: "met", False: "NOT met"}
+    return (
+        f"ratio against the tutorial's code: {common.shown(ratio, TARGET_RATIO, 3)} "
+        f"(target <= 1/6: {met[ratio <= TARGET_RATIO]})",
+        f"accuracy: mean test {common.shown(100 * mean_accuracy, 100 * TARGET_ACCURACY, 2)}% "
+        f"(target >= {100 * TARGET_ACCURACY:.1f}%: {met[mean_accuracy >= TARGET_ACCURACY]})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
@@ -259,21 +272,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  (the tutorial's {full_epochs}-epoch test figure: {100 * tutorial:.2f}%)")
     print(
         f"{args.candidate}: {summary['candidate_median_seconds']:.1f} s over its epochs (median of "
-        f"{[round(s, 1) for s in epoch_totals]}), test {100 * mean_accuracy:.2f}%{std} over "
+        f"{[round(s, 1) for s in epoch_totals]}), test "
+        f"{common.shown(100 * mean_accuracy, 100 * TARGET_ACCURACY, 2)}%{std} over "
         f"{len(candidates)} seed(s)"
     )
-    verdict = {key: "met" if met else "NOT met" for key, met in summary["met"].items()}
     tutorial_code, trainer = compared["tutorial_code"], compared["trainer"]
+    time_line, accuracy_line = verdicts(ratio, mean_accuracy)
     print(
-        f"ratio against the tutorial's code: {ratio:.3f} (target <= {TARGET_RATIO:.3f}: {verdict['ratio']}; "
-        f"with means instead of medians {tutorial_code['ratio_of_means']:.3f}; in process CPU seconds "
-        f"{tutorial_code['cpu_ratio']:.3f})"
+        f"{time_line} (with means instead of medians {tutorial_code['ratio_of_means']:.3f}; in process CPU "
+        f"seconds {tutorial_code['cpu_ratio']:.3f})"
     )
     print(
         f"ratio against seed-best through our trainer: {trainer['ratio']:.3f} (with means "
         f"{trainer['ratio_of_means']:.3f}; in process CPU seconds {trainer['cpu_ratio']:.3f})"
     )
-    print(f"accuracy target {100 * TARGET_ACCURACY:.1f}%: {verdict['accuracy']}")
+    print(accuracy_line)
     print(f"written: {args.out}")
     return 0 if all(summary["met"].values()) else 1  # as serve_bench.py: a missed target fails the run
 
