@@ -17,10 +17,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKS = (
     "new version served",
     "status reports the corrupt version 3",
-    "version 2 keeps serving",
+    "version 2 keeps serving after version 3",
+    "status reports the corrupt version 4",
+    "version 2 keeps serving after version 4",
     "server unaffected by abandoned requests",
     "no memory growth in the steady stream",
     "SIGTERM: clean exit",
+    "clients served again after the restart",
     "every request accepted before SIGTERM completed",
     "no failed request",
     "no wrong answer",
@@ -52,6 +55,7 @@ def test_quick_soak_passes_every_check(mnist_model_dir, tmp_path):
         assert f"[ok] {check}" in run.stdout, report
     summary = json.loads((tmp_path / "soak.json").read_text())
     assert summary["passed"] and all(check["ok"] for check in summary["checks"]), summary
+    assert len(summary["checks"]) == len(CHECKS), summary  # every check made, none left out of the list
 
 
 class _RpcError:
