@@ -142,8 +142,20 @@ def check_answers(target: str, images, expected_classes, model_name: str) -> int
     return int((got != expected_classes).sum())
 
 
-def start_echo_server(target: str, request: bytes, log_dir: Path) -> tuple[common.Process, str]:
-    """bench/grpc_echo.py answering with digits-serve's own response bytes to `request`, and its target."""
+def grpc_threads(server_args: list[str]) -> int:
+    """digits-serve's gRPC worker threads: --grpc_max_threads among `server_args`, else its default."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--grpc_max_threads", type=int, default=4 * (os.cpu_count() or 1))
+    return parser.parse_known_args(server_args)[0].grpc_max_threads
+
+
+def start_echo_server(
+    target: str, request: bytes, log_dir: Path, threads: int
+) -> tuple[common.Process, str]:
+    """bench/grpc_echo.py answering with digits-serve's own response bytes to `request`, and its target.
+
+    `threads`: digits-serve's gRPC worker threads, so that the two differ in what they do, not their pool.
+    """
     import grpc
 
     with grpc.insecure_channel(target) as channel:
@@ -151,8 +163,7 @@ def start_echo_server(target: str, request: bytes, log_dir: Path) -> tuple[commo
     response_file = log_dir / "echo_response.bin"
     response_file.write_bytes(response)
     port = common.free_port()
-    threads = str(4 * (os.cpu_count() or 1))
-    args = ["--port", str(port), "--response", str(response_file), "--max-threads", threads]
+    args = ["--port", str(port), "--response", str(response_file), "--max-threads", str(threads)]
     echo = common.bench_script("grpc-echo", "grpc_echo.py", args, log_dir)
     echo_target = f"127.0.0.1:{port}"
 
@@ -294,9 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             "server_args": args.server_arg,
         }
         results["in_process"] = measure_in_process(version_dir, images, config.inprocess_calls)
-        echo, echo_target = start_echo_server(
-            off.grpc_target, common.predict_request_bytes(images[0], args.model_name), log_dir
-        )
+        request = common.predict_request_bytes(images[0], args.model_name)
+        threads = grpc_threads(args.server_arg)
+        echo, echo_target = start_echo_server(off.grpc_target, request, log_dir, threads)
         procs.append(echo)
         expected, inproc_eval_s = predict_in_process(version_dir, images)
         sample = np.arange(0, len(images), 97)

@@ -142,6 +142,16 @@ def test_the_evaluation_asks_for_the_served_model_by_its_name(bench_serve, tmp_p
     assert argv[argv.index("--model-name") + 1] == "digits"
 
 
+@pytest.mark.parametrize(
+    ("server_args", "threads"),
+    [([], 4 * (os.cpu_count() or 1)), (["--grpc_max_threads=3"], 3),
+     (["--enable_model_warmup=false", "--grpc_max_threads", "5"], 5)],
+)
+def test_the_transport_ceiling_gets_digits_serves_thread_pool(bench_serve, server_args, threads):
+    """`--server-arg=--grpc_max_threads=N` changes digits-serve's pool: the bare server's follows it."""
+    assert bench_serve.grpc_threads(server_args) == threads
+
+
 def test_duration_is_used_when_given(bench_serve):
     assert bench_serve.build_parser().parse_args(["--duration", "0.5"]).duration == 0.5
 
