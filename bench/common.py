@@ -1,4 +1,4 @@
-"""Shared by the serving benchmark and the soak test: servers as subprocesses, client processes, stats.
+"""Shared by the benchmarks and the soak test: servers as subprocesses, client processes, stats.
 
 Only the standard library is imported at module level: load-generator processes are spawned and import
 this module, and they must start fast (no TensorFlow) so that they measure the server, not themselves.
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import os
+import queue
 import re
 import signal
 import socket
@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # this checkout's client/ and serving/, as the servers started here use
+    sys.path.insert(1, str(REPO_ROOT))  # after bench/ itself, before an install that may point elsewhere
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 _GRPC_PORT_LINE = re.compile(r"Running gRPC ModelServer at [^:]+:(\d+)")
@@ -59,30 +61,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number above 0 (0 or less exits 2 with usage, as a malformed flag does)."""
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number above 0."""
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number, 0 or more."""
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
-    return value
-
-
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) by linear interpolation, as numpy's default; NaN when empty."""
     if not values:
@@ -92,6 +70,14 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def shown(value: float, limit: float, digits: int) -> str:
+    """`value` with `digits` decimals, or as many more as it takes not to look equal to a `limit` it is not
+    (a p50 1.004 ms above in-process is no "+1.00 ms" beside a missed "within 1 ms")."""
+    while digits < 6 and value != limit and f"{value:.{digits}f}" == f"{limit:.{digits}f}":
+        digits += 1
+    return f"{value:.{digits}f}"
 
 
 def http_json(
@@ -127,6 +113,7 @@ class Process:
         self.name, self.argv = name, argv
         self.log_path = Path(log_dir) / f"{name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0  # earlier runs' lines
         self._log = self.log_path.open("ab")
         self._log.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
         self._log.flush()
@@ -148,16 +135,23 @@ class Process:
         return self.popen.poll() is None
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """What this process wrote (the log file is appended to: earlier runs' lines stay before it)."""
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_start)
+            return log.read().decode(errors="replace")
 
     def log_tail(self, lines: int = 15) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def wait_until(self, ready: Callable[[], bool], timeout_s: float, what: str) -> None:
-        """Poll `ready()` until true; a child that exits or a timeout is a RuntimeError with the log tail."""
+        """Poll `ready()` until true; a child that exits or a timeout is a RuntimeError with the log tail.
+
+        On a timeout the child is stopped first: a caller that gives up on it never leaks it (or its port).
+        """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
+                self.stop()  # reaps it and closes the log
                 raise RuntimeError(
                     f"{self.name} exited ({self.popen.returncode}) before {what}:\n{self.log_tail()}"
                 )
@@ -167,19 +161,23 @@ class Process:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"{self.name}: no {what} within {timeout_s:.0f} s:\n{self.log_tail()}")
+        self.stop()
+        raise RuntimeError(f"{self.name}: no {what} within {timeout_s:.0f} s, stopped:\n{self.log_tail()}")
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         if self.alive():
             self.popen.send_signal(signum)
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL; returns the exit code."""
+        """SIGTERM, wait, then SIGKILL to its process group (a gunicorn's workers too); the exit code."""
         self.signal(signal.SIGTERM)
         try:
             self.popen.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            self.popen.kill()
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)  # its own session: the group is its, not ours
+            except ProcessLookupError:
+                pass
             self.popen.wait(10)
         self._log.close()
         return self.popen.returncode
@@ -260,12 +258,28 @@ def wait_http_ok(url: str, proc: Process, timeout_s: float = 60.0) -> None:
     proc.wait_until(lambda: http_json(url, timeout=2)[0] == 200, timeout_s, f"200 from {url}")
 
 
+def mnist_data_dir(parser: argparse.ArgumentParser, data_dir: Path) -> Path:
+    """`--data-dir` made absolute (children run in the repository root); a usage error without mnist.npz."""
+    data_dir = Path(data_dir).resolve()
+    if not (data_dir / "mnist.npz").is_file():
+        parser.error(f"--data-dir {data_dir} holds no mnist.npz (`make data-mnist` fetches it)")
+    return data_dir
+
+
 def ensure_model(
-    model_base: Path | None, cache_dir: Path, *, model_name: str = "mnist", epochs: int = 2
+    model_base: Path | None,
+    cache_dir: Path,
+    *,
+    model_name: str = "mnist",
+    epochs: int = 2,
+    data_dir: Path | None = None,
 ) -> Path:
-    """A model base path with at least one version: the given one, or one trained once into `cache_dir`."""
+    """A model base path with at least one version: the given one, or one trained once into `cache_dir`.
+
+    The path comes back absolute: the servers run in the repository root, not in the caller's directory.
+    """
     if model_base is not None:
-        base = Path(model_base)
+        base = Path(model_base).resolve()
         if not base.is_dir() or not _version_dirs(base):
             raise SystemExit(f"{base} holds no numbered version directory")
         return base
@@ -273,25 +287,27 @@ def ensure_model(
     if base.is_dir() and any((p / "saved_model.pb").is_file() for p in _version_dirs(base)):
         return base
     print(f"training a model for the benchmark (seed-best, {epochs} epochs) into {base} ...", flush=True)
-    subprocess.run(
-        [
-            str(Path(sys.executable).parent / "digits-train"),
-            "train",
-            "--preset",
-            "seed-best",
-            "--epochs",
-            str(epochs),
-            "--models-dir",
-            str(cache_dir / "models"),
-            "--model-name",
-            model_name,
-            "--reports-dir",
-            str(cache_dir / "train-reports"),
-        ],
-        check=True,
-        env=console_scripts_env(),
-        cwd=REPO_ROOT,
-    )
+    argv = [
+        sys.executable,
+        "-m",
+        "trainer.cli",  # digits-train, from this checkout (run in the repository root)
+        "train",
+        "--preset",
+        "seed-best",
+        "--epochs",
+        str(epochs),
+        "--models-dir",
+        str(cache_dir / "models"),
+        "--model-name",
+        model_name,
+        "--reports-dir",
+        str(cache_dir / "train-reports"),
+    ]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    done = subprocess.run(argv, env=console_scripts_env(), cwd=REPO_ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"training the benchmark's model failed: digits-train exited {done.returncode}")
     return base
 
 
@@ -337,6 +353,7 @@ class LoadResult:
     warmup_ok: int = 0  # untimed warm-up requests answered (before `started`)
     started: float = float("inf")
     ended: float = 0.0
+    client_starts: list[float] = field(default_factory=list)  # when each client's clock started
 
     @property
     def ok(self) -> int:
@@ -350,6 +367,11 @@ class LoadResult:
     def rps(self) -> float:
         return self.ok / self.wall_s
 
+    @property
+    def start_spread_s(self) -> float:
+        """Seconds between the first and the last client starting its clock (0 for one client)."""
+        return max(self.client_starts) - min(self.client_starts) if self.client_starts else 0.0
+
     def p(self, q: float) -> float:
         """Latency percentile in ms."""
         return 1000 * percentile(self.latencies_s, q)
@@ -358,6 +380,7 @@ class LoadResult:
         self.latencies_s.extend(part["latencies"])
         self.errors += part["errors"]
         self.warmup_ok += part["warmup_ok"]
+        self.client_starts.extend(part["starts"])
         self.error_samples.extend(part["samples"][: max(0, 5 - len(self.error_samples))])
         if part["latencies"] or part["errors"]:
             self.started, self.ended = min(self.started, part["started"]), max(self.ended, part["ended"])
@@ -369,6 +392,7 @@ class LoadResult:
             "warmup_requests": self.warmup_ok,
             "errors": self.errors,
             "wall_s": round(self.wall_s, 3),
+            "start_spread_ms": round(1000 * self.start_spread_s, 1),
             "rps": round(self.rps, 1),
             "p50_ms": round(self.p(50), 3),
             "p99_ms": round(self.p(99), 3),
@@ -415,10 +439,17 @@ def _http_caller(job: LoadJob) -> Callable[[bytes], None]:
     return call
 
 
-def _client_thread(job: LoadJob, offset: int, barrier, out: dict, lock: threading.Lock) -> None:
-    caller = _grpc_caller(job) if job.kind == "grpc" else _http_caller(job)
+def _client_thread(job: LoadJob, offset: int, warmed, go: threading.Event, out: dict, lock) -> None:
+    """One client: connect and warm up, wait for every client of the measurement to be ready, then time."""
     payloads = job.payloads
-    for i in range(job.warmup_requests):  # connect and warm up (lazy imports, caches) before the clock starts
+    try:
+        caller = _grpc_caller(job) if job.kind == "grpc" else _http_caller(job)
+    except Exception as error:  # noqa: BLE001 -- a client that cannot start fails its requests, not the run
+        caller = None
+        with lock:
+            out["errors"] += 1
+            out["samples"].append(f"client: {error}"[:300])
+    for i in range(job.warmup_requests if caller else 0):  # connect and warm up before the clock starts
         try:
             caller(payloads[(offset + i) % len(payloads)])
         except Exception as error:  # noqa: BLE001 -- reported as a failed request, never a dead worker
@@ -428,7 +459,10 @@ def _client_thread(job: LoadJob, offset: int, barrier, out: dict, lock: threadin
         else:
             with lock:
                 out["warmup_ok"] += 1
-    barrier.wait()
+    warmed.wait()
+    go.wait()  # set when every client in every process has warmed up (or the measurement is called off)
+    if caller is None or out["aborted"]:
+        return
     latencies, errors, samples = [], 0, []
     started = time.monotonic()
     deadline = started + job.duration_s
@@ -448,31 +482,42 @@ def _client_thread(job: LoadJob, offset: int, barrier, out: dict, lock: threadin
         out["latencies"].extend(latencies)
         out["errors"] += errors
         out["samples"].extend(samples)
+        out["starts"].append(started)
         out["started"] = min(out["started"], started)
         out["ended"] = max(out["ended"], ended)
 
 
 def _worker_main(index: int, jobs, results) -> None:
-    """One client process: run each job with its share of client threads, report the merged numbers."""
+    """One client process: run each job with its share of client threads, report the merged numbers.
+
+    For each job it reports ("ready", index) once its clients have warmed up, waits for "go" (sent when
+    every process is ready, so that no client is timed while another still connects), then reports
+    ("done", index, numbers). None instead of "go" calls the measurement off; None as a job ends it.
+    """
     while True:
         item = jobs.get()
         if item is None:
             return
         job, threads, first_offset = item
-        out = {"latencies": [], "errors": 0, "warmup_ok": 0, "samples": [],
-               "started": float("inf"), "ended": 0.0}
+        out = {"latencies": [], "errors": 0, "warmup_ok": 0, "samples": [], "starts": [],
+               "started": float("inf"), "ended": 0.0, "aborted": False}
         lock = threading.Lock()
-        barrier = threading.Barrier(threads + 1)
+        warmed, go = threading.Barrier(threads + 1), threading.Event()
         workers = [
-            threading.Thread(target=_client_thread, args=(job, first_offset + t, barrier, out, lock))
+            threading.Thread(target=_client_thread, args=(job, first_offset + t, warmed, go, out, lock))
             for t in range(threads)
         ]
         for worker in workers:
             worker.start()
-        barrier.wait()  # every client connected: go
+        warmed.wait()  # every client of this process connected and warmed up
+        results.put(("ready", index, None))
+        out["aborted"] = jobs.get() != "go"
+        go.set()
         for worker in workers:
             worker.join()
-        results.put((index, out))
+        if out["aborted"]:
+            return
+        results.put(("done", index, out))
 
 
 class LoadPool:
@@ -490,7 +535,12 @@ class LoadPool:
             proc.start()
 
     def run(self, job: LoadJob, clients: int) -> LoadResult:
-        """`clients` concurrent clients (each its own connection), spread over the processes, until done."""
+        """`clients` concurrent clients (each its own connection), spread over the processes, until done.
+
+        Every client's clock starts together, once all of them have connected and warmed up: the span
+        measured holds the timed requests of every client and nothing else. A process that does not
+        report in time is a RuntimeError, never a hang.
+        """
         n = len(self._procs)
         shares = [clients // n + (1 if i < clients % n else 0) for i in range(n)]
         busy = [i for i, share in enumerate(shares) if share]
@@ -498,17 +548,45 @@ class LoadPool:
         for i in busy:
             self._jobs[i].put((job, shares[i], offset))
             offset += shares[i] * 7919  # different images per client
+        warm_up_s = (job.warmup_requests + 1) * job.timeout_s + 60
+        self._collect("ready", busy, warm_up_s)
+        for i in busy:
+            self._jobs[i].put("go")
         result = LoadResult(clients)
-        deadline = time.monotonic() + job.duration_s + job.timeout_s + 120
-        for _ in busy:
-            remaining = deadline - time.monotonic()
-            _, part = self._results.get(timeout=max(remaining, 1))
+        for part in self._collect("done", busy, job.duration_s + job.timeout_s + 60):
             result.merge(part)
         return result
 
+    def _collect(self, kind: str, busy: list[int], timeout_s: float) -> list:
+        """A report of `kind` from each of the `busy` processes within `timeout_s`, else a RuntimeError.
+
+        A process that died (it never reports) is an error at once, not after the whole timeout.
+        """
+        deadline = time.monotonic() + timeout_s
+        parts = []
+        while len(parts) < len(busy):
+            try:
+                got, index, part = self._results.get(timeout=1.0)
+            except queue.Empty:
+                procs = [(i, self._procs[i]) for i in busy]
+                dead = [f"{i} (exit {proc.exitcode})" for i, proc in procs if not proc.is_alive()]
+                if dead:
+                    raise RuntimeError(f"client process {', '.join(dead)} died before its {kind!r}") from None
+                if time.monotonic() > deadline:
+                    missing = len(busy) - len(parts)
+                    raise RuntimeError(
+                        f"{missing} of {len(busy)} client processes sent no {kind!r} within {timeout_s:.0f} s"
+                    ) from None
+                continue
+            if got != kind:
+                raise RuntimeError(f"client process {index} sent {got!r}, expected {kind!r}")
+            parts.append(part)
+        return parts
+
     def close(self) -> None:
-        for queue in self._jobs:
-            queue.put(None)
+        for jobs in self._jobs:
+            jobs.put(None)  # calls off a measurement waiting for "go", then ends the process
+            jobs.put(None)
         for proc in self._procs:
             proc.join(timeout=10)
             if proc.is_alive():

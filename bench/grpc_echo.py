@@ -14,8 +14,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-
-PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+from common import PREDICT_METHOD
 
 
 class _CannedPredict(grpc.GenericRpcHandler):

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import common
 
+from client import arguments
+
 BATCHING_FILE = common.REPO_ROOT / "serving" / "config" / "batching.config"
 CONCURRENCIES = (1, 8, 32)
 EVAL_SETTINGS = ((1000, 2), (500, 4), (2000, 2))  # (batch size, concurrency) tried for digits-eval
-ECHO_METHOD = "/tensorflow.serving.PredictionService/Predict"
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="model base path with numbered versions (default: train one into bench/results)",
     )
     parser.add_argument("--model-name", default="mnist")
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DIGITS_DATA_DIR") or "data"))
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("DIGITS_DATA_DIR") or "data"),
+        help="folder with mnist.npz (default: $DIGITS_DATA_DIR or data)",
+    )
     parser.add_argument("--quick", action="store_true", help="short measurements (about a minute)")
-    parser.add_argument("--duration", type=common.positive_float, help="seconds per load measurement (> 0)")
+    parser.add_argument(
+        "--duration", type=arguments.positive_float, help="seconds per load measurement (> 0)"
+    )
     parser.add_argument("--out", type=Path, help="JSON results file (default bench/results/serve_bench.json)")
     parser.add_argument(
         "--server-arg",
@@ -134,24 +142,35 @@ def check_answers(target: str, images, expected_classes, model_name: str) -> int
     return int((got != expected_classes).sum())
 
 
-def start_echo_server(target: str, request: bytes, log_dir: Path) -> tuple[common.Process, str]:
-    """bench/grpc_echo.py answering with digits-serve's own response bytes to `request`, and its target."""
+def grpc_threads(server_args: list[str]) -> int:
+    """digits-serve's gRPC worker threads: --grpc_max_threads among `server_args`, else its default."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--grpc_max_threads", type=int, default=4 * (os.cpu_count() or 1))
+    return parser.parse_known_args(server_args)[0].grpc_max_threads
+
+
+def start_echo_server(
+    target: str, request: bytes, log_dir: Path, threads: int
+) -> tuple[common.Process, str]:
+    """bench/grpc_echo.py answering with digits-serve's own response bytes to `request`, and its target.
+
+    `threads`: digits-serve's gRPC worker threads, so that the two differ in what they do, not their pool.
+    """
     import grpc
 
     with grpc.insecure_channel(target) as channel:
-        response = channel.unary_unary(ECHO_METHOD)(request, timeout=30)
+        response = channel.unary_unary(common.PREDICT_METHOD)(request, timeout=30)
     response_file = log_dir / "echo_response.bin"
     response_file.write_bytes(response)
     port = common.free_port()
-    threads = str(4 * (os.cpu_count() or 1))
-    args = ["--port", str(port), "--response", str(response_file), "--max-threads", threads]
+    args = ["--port", str(port), "--response", str(response_file), "--max-threads", str(threads)]
     echo = common.bench_script("grpc-echo", "grpc_echo.py", args, log_dir)
     echo_target = f"127.0.0.1:{port}"
 
     def answers() -> bool:
         with grpc.insecure_channel(echo_target) as channel:
             try:
-                return channel.unary_unary(ECHO_METHOD)(request, timeout=2) == response
+                return channel.unary_unary(common.PREDICT_METHOD)(request, timeout=2) == response
             except grpc.RpcError:  # not listening yet
                 return False
 
@@ -159,14 +178,20 @@ def start_echo_server(target: str, request: bytes, log_dir: Path) -> tuple[commo
     return echo, echo_target
 
 
-def run_eval(target: str, data_dir: Path, batch: int, concurrency: int, report_dir: Path) -> dict:
+def run_eval(
+    target: str, model_name: str, data_dir: Path, batch: int, concurrency: int, report_dir: Path
+) -> dict:
     """`digits-eval` over gRPC on the 10,000 test images; its own report.json gives wall time and accuracy."""
     argv = [
-        str(Path(sys.executable).parent / "digits-eval"),
+        sys.executable,
+        "-m",
+        "client.evaluate",  # digits-eval, from this checkout (run in the repository root)
         "--target",
         target,
         "--protocol",
         "grpc",
+        "--model-name",
+        model_name,
         "--data-dir",
         str(data_dir),
         "--batch-size",
@@ -200,14 +225,20 @@ def run_eval(target: str, data_dir: Path, batch: int, concurrency: int, report_d
 # ----------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     """Run every measurement, print the table and the targets, write the JSON; 0 when all targets are met."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.data_dir = common.mnist_data_dir(parser, args.data_dir)
     config = BenchConfig.quick() if args.quick else BenchConfig()
     if args.duration is not None:
         config = BenchConfig(**{**asdict(config), "duration_s": args.duration})
     results_dir = common.RESULTS_DIR
+    out = args.out or results_dir / "serve_bench.json"
+    out.unlink(missing_ok=True)  # a run that stops early must not leave an older run's numbers behind
     run_dir = results_dir / "serve_bench_run"
     run_dir.mkdir(parents=True, exist_ok=True)
-    base = common.ensure_model(args.model_base, results_dir, model_name=args.model_name)
+    base = common.ensure_model(
+        args.model_base, results_dir, model_name=args.model_name, data_dir=args.data_dir
+    )
     version_dir = common.latest_version_dir(base)
 
     import numpy as np
@@ -220,9 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[common.Process] = []
     try:
         log_dir = run_dir / "logs"
+        # Each process joins `procs` as it starts, so that a failure in the next start stops it too.
         off = common.ModelServerProcess(
             "serve-batching-off", base, log_dir, model_name=args.model_name, extra=args.server_arg
         )
+        procs.append(off)
         on = common.ModelServerProcess(
             "serve-batching-on",
             base,
@@ -231,10 +264,11 @@ def main(argv: list[str] | None = None) -> int:
             batching_file=BATCHING_FILE,
             extra=args.server_arg,
         )
+        procs.append(on)
         naive_port = common.free_port()
         naive_args = ["--model-dir", str(version_dir), "--port", str(naive_port)]
         naive = common.bench_script("naive-flask", "naive_flask.py", naive_args, log_dir)
-        procs += [off, on, naive]
+        procs.append(naive)
         off.wait_ready()
         gateway_port = common.free_port()
         gateway_env = {
@@ -271,9 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             "server_args": args.server_arg,
         }
         results["in_process"] = measure_in_process(version_dir, images, config.inprocess_calls)
-        echo, echo_target = start_echo_server(
-            off.grpc_target, common.predict_request_bytes(images[0], args.model_name), log_dir
-        )
+        request = common.predict_request_bytes(images[0], args.model_name)
+        threads = grpc_threads(args.server_arg)
+        echo, echo_target = start_echo_server(off.grpc_target, request, log_dir, threads)
         procs.append(echo)
         expected, inproc_eval_s = predict_in_process(version_dir, images)
         sample = np.arange(0, len(images), 97)
@@ -340,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
             results["naive"] = naive_results
 
         evals = [
-            run_eval(off.grpc_target, args.data_dir, batch, conc, run_dir / f"eval-{batch}-{conc}")
+            run_eval(
+                off.grpc_target, args.model_name, args.data_dir, batch, conc, run_dir / f"eval-{batch}-{conc}"
+            )
             for batch, conc in config.eval_settings
         ]
         best_eval = min(evals, key=lambda e: e["wall_s"])
@@ -358,7 +394,6 @@ def main(argv: list[str] | None = None) -> int:
     results["wall_s"] = round(time.monotonic() - started, 1)
     results["load_average"] = (load_before, os.getloadavg()[0])
     results["targets"] = targets(results)
-    out = args.out or results_dir / "serve_bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")  # first: the numbers outlive a bug in the table
     print(render(results))
@@ -387,7 +422,8 @@ def targets(results: dict) -> list[dict]:
     """The issue's targets, each with the measured values and whether it was met.
 
     A target whose measurement answered no request is missed, with that as its reason (never a ratio
-    divided by zero, which would lose the whole run's JSON).
+    divided by zero, which would lose the whole run's JSON); so is a ratio whose baseline (the divisor)
+    failed requests: req/s counts answers only, so a failing baseline would make the ratio look better.
     """
     inproc = results["in_process"]["p50_ms"]
     serving = results["digits_serve"]
@@ -399,42 +435,47 @@ def targets(results: dict) -> list[dict]:
     evals = results["eval"]
     eval_ratio = evals["best"]["wall_s"] / evals["in_process_wall_s"]
     errors = sum(r["errors"] for r in serving.values()) + results["gateway"]["errors"]
+    off32_failed = serving["grpc/batching-off/c32"]["errors"]
+    naive_failed = sum(r["errors"] for r in results["naive"].values())
     unmeasured = {
         "grpc": _unanswered(("gRPC batching off c1", grpc1["requests"])),
         "rest": _unanswered(("REST batching off c1", rest1["requests"])),
-        "batching": _unanswered(("gRPC batching on c32", on32), ("gRPC batching off c32", off32)),
-        "naive": _unanswered(("gRPC batching on c32", on32), ("naive Flask", naive)),
+        "batching": _unanswered(("gRPC batching on c32", on32), ("gRPC batching off c32", off32))
+        or _failed_baseline("gRPC batching off c32", off32_failed),
+        "naive": _unanswered(("gRPC batching on c32", on32), ("naive Flask", naive))
+        or _failed_baseline("naive Flask", naive_failed),
     }
     return [
         {
             "target": "gRPC single-image p50 within 1 ms of in-process",
             "measured": unmeasured["grpc"]
-            or f"{grpc_p50:.2f} ms vs {inproc:.2f} ms (+{grpc_p50 - inproc:.2f} ms)",
+            or f"{grpc_p50:.2f} ms vs {inproc:.2f} ms (+{common.shown(grpc_p50 - inproc, 1.0, 2)} ms)",
             "met": not unmeasured["grpc"] and grpc_p50 - inproc <= 1.0,
         },
         {
             "target": "REST single-image p50 within 2 ms of in-process",
             "measured": unmeasured["rest"]
-            or f"{rest_p50:.2f} ms vs {inproc:.2f} ms (+{rest_p50 - inproc:.2f} ms)",
+            or f"{rest_p50:.2f} ms vs {inproc:.2f} ms (+{common.shown(rest_p50 - inproc, 2.0, 2)} ms)",
             "met": not unmeasured["rest"] and rest_p50 - inproc <= 2.0,
         },
         {
             "target": "32 gRPC clients: batching on >= 5x batching off",
             "measured": unmeasured["batching"]
-            or f"{on32:.0f} vs {off32:.0f} req/s ({on32 / off32:.1f}x); a bare Python gRPC server "
-            f"with a canned answer, same clients: {ceiling32:.0f} req/s = {ceiling32 / off32:.1f}x "
+            or f"{on32:.0f} vs {off32:.0f} req/s ({common.shown(on32 / off32, 5.0, 1)}x); a bare Python gRPC "
+            f"server with a canned answer, same clients: {ceiling32:.0f} req/s = {ceiling32 / off32:.1f}x "
             "batching off",
             "met": not unmeasured["batching"] and on32 >= 5 * off32,
         },
         {
             "target": "32 gRPC clients, batching on >= 50x naive Flask",
-            "measured": unmeasured["naive"] or f"{on32:.0f} vs {naive:.1f} req/s ({on32 / naive:.0f}x)",
+            "measured": unmeasured["naive"]
+            or f"{on32:.0f} vs {naive:.1f} req/s ({common.shown(on32 / naive, 50.0, 0)}x)",
             "met": not unmeasured["naive"] and on32 >= 50 * naive,
         },
         {
             "target": "10k eval via gRPC within 2x of in-process predict",
             "measured": f"{evals['best']['wall_s']:.2f} s vs {evals['in_process_wall_s']:.2f} s "
-            f"({eval_ratio:.2f}x)",
+            f"({common.shown(eval_ratio, 2.0, 2)}x)",
             "met": eval_ratio <= 2.0,
         },
         {
@@ -454,6 +495,12 @@ def _unanswered(*arms: tuple[str, float]) -> str:
     """Why a comparison was not measured: the arms (name, req/s or requests) that answered nothing, or ""."""
     empty = [name for name, value in arms if not value > 0]  # `not >`: NaN is empty too
     return f"not measured: {' and '.join(empty)} answered no request" if empty else ""
+
+
+def _failed_baseline(name: str, failed: int) -> str:
+    """Why a ratio over a baseline that failed requests is no measurement (its req/s counts answers only,
+    so its failures would flatter the ratio), or ""."""
+    return f"not measured: {name} failed {failed} requests, which would flatter the ratio" if failed else ""
 
 
 def render(results: dict) -> str:

@@ -29,10 +29,13 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import common
+
+from client import arguments
 
 CLIENTS = 16
 # How a stopping (or stopped) server turns away a call sent after SIGTERM: gRPC cancels calls that
@@ -116,7 +119,8 @@ class Stream:
     def join(self) -> None:
         self.stop.set()
         for thread in self.threads:
-            thread.join(timeout=60)
+            if thread.ident is not None:  # started
+                thread.join(timeout=60)
 
     def _client(self, index: int) -> None:
         import grpc
@@ -335,26 +339,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--requests",
-        type=common.positive_int,
+        type=arguments.positive_int,
         help="size of the steady stream (default 100000; --quick 2000); more when steps 1-3 outlast its "
         "first half, so that the memory check spans as many requests again",
     )
     parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
     parser.add_argument(
-        "--time-limit", type=common.positive_float, help="seconds before the stream is cut short"
+        "--time-limit", type=arguments.positive_float, help="seconds before the stream is cut short"
     )
     parser.add_argument(
         "--model-base",
         type=Path,
         help="model base path to take the latest version from (default: trained into bench/results)",
     )
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DIGITS_DATA_DIR") or "data"))
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("DIGITS_DATA_DIR") or "data"),
+        help="folder with mnist.npz (default: $DIGITS_DATA_DIR or data)",
+    )
     parser.add_argument(
         "--no-batching", action="store_true", help="run digits-serve without --enable_batching"
     )
     parser.add_argument(
         "--swap-slack",
-        type=common.non_negative_float,
+        type=arguments.non_negative_float,
         default=SoakConfig.swap_slack_s,
         help="seconds allowed beyond poll + load time for a new version to answer (default 0.5)",
     )
@@ -397,7 +406,9 @@ def memory_check(mid: tuple[int, float], end: tuple[int, float], span: int) -> t
 
 def main(argv: list[str] | None = None) -> int:
     """Run the soak; 0 when every check passed."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.data_dir = common.mnist_data_dir(parser, args.data_dir)
     quick = SoakConfig(requests=2_000, time_limit_s=120, poll_s=0.5, disconnects=40)
     config = quick if args.quick else SoakConfig()
     config = SoakConfig(
@@ -408,7 +419,10 @@ def main(argv: list[str] | None = None) -> int:
         batching=not args.no_batching,
         swap_slack_s=args.swap_slack,
     )
-    source = common.latest_version_dir(common.ensure_model(args.model_base, common.RESULTS_DIR))
+    out = args.out or common.RESULTS_DIR / "soak.json"
+    out.unlink(missing_ok=True)  # a run that stops early must not leave an older run's verdict behind
+    models = common.ensure_model(args.model_base, common.RESULTS_DIR, data_dir=args.data_dir)
+    source = common.latest_version_dir(models)
     started = time.monotonic()
     deadline = started + config.time_limit_s
     common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -441,11 +455,13 @@ def main(argv: list[str] | None = None) -> int:
         f"batching {'on' if config.batching else 'off'}; work dir {work}",
         flush=True,
     )
-    server = start_server("soak-serve")
-    stream = Stream(server.grpc_target, images, expected, server.model_name)
-    rss: dict[str, float] = {"ready": common.rss_mib(server.pid)}
-    stream.start()
+    stream = Stream(f"127.0.0.1:{ports['grpc_port']}", images, expected, "mnist")
+    rss: dict[str, float] = {}
+    server = None
     try:
+        server = start_server("soak-serve")
+        rss["ready"] = common.rss_mib(server.pid)
+        stream.start()
         warm = max(200, config.requests // 20)
         stream.wait_ok(warm, deadline)
         rss["warm"] = common.rss_mib(server.pid)
@@ -552,9 +568,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{stream.tally.refused_while_down} sent after SIGTERM and refused (retried: "
             f"{dict(sorted(stream.tally.refusals.items()))})",
         )
+    except Exception as error:  # noqa: BLE001 -- a server that would not start (or a bug): a failed soak
+        if not isinstance(error, RuntimeError):  # RuntimeErrors carry the server's log tail; others a trace
+            traceback.print_exc()
+        checks.add("every step ran to its end", False, f"stopped by {type(error).__name__}: {error}")
     finally:
         stream.join()
-        server.stop()
+        if server is not None:
+            server.stop()
     tally = stream.tally
     checks.add("no failed request", tally.failed == 0, f"{tally.failed} failed")
     checks.add("no wrong answer", tally.wrong == 0, f"{tally.wrong} wrong")
@@ -567,7 +588,6 @@ def main(argv: list[str] | None = None) -> int:
     print("server RSS (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
     for sample in tally.samples:
         print(f"  e.g. {sample}")
-    out = args.out or common.RESULTS_DIR / "soak.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = {
         "passed": checks.all_ok,

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from client import contract
+from client.arguments import checked
 from client.datasets import (
     SPLITS,
     DataError,
@@ -45,6 +46,11 @@ from client.stats import mcnemar_exact
 
 EXIT_OK, EXIT_SERVER_ERROR, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
+
+
+_positive_seconds = checked(
+    float, lambda v: math.isfinite(v) and v > 0, "must be a positive number of seconds"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,17 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--report", type=Path, default=Path("reports/eval"), help="output folder (default %(default)s)"
     )
     return p
-
-
-def _positive_seconds(text: str) -> float:
-    """argparse type: a finite number of seconds above zero."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from client.arguments import checked, positive_int
 from client.contract import DEFAULT_MODEL_BASE, DEFAULT_MODEL_NAME
 from trainer.data import (
     DATASETS,
@@ -56,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--preset", required=True, choices=sorted(PRESETS), help="named recipe (see trainer/presets.py)"
     )
-    train.add_argument("--epochs", type=_positive_int, help="override the preset's epochs")
-    train.add_argument("--batch-size", type=_positive_int, help="override the preset's batch size")
+    train.add_argument("--epochs", type=positive_int, help="override the preset's epochs")
+    train.add_argument("--batch-size", type=positive_int, help="override the preset's batch size")
     train.add_argument(
         "--seed", type=_seed,
         help=f"override the preset's random seed, 0 to {SEED_MAX} (an ensemble's members take SEED, "
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "augment to the end. Default: the preset's share of the epochs on digits (best: 5 of 30), none "
         "on Fashion-MNIST",
     )
-    train.add_argument("--members", type=_positive_int, help="ensemble size (>1 averages that many seeds)")
+    train.add_argument("--members", type=positive_int, help="ensemble size (>1 averages that many seeds)")
     train.add_argument(
         "--members-dir", type=Path, metavar="DIR",
         help="for an ensemble: keep each member in DIR as it finishes (default MODELS_DIR/.members, which "
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--idx-dir", type=Path, help="folder with the four IDX files, gzipped or not (with --source idx)"
     )
     train.add_argument(
-        "--limit-train", type=_positive_int, help="train on a random subset of this many images"
+        "--limit-train", type=positive_int, help="train on a random subset of this many images"
     )
     train.add_argument(
         "--val-size", type=_val_size,
@@ -196,14 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="minutes of search (default 30): then no trial starts, and one still running stops and runs "
         "again on resume (a run's first always finishes); the best trial's re-training comes after",
     )
-    tune.add_argument("--max-trials", type=_positive_int, help="stop after this many trials in the project")
-    tune.add_argument("--max-epochs", type=_positive_int, help="largest epochs value a trial may pick")
-    tune.add_argument("--seeds", type=_positive_int, help="re-train the best trial with this many seeds")
+    tune.add_argument("--max-trials", type=positive_int, help="stop after this many trials in the project")
+    tune.add_argument("--max-epochs", type=positive_int, help="largest epochs value a trial may pick")
+    tune.add_argument("--seeds", type=positive_int, help="re-train the best trial with this many seeds")
     tune.add_argument(
         "--directory", default="reports/tuning", help="KerasTuner project dir; an existing one is resumed"
     )
     tune.add_argument("--dataset", choices=DATASETS, default="mnist")
-    tune.add_argument("--limit-train", type=_positive_int, help="search on a random subset of N images")
+    tune.add_argument("--limit-train", type=positive_int, help="search on a random subset of N images")
     tune.add_argument(
         "--quick", action="store_true", help="smoke run: 600 images, up to 2 epochs, 3 trials"
     )
@@ -606,30 +607,13 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _checked(cast: type, ok: Callable[[float], bool], requirement: str) -> Callable[[str], float]:
-    """An argparse `type` that parses with `cast` and rejects values failing `ok`, saying why."""
-    noun = "an integer" if cast is int else "a number"
-
-    def parse(text: str):
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"{requirement}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _checked(int, lambda v: v > 0, "must be positive")
-_seed = _checked(int, lambda v: 0 <= v <= SEED_MAX, f"must be between 0 and {SEED_MAX}")
-_non_negative_int = _checked(int, lambda v: v >= 0, "must be 0 or more")
-_positive_float = _checked(float, lambda v: v > 0, "must be positive")
-_strength = _checked(float, lambda v: 0.0 <= v <= 2.0, "must be between 0 and 2")
-_alpha = _checked(float, lambda v: 0.0 <= v <= 100.0, "must be between 0 and 100")
-_probability = _checked(float, lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
-_below_one = _checked(float, lambda v: 0.0 <= v < 1.0, "must be at least 0 and below 1")
+_seed = checked(int, lambda v: 0 <= v <= SEED_MAX, f"must be between 0 and {SEED_MAX}")
+_non_negative_int = checked(int, lambda v: v >= 0, "must be 0 or more")
+_positive_float = checked(float, lambda v: v > 0, "must be positive")  # --budget inf: no time limit
+_strength = checked(float, lambda v: 0.0 <= v <= 2.0, "must be between 0 and 2")
+_alpha = checked(float, lambda v: 0.0 <= v <= 100.0, "must be between 0 and 100")
+_probability = checked(float, lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
+_below_one = checked(float, lambda v: 0.0 <= v < 1.0, "must be at least 0 and below 1")
 """An EMA decay, a label smoothing or a weight decay: 0 (none) up to, not including, 1."""
 
 

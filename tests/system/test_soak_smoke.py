@@ -17,10 +17,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKS = (
     "new version served",
     "status reports the corrupt version 3",
-    "version 2 keeps serving",
+    "version 2 keeps serving after version 3",
+    "status reports the corrupt version 4",
+    "version 2 keeps serving after version 4",
     "server unaffected by abandoned requests",
     "no memory growth in the steady stream",
     "SIGTERM: clean exit",
+    "clients served again after the restart",
     "every request accepted before SIGTERM completed",
     "no failed request",
     "no wrong answer",
@@ -52,6 +55,7 @@ def test_quick_soak_passes_every_check(mnist_model_dir, tmp_path):
         assert f"[ok] {check}" in run.stdout, report
     summary = json.loads((tmp_path / "soak.json").read_text())
     assert summary["passed"] and all(check["ok"] for check in summary["checks"]), summary
+    assert len(summary["checks"]) == len(CHECKS), summary  # every check made, none left out of the list
 
 
 class _RpcError:
@@ -142,3 +146,34 @@ def test_numbers_that_would_fall_back_to_defaults_are_refused(bench_soak, flag, 
     with pytest.raises(SystemExit) as exited:
         bench_soak.build_parser().parse_args(flag)
     assert exited.value.code == 2 and flag[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["bench_soak", "bench_serve"])
+def test_a_data_dir_without_mnist_is_a_usage_error_before_anything_starts(script, request, tmp_path, capsys):
+    """Not a traceback from numpy after a model was trained and servers started."""
+    bench = request.getfixturevalue(script)
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["--data-dir", str(tmp_path), "--model-base", str(tmp_path / "no-models")])
+    assert exited.value.code == 2
+    assert f"--data-dir {tmp_path} holds no mnist.npz" in capsys.readouterr().err
+
+
+def test_a_server_that_never_gets_ready_fails_the_soak_with_its_reason_in_a_fresh_summary(
+    bench_soak, mnist_model_dir, tmp_path, monkeypatch
+):
+    """Exit 1 and a summary saying why, not a traceback that leaves an earlier run's summary in place."""
+
+    def never_ready(server, timeout_s: float = 120.0):
+        server.stop()
+        raise RuntimeError(f"{server.name}: no ready model server within {timeout_s:.0f} s, stopped")
+
+    monkeypatch.setattr(bench_soak.common.ModelServerProcess, "wait_ready", never_ready)
+    out = tmp_path / "soak.json"
+    out.write_text('{"passed": true}\n')  # an earlier run's verdict
+    data_dir = os.environ.get("DIGITS_DATA_DIR") or str(REPO_ROOT / "data")
+    argv = ["--quick", "--model-base", str(mnist_model_dir), "--data-dir", data_dir, "--out", str(out)]
+    assert bench_soak.main(argv) == 1
+    summary = json.loads(out.read_text())
+    step = {check["check"]: check for check in summary["checks"]}["every step ran to its end"]
+    assert not summary["passed"] and not step["ok"]
+    assert "RuntimeError: soak-serve: no ready model server within 120 s" in step["detail"]

@@ -3,6 +3,8 @@ tutorial's code as the reference, and the ratios against it."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 
@@ -60,8 +62,74 @@ def test_the_candidate_is_timed_over_its_epochs_as_the_reference_is(bench_train)
     assert compared["ratio_of_means"] == pytest.approx(6.0 / 83.0, abs=1e-4)
 
 
-@pytest.mark.parametrize("argv", [["--candidate", "fsat"], ["--seeds", "0"], ["--reference-epochs", "1"]])
-def test_bad_arguments_are_refused_before_anything_is_timed(bench_train, argv, tmp_path, capsys):
-    assert bench_train.main([*argv, "--data-dir", str(tmp_path), "--out", str(tmp_path / "b.json")]) == 2
-    assert "train_bench:" in capsys.readouterr().err
+def test_an_unknown_candidate_is_refused_before_anything_is_timed(bench_train, tmp_path, capsys):
+    argv = ["--candidate", "fsat", "--data-dir", str(tmp_path), "--out", str(tmp_path / "b.json")]
+    assert bench_train.main(argv) == 2
+    assert "train_bench: unknown --candidate 'fsat'" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "0"], ["--seeds", "two"], ["--reference-epochs", "1"]])
+def test_bad_numbers_are_usage_errors_before_anything_is_timed(bench_train, argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        bench_train.main([*argv, "--data-dir", str(tmp_path), "--out", str(tmp_path / "b.json")])
+    assert exited.value.code == 2 and f"argument {argv[0]}:" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_missing_data_is_a_clear_error_and_an_older_runs_json_does_not_outlive_the_run(
+    bench_train, tmp_path, capsys
+):
+    out = tmp_path / "b.json"
+    out.write_text('{"met": {"ratio": true, "accuracy": true}}\n')  # an earlier run's verdict
+    assert bench_train.main(["--data-dir", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    assert "train_bench: " in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("ratio", "accuracy", "time_line", "accuracy_line"),
+    [
+        (0.1668, 0.99397, "0.1668 (target <= 1/6: NOT met)", "99.397% (target >= 99.4%: NOT met)"),
+        (0.1666, 0.994, "0.1666 (target <= 1/6: met)", "99.40% (target >= 99.4%: met)"),
+        (0.131, 0.9943, "0.131 (target <= 1/6: met)", "99.43% (target >= 99.4%: met)"),
+    ],
+)
+def test_a_verdict_never_shows_its_value_rounded_onto_the_limit(bench_train, ratio, accuracy, time_line,
+                                                                accuracy_line):
+    """0.1668 printed as 0.167 beside "target <= 0.167: NOT met" (or 99.397% as 99.40%) reads as a bug."""
+    shown_time, shown_accuracy = bench_train.verdicts(ratio, accuracy)
+    assert shown_time.endswith(time_line) and shown_accuracy.endswith(accuracy_line)
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "code", "verdict"),
+    [(0.995, 0, "99.50% (target >= 99.4%: met)"), (0.99397, 1, "99.397% (target >= 99.4%: NOT met)")],
+)
+def test_a_whole_run_writes_its_json_and_prints_its_verdicts(bench_train, monkeypatch, tmp_path, capsys,
+                                                             accuracy, code, verdict):
+    """main() end to end with the fits stubbed out: exit status, printed verdicts, the JSON's fields."""
+    seeds = []
+
+    def reference(preset, dataset, log):
+        return bench_train.RunTime(preset.name, 42, 3, 0.98, None, 9.5, [5.0, 2.0, 2.0], [6.0, 3.0, 3.0], 12)
+
+    def run(preset, dataset, log):
+        if preset.name == "seed-best":
+            return reference(preset, dataset, log)
+        seeds.append(preset.train.seed)
+        return bench_train.RunTime(preset.name, preset.train.seed, 2, accuracy, 0.99, 6.5, [3.0, 3.0],
+                                   [4.0, 4.0], 8.0)
+
+    monkeypatch.setattr(bench_train, "time_tutorial_recipe", reference)
+    monkeypatch.setattr(bench_train, "time_run", run)
+    out = tmp_path / "train_bench.json"
+    assert bench_train.main(["--seeds", "2", "--out", str(out)]) == code
+    printed = capsys.readouterr().out
+    assert "ratio against the tutorial's code: 0.072 (target <= 1/6: met)" in printed  # 6 s of 83 s
+    assert verdict in printed
+    summary = json.loads(out.read_text())
+    assert seeds == [42, 43] and len(summary["candidates"]) == 2
+    assert summary["references"]["tutorial_code"]["extrapolated_seconds"] == 83.0
+    assert summary["met"] == {"ratio": True, "accuracy": code == 0}
+    assert len(summary["references"]["tutorial_code"]["runs"]) == 3  # before each candidate and after
