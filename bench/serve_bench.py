@@ -20,7 +20,7 @@ from pathlib import Path
 
 import common
 
-from client import arguments
+from client import arguments, contract
 
 BATCHING_FILE = common.REPO_ROOT / "serving" / "config" / "batching.config"
 CONCURRENCIES = (1, 8, 32)
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(os.environ.get("DIGITS_DATA_DIR") or "data"),
+        default=contract.data_dir(),
         help="folder with mnist.npz (default: $DIGITS_DATA_DIR or data)",
     )
     parser.add_argument("--quick", action="store_true", help="short measurements (about a minute)")

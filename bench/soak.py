@@ -35,7 +35,7 @@ from pathlib import Path
 
 import common
 
-from client import arguments
+from client import arguments, contract
 
 CLIENTS = 16
 # How a stopping (or stopped) server turns away a call sent after SIGTERM: gRPC cancels calls that
@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(os.environ.get("DIGITS_DATA_DIR") or "data"),
+        default=contract.data_dir(),
         help="folder with mnist.npz (default: $DIGITS_DATA_DIR or data)",
     )
     parser.add_argument(

@@ -39,6 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # the trainer and client packages, also without an install
 from client.arguments import checked, positive_int  # noqa: E402 -- needs the path above
+from client.contract import DATA_DIR_ENV, data_dir  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 REFERENCE = "seed-best"
@@ -189,7 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed-best epochs timed before each candidate run and after the last (>= 2)",
     )
     parser.add_argument("--seeds", type=positive_int, default=1, help="candidate runs, seeds 42, 43, ...")
-    parser.add_argument("--data-dir", default=os.environ.get("DIGITS_DATA_DIR", str(REPO_ROOT / "data")))
+    parser.add_argument(
+        "--data-dir",
+        default=str(data_dir(os.environ.get(DATA_DIR_ENV) or REPO_ROOT / "data")),
+        help="folder with mnist.npz (default: $DIGITS_DATA_DIR or the checkout's data/)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "train_bench.json")
     return parser
 

@@ -264,3 +264,12 @@ def test_a_client_process_that_died_fails_the_measurement_at_once(bench_common):
         with pytest.raises(RuntimeError, match=r"client process 1 \(exit -15\) died before its 'ready'"):
             pool.run(job, clients=2)
         assert time.monotonic() - began < 30
+
+
+@pytest.mark.parametrize("bench", ["bench_serve", "bench_soak", "bench_train"])
+def test_every_bench_reads_the_data_folder_as_the_trainer_does(bench, request, monkeypatch, tmp_path):
+    """$DIGITS_DATA_DIR with a `~` (as `make DATA_DIR=~/d` exports it) is the user's folder, not './~/d'."""
+    module = request.getfixturevalue(bench)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DIGITS_DATA_DIR", "~/digits-data")
+    assert Path(module.build_parser().parse_args([]).data_dir) == tmp_path / "digits-data"
