@@ -318,15 +318,21 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _run_up(tmp_path: Path, state: str, **env_extra: str) -> subprocess.CompletedProcess:
+def _run_up(
+    tmp_path: Path, state: str, *, make_version=None, **env_extra: str
+) -> subprocess.CompletedProcess:
     """scripts/up.sh with stand-ins: a model server that answers `state` for version 1, a gateway that
-    leaves a mark when started and exits after up.sh's health check."""
+    leaves a mark when started and exits after up.sh's health check, a trainer that leaves its arguments
+    in tmp_path/trained. `make_version(base)` fills the model folder (default: a folder `1`, no training)."""
     _copy_scripts(tmp_path, "up.sh")
     shutil.copytree(SERVING_CONFIG, tmp_path / "serving" / "config")
-    (tmp_path / "models" / contract.DEFAULT_MODEL_NAME / "1").mkdir(parents=True)  # no training
+    base = tmp_path / "models" / contract.DEFAULT_MODEL_NAME
+    base.mkdir(parents=True)
+    (make_version or (lambda folder: (folder / "1").mkdir()))(base)
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     stubs = {"python": f'#!/bin/sh\nexec "{sys.executable}" "$@"\n',
+             "digits-train": f'#!/bin/sh\necho "$@" > "{tmp_path / "trained"}"\n',
              "digits-gateway": _gateway_stub(tmp_path / "gateway-started"),
              "digits-serve": _serve_stub(tmp_path / "served.config", state)}
     for name, text in stubs.items():
@@ -369,6 +375,44 @@ def test_make_up_fails_when_the_model_never_becomes_available(tmp_path):
     assert not (tmp_path / "gateway-started").exists(), "the gateway started beside a model that never loaded"
     assert not list((tmp_path / "tmp").iterdir()), "up.sh leaves its config copy behind"
 
+
+
+def _folder(name):
+    return lambda base: (base / name).mkdir()
+
+
+def _file(name):
+    return lambda base: (base / name).write_text("not a model")
+
+
+@pytest.mark.parametrize(
+    ("make_version", "trains"),
+    [
+        (_folder("1"), False),
+        (_folder("007"), False),
+        (_folder(str(2**63 - 1)), False),
+        (_folder("1abc"), True),
+        (_folder("v2"), True),
+        (_folder("\u00b2"), True),  # superscript two: str.isdigit() says yes, TF Serving says no
+        (_folder("\u0661"), True),  # Arabic-Indic one
+        (_folder(str(2**63)), True),  # past int64
+        (_file("1"), True),  # a file is never a version
+        (lambda base: None, True),  # an empty model folder
+    ],
+    ids=["1", "007", "int64-max", "1abc", "v2", "superscript-2", "arabic-indic-1", "int64-max+1", "file-1",
+         "empty"],
+)
+def test_make_up_trains_unless_a_version_folder_is_there_as_the_server_reads_versions(
+    tmp_path, make_version, trains
+):
+    """up.sh skips training only for a folder digits-serve would serve (client/contract.py's parse_version);
+    otherwise it trains first, instead of waiting for a model that never loads."""
+    result = _run_up(tmp_path, "AVAILABLE", make_version=make_version)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "trained").exists() == trains, result.stdout
+    if trains:
+        assert "up: no model under" in result.stdout
+        assert "--preset fast" in (tmp_path / "trained").read_text()
 
 
 @pytest.mark.parametrize("value", ["2m", "two", "-1"])
