@@ -423,6 +423,26 @@ def test_make_up_refuses_a_serve_wait_s_that_is_not_seconds_before_starting_anyt
     assert not (tmp_path / "served.config").exists(), "digits-serve started"
 
 
+def test_make_up_reads_a_serve_wait_s_with_leading_zeros_as_decimal(tmp_path):
+    """bash arithmetic would take 08 for a bad octal number (an error from deep in the wait) and 010 for 8."""
+    result = _run_up(tmp_path, "AVAILABLE", SERVE_WAIT_S="08")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_make_up_waits_serve_wait_s_in_decimal_seconds(tmp_path):
+    result = _run_up(tmp_path, "LOADING", SERVE_WAIT_S="02")
+    assert result.returncode == 1
+    assert "did not say AVAILABLE within 2 s" in result.stderr, result.stderr
+
+
+def test_make_up_refuses_a_serve_wait_s_too_large_to_add_before_starting_anything(tmp_path):
+    result = _run_up(tmp_path, "AVAILABLE", SERVE_WAIT_S="99999999999999999999")
+    assert result.returncode == 2, result.stdout + result.stderr
+    message = "up.sh: SERVE_WAIT_S must be at most 999999999 seconds, not '99999999999999999999'"
+    assert message in result.stderr, result.stderr
+    assert not (tmp_path / "served.config").exists(), "digits-serve started"
+
+
 def _copy_scripts(tmp_path: Path, script: str) -> None:
     """`script` and the shell functions it sources, into tmp_path/scripts."""
     (tmp_path / "scripts").mkdir()
