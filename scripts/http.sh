@@ -53,3 +53,10 @@ if ! [[ $SERVE_WAIT_S =~ ^[0-9]+$ ]]; then
   echo "${0##*/}: SERVE_WAIT_S must be a whole number of seconds, not '$SERVE_WAIT_S'" >&2
   exit 2
 fi
+# Read as decimal even with leading zeros (arithmetic takes 010 for octal 8, and fails on 08), and small
+# enough that SECONDS + SERVE_WAIT_S cannot overflow (twenty digits would wrap around).
+if ! [[ $SERVE_WAIT_S =~ ^0*([0-9]{1,9})$ ]]; then
+  echo "${0##*/}: SERVE_WAIT_S must be at most 999999999 seconds, not '$SERVE_WAIT_S'" >&2
+  exit 2
+fi
+SERVE_WAIT_S=$((10#${BASH_REMATCH[1]}))

@@ -18,7 +18,19 @@ SERVE_WAIT_S=${SERVE_WAIT_S:-120}  # how long the model (and then the gateway) m
 source scripts/http.sh
 base="$MODELS_DIR/$MODEL_NAME"
 
-if ! ls -d "$base"/[0-9]* >/dev/null 2>&1; then
+# A version is a child folder named by ASCII digits within int64, as digits-serve and TF Serving read it
+# (client/contract.py's parse_version): `1abc`, `v2`, `²` or a file named `1` are not models to serve.
+versions=$("$BIN/python" - "$base" <<'PY'
+import os, sys
+from client.contract import parse_version
+try:
+    entries = list(os.scandir(sys.argv[1]))
+except OSError:  # no base folder yet: training makes it
+    entries = []
+print(sum(parse_version(entry.name) is not None and entry.is_dir() for entry in entries))
+PY
+)
+if [ "$versions" = 0 ]; then
   echo "up: no model under $base yet: training preset '$PRESET' first (make train PRESET=... to choose another)"
   "$BIN/digits-train" train --preset "$PRESET" --models-dir "$MODELS_DIR" --model-name "$MODEL_NAME"
 fi

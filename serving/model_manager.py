@@ -15,7 +15,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from client.contract import parse_version
-from serving.errors import FailedPrecondition, InvalidArgument, NotFound
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ServingError
 from serving.servable import Servable
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,21 @@ def version_fingerprint(path: Path) -> tuple:
         except OSError:
             continue
     return tuple(sorted(entries))
+
+
+def _load_error_code(error: Exception) -> int:
+    """The status code a failed load reports (GetModelStatus' error_code): the failure's own, as TF Serving.
+
+    Our typed errors carry a grpc.StatusCode (a warmup request naming an unknown signature:
+    FAILED_PRECONDITION), TensorFlow's an error_code number (a warmup file that is not TFRecord: DATA_LOSS);
+    anything else, e.g. a SavedModel Python cannot read, is reported as INVALID_ARGUMENT.
+    """
+    if isinstance(error, ServingError):
+        return error.code.value[0] or error_codes_pb2.UNKNOWN
+    code = getattr(error, "error_code", None)
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code or error_codes_pb2.UNKNOWN
+    return error_codes_pb2.INVALID_ARGUMENT
 
 
 def aspired_versions(policy, available_dirs: list[int]) -> set[int]:
@@ -241,7 +256,7 @@ class ModelManager:
         try:
             servable = self._load_servable(name, version, path)
         except Exception as error:  # noqa: BLE001 -- a bad version must never take the server down
-            code = getattr(error, "error_code", error_codes_pb2.INVALID_ARGUMENT) or error_codes_pb2.UNKNOWN
+            code = _load_error_code(error)
             message = (getattr(error, "message", None) or str(error)).strip().splitlines()
             with self._lock:
                 entry.state, entry.error_code = State.END, code

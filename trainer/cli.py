@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "exported model computes in float32 either way); auto: bfloat16 on a CPU-only machine whose CPU "
         "has native bfloat16 (avx512_bf16 or amx_bf16), else float32. Default: the preset's",
     )
-    _add_data_dir(train)
+    _add_data_dir(train, default=None)  # None: not given, so that another --source can refuse one given
     train.add_argument(
         "--source",
         choices=SOURCES,
@@ -259,12 +259,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+# Where each --source other than npz reads its data (trainer/data.py), for the message refusing --data-dir.
+_SOURCE_PLACES = {
+    "keras-cache": "the Keras cache (~/.keras/datasets, or under $KERAS_HOME)",
+    "idx": "--idx-dir",
+    "keras-download": "Keras' download",
+}
+
+
 def _check_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse `train` flags that contradict each other or would do nothing, before any data is read."""
     if args.idx_dir is not None and args.source != "idx":
         parser.error(f"--idx-dir is read with --source idx only; this run reads --source {args.source}")
     if args.source == "idx" and args.idx_dir is None:
         parser.error("--source idx needs --idx-dir, the folder holding the four IDX files")
+    if args.data_dir is not None and args.source != "npz":
+        parser.error(f"--data-dir is read with --source npz only; --source {args.source} reads "
+                     f"{_SOURCE_PLACES[args.source]}")
+    if args.data_dir is None:
+        args.data_dir = str(default_data_dir())
     preset = preset_from_args(args)
     cfg = preset.train
     if args.elastic and not cfg.augment:  # the distortion scales with the strength: 0 leaves every image be
@@ -601,9 +614,10 @@ def _add_split(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+def _add_data_dir(parser: argparse.ArgumentParser, default: str | None = "") -> None:
     parser.add_argument(
-        "--data-dir", default=str(default_data_dir()), help="default: $DIGITS_DATA_DIR or data"
+        "--data-dir", default=str(default_data_dir()) if default == "" else default,
+        help="default: $DIGITS_DATA_DIR or data",
     )
 
 

@@ -82,3 +82,28 @@ def test_the_try_it_commands_work_as_written(served_model, gateway, mnist_data, 
     assert len(grpc_classes) == 5 and grpc_classes[:2] == rest_classes
     assert np.mean(np.array(grpc_classes) == mnist_data.y_test[:5]) >= 0.6  # a >90% model, 5 easy digits
     assert list((tmp_path / "reports" / "eval").glob("*.png")), "digits-eval wrote no plots"
+
+
+def test_the_try_it_commands_read_a_data_dir_written_with_a_tilde(served_model, gateway, tmp_path):
+    """`make DATA_DIR=~/d` exports DIGITS_DATA_DIR with its `~` unexpanded (so does a quoted export): the
+    commands that read the data must expand it as every digits command does, not look for a folder `~`."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "my data").symlink_to(data_dir().resolve(), target_is_directory=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    commands = localised(try_it_commands(), served_model, gateway.url)
+    # digits-eval is tested above (it reads the data through client/contract.py as well): left out here.
+    script = "\n".join(line for line in commands.splitlines() if "/digits-eval " not in line)
+    env = {**os.environ, "HOME": str(home), "DIGITS_DATA_DIR": "~/my data"}
+
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    rest = json.loads(json_objects(done.stdout)[2])
+    assert len(rest["predictions"]) == 2
+    assert (work / "my_digit.png").exists()
+    assert NUMPY_INTS.search(done.stdout), done.stdout[-3000:]

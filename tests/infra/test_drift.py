@@ -318,15 +318,21 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _run_up(tmp_path: Path, state: str, **env_extra: str) -> subprocess.CompletedProcess:
+def _run_up(
+    tmp_path: Path, state: str, *, make_version=None, **env_extra: str
+) -> subprocess.CompletedProcess:
     """scripts/up.sh with stand-ins: a model server that answers `state` for version 1, a gateway that
-    leaves a mark when started and exits after up.sh's health check."""
+    leaves a mark when started and exits after up.sh's health check, a trainer that leaves its arguments
+    in tmp_path/trained. `make_version(base)` fills the model folder (default: a folder `1`, no training)."""
     _copy_scripts(tmp_path, "up.sh")
     shutil.copytree(SERVING_CONFIG, tmp_path / "serving" / "config")
-    (tmp_path / "models" / contract.DEFAULT_MODEL_NAME / "1").mkdir(parents=True)  # no training
+    base = tmp_path / "models" / contract.DEFAULT_MODEL_NAME
+    base.mkdir(parents=True)
+    (make_version or (lambda folder: (folder / "1").mkdir()))(base)
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     stubs = {"python": f'#!/bin/sh\nexec "{sys.executable}" "$@"\n',
+             "digits-train": f'#!/bin/sh\necho "$@" > "{tmp_path / "trained"}"\n',
              "digits-gateway": _gateway_stub(tmp_path / "gateway-started"),
              "digits-serve": _serve_stub(tmp_path / "served.config", state)}
     for name, text in stubs.items():
@@ -371,11 +377,69 @@ def test_make_up_fails_when_the_model_never_becomes_available(tmp_path):
 
 
 
+def _folder(name):
+    return lambda base: (base / name).mkdir()
+
+
+def _file(name):
+    return lambda base: (base / name).write_text("not a model")
+
+
+@pytest.mark.parametrize(
+    ("make_version", "trains"),
+    [
+        (_folder("1"), False),
+        (_folder("007"), False),
+        (_folder(str(2**63 - 1)), False),
+        (_folder("1abc"), True),
+        (_folder("v2"), True),
+        (_folder("\u00b2"), True),  # superscript two: str.isdigit() says yes, TF Serving says no
+        (_folder("\u0661"), True),  # Arabic-Indic one
+        (_folder(str(2**63)), True),  # past int64
+        (_file("1"), True),  # a file is never a version
+        (lambda base: None, True),  # an empty model folder
+    ],
+    ids=["1", "007", "int64-max", "1abc", "v2", "superscript-2", "arabic-indic-1", "int64-max+1", "file-1",
+         "empty"],
+)
+def test_make_up_trains_unless_a_version_folder_is_there_as_the_server_reads_versions(
+    tmp_path, make_version, trains
+):
+    """up.sh skips training only for a folder digits-serve would serve (client/contract.py's parse_version);
+    otherwise it trains first, instead of waiting for a model that never loads."""
+    result = _run_up(tmp_path, "AVAILABLE", make_version=make_version)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "trained").exists() == trains, result.stdout
+    if trains:
+        assert "up: no model under" in result.stdout
+        assert "--preset fast" in (tmp_path / "trained").read_text()
+
+
 @pytest.mark.parametrize("value", ["2m", "two", "-1"])
 def test_make_up_refuses_a_serve_wait_s_that_is_not_seconds_before_starting_anything(tmp_path, value):
     result = _run_up(tmp_path, "AVAILABLE", SERVE_WAIT_S=value)
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"up.sh: SERVE_WAIT_S must be a whole number of seconds, not '{value}'" in result.stderr
+    assert not (tmp_path / "served.config").exists(), "digits-serve started"
+
+
+def test_make_up_reads_a_serve_wait_s_with_leading_zeros_as_decimal(tmp_path):
+    """bash arithmetic would take 08 for a bad octal number (an error from deep in the wait) and 010 for 8."""
+    result = _run_up(tmp_path, "AVAILABLE", SERVE_WAIT_S="08")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_make_up_waits_serve_wait_s_in_decimal_seconds(tmp_path):
+    result = _run_up(tmp_path, "LOADING", SERVE_WAIT_S="02")
+    assert result.returncode == 1
+    assert "did not say AVAILABLE within 2 s" in result.stderr, result.stderr
+
+
+def test_make_up_refuses_a_serve_wait_s_too_large_to_add_before_starting_anything(tmp_path):
+    result = _run_up(tmp_path, "AVAILABLE", SERVE_WAIT_S="99999999999999999999")
+    assert result.returncode == 2, result.stdout + result.stderr
+    message = "up.sh: SERVE_WAIT_S must be at most 999999999 seconds, not '99999999999999999999'"
+    assert message in result.stderr, result.stderr
     assert not (tmp_path / "served.config").exists(), "digits-serve started"
 
 

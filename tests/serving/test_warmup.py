@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow.core.protobuf import error_codes_pb2
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_log_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from client.contract import INPUT_NAME, OUTPUT_CLASSES
 from serving.server import StartupError
@@ -80,3 +87,36 @@ def test_more_than_1000_records_fail_the_load(tmp_path, built_models, server_fac
     write_warmup(base / "1", [1] * 1001)
     with pytest.raises(StartupError, match=r"Number of warmup records exceeds the maximum \(1000\) at "):
         server_factory(_config(base))
+
+
+def test_a_warmup_request_for_an_unknown_signature_reports_failed_precondition(
+    tmp_path, built_models, server_factory
+):
+    # TF Serving's RunPredict answers FAILED_PRECONDITION for an unknown signature key, and the failed
+    # load's own status is what GetModelStatus reports -- not a blanket INVALID_ARGUMENT.
+    base = tmp_path / "digits"
+    shutil.copytree(built_models.digits[1], base / "1")
+    server = server_factory(_config(base))
+    rest = f"http://127.0.0.1:{server.rest_port}"
+    staging = tmp_path / "staging"
+    shutil.copytree(built_models.digits[2], staging)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "digits"
+    request.model_spec.signature_name = "no_such_signature"
+    request.inputs[INPUT_NAME].CopyFrom(tf.make_tensor_proto(np.zeros((1, 28, 28), np.uint8)))
+    with tf.io.TFRecordWriter(str(_warmup_file(staging))) as writer:
+        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        writer.write(log.SerializeToString())
+    os.rename(staging, base / "2")
+    status = _version_status(rest, 2)
+    assert status["error_code"] == "FAILED_PRECONDITION"
+    assert status["error_message"] == 'Serving signature key "no_such_signature" not found.'
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        status_request = get_model_status_pb2.GetModelStatusRequest()
+        status_request.model_spec.name = "digits"
+        answer = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_request, timeout=30)
+    by_version = {item.version: item for item in answer.model_version_status}
+    assert by_version[2].state == get_model_status_pb2.ModelVersionStatus.END
+    assert by_version[2].status.error_code == error_codes_pb2.FAILED_PRECONDITION
+    assert by_version[1].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    assert by_version[1].status.error_code == error_codes_pb2.OK

@@ -76,6 +76,12 @@ def handlers_run(monkeypatch) -> list[str]:
         (["--preset", "best", "--elastic", "0", "--elastic-probability", "0.5"], "needs --elastic"),
         (["--preset", "best", "--idx-dir", "idx"], "--idx-dir is read with --source idx only"),
         (["--preset", "best", "--source", "idx"], "--source idx needs --idx-dir"),
+        (["--preset", "best", "--source", "keras-cache", "--data-dir", "d"],
+         "--data-dir is read with --source npz only; --source keras-cache reads the Keras cache"),
+        (["--preset", "best", "--source", "idx", "--idx-dir", "idx", "--data-dir", "d"],
+         "--data-dir is read with --source npz only; --source idx reads --idx-dir"),
+        (["--preset", "best", "--source", "keras-download", "--data-dir", "d"],
+         "--data-dir is read with --source npz only; --source keras-download reads Keras' download"),
     ],
 )
 def test_training_flags_that_fail_or_do_nothing_exit_2(argv, message, handlers_run, capsys):
@@ -99,6 +105,27 @@ def test_training_flags_that_fail_or_do_nothing_exit_2(argv, message, handlers_r
 )
 def test_training_flags_at_their_limits_reach_the_training(argv, handlers_run):
     assert main(["train", *argv]) == 0 and handlers_run == ["_cmd_train"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "data_dir"),
+    [
+        (["--data-dir", "given"], "given"),
+        (["--source", "npz", "--data-dir", "given"], "given"),
+        ([], "from-env"),  # $DIGITS_DATA_DIR, as every command
+        (["--source", "keras-cache"], "from-env"),  # set by make for every command: not refused
+    ],
+)
+def test_the_data_dir_a_training_reads(argv, data_dir, monkeypatch):
+    """--data-dir (else $DIGITS_DATA_DIR) reaches the training; only an explicit one with another
+    --source is refused (above)."""
+    import trainer.cli
+
+    monkeypatch.setenv("DIGITS_DATA_DIR", "from-env")
+    seen = []
+    monkeypatch.setattr(trainer.cli, "_cmd_train", lambda args: seen.append(args.data_dir) or 0)
+    assert main(["train", "--preset", "best", *argv]) == 0
+    assert seen == [data_dir]
 
 
 def test_unusable_output_folders_are_refused_before_any_work(tmp_path, handlers_run, capsys):
