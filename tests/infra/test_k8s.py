@@ -199,3 +199,19 @@ def test_trainer_job_runs_a_command_digits_train_accepts(overlay, rendered):
     assert pod_spec(job)["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] >= 1
     args = build_parser().parse_args(container(job, "trainer")["args"])
     assert args.models_dir == "/models"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_trainer_thread_pools_follow_its_cpu_limit(overlay, rendered):
+    # TensorFlow sizes its pools for the node's cores, not the CFS quota: without these, a Job limited to
+    # 4 CPUs on a 64-core node runs 64 intra-op threads, throttled. TensorFlow reads both variables when
+    # its runtime starts; taken from the limit (downward API), they follow whatever limit an overlay sets.
+    trainer = container(find(rendered[overlay], "Job", "trainer"), "trainer")
+    limit = trainer["resources"]["limits"]["cpu"]
+    assert re.fullmatch(r"[1-9]\d*", str(limit)), f"{overlay}: a CPU limit of whole cores, not {limit!r}"
+    env = {variable["name"]: variable for variable in trainer.get("env", [])}
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        assert name in env, f"{overlay}: the trainer's {name} is unset: one thread per node core"
+        field = env[name].get("valueFrom", {}).get("resourceFieldRef", {})
+        assert field.get("resource") == "limits.cpu", f"{overlay}: {name} is not the container's CPU limit"
+        assert field.get("containerName", "trainer") == "trainer" and field.get("divisor", "1") in ("1", 1)
