@@ -215,3 +215,28 @@ def test_trainer_thread_pools_follow_its_cpu_limit(overlay, rendered):
         field = env[name].get("valueFrom", {}).get("resourceFieldRef", {})
         assert field.get("resource") == "limits.cpu", f"{overlay}: {name} is not the container's CPU limit"
         assert field.get("containerName", "trainer") == "trainer" and field.get("divisor", "1") in ("1", 1)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_trainer_defaults_write_to_the_pvc_and_a_writable_reports_folder(overlay, rendered, dockerfiles):
+    from pathlib import PurePosixPath
+
+    from trainer.cli import build_parser
+
+    # The image works in /work, where /work/models links to /models: `digits-train train` without
+    # --models-dir exports into the mounted volume. A mount over /work itself hides that link (the export
+    # lands in a scratch folder, gone with the pod); the root filesystem is read-only, so the reports
+    # folder needs a mount of its own.
+    instructions = dockerfiles["trainer"]
+    workdir = PurePosixPath([i.args for i in instructions if i.keyword == "WORKDIR"][-1])
+    defaults = build_parser().parse_args(["train", "--preset", "fast"])
+    models_link = workdir / defaults.models_dir
+    assert any(f"ln -s /models {models_link}" in i.args for i in instructions if i.keyword == "RUN")
+    reports = workdir / defaults.reports_dir
+    job = find(rendered[overlay], "Job", "trainer")
+    mounts = container(job, "trainer")["volumeMounts"]
+    for mount in mounts:
+        path = PurePosixPath(mount["mountPath"])
+        assert path != models_link and path not in models_link.parents, f"{overlay}: {path} hides {models_link}"
+    writable = [PurePosixPath(m["mountPath"]) for m in mounts if not m.get("readOnly", False)]
+    assert any(path == reports or path in reports.parents for path in writable), f"{overlay}: {reports}"
