@@ -181,10 +181,13 @@ def test_models_pvc_is_shared_read_write_by_the_trainer_and_read_only_by_serving
 def test_only_the_gpu_overlay_asks_for_a_gpu(rendered):
     gpu_trainer = find(rendered["gpu"], "Job", "trainer")
     resources = container(gpu_trainer, "trainer")["resources"]
-    assert resources["limits"]["nvidia.com/gpu"] == "1"
+    assert resources["limits"]["nvidia.com/gpu"] == resources["requests"].get("nvidia.com/gpu", "1") == "1"
     toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     assert toleration in pod_spec(gpu_trainer)["tolerations"]
-    assert pod_spec(gpu_trainer)["nodeSelector"]
+    # The GPU request is what places the pod on a GPU node. A node label on top (nvidia.com/gpu.present
+    # comes from GPU feature discovery only) would keep the Job Pending where the device plugin alone runs.
+    assert "nodeSelector" not in pod_spec(gpu_trainer), "the GPU request alone finds a GPU node"
+    assert "nodeAffinity" not in pod_spec(gpu_trainer).get("affinity", {}), "the GPU request alone finds one"
     for workload in workloads(rendered["cpu"]):
         assert "nvidia.com/gpu" not in str(workload), workload["metadata"]["name"]
     for name in ("serving", "gateway"):  # serving stays on CPUs in both overlays
