@@ -240,6 +240,51 @@ def test_trainer_defaults_write_to_the_pvc_and_a_writable_reports_folder(overlay
     mounts = container(job, "trainer")["volumeMounts"]
     for mount in mounts:
         path = PurePosixPath(mount["mountPath"])
-        assert path != models_link and path not in models_link.parents, f"{overlay}: {path} hides {models_link}"
+        hidden = path == models_link or path in models_link.parents
+        assert not hidden, f"{overlay}: the mount at {path} hides the image's {models_link}"
     writable = [PurePosixPath(m["mountPath"]) for m in mounts if not m.get("readOnly", False)]
     assert any(path == reports or path in reports.parents for path in writable), f"{overlay}: {reports}"
+
+
+def _deploy_doc_k8s_commands() -> list[str]:
+    """docs/deploy.md's Kubernetes shell block: one command per line, continuations joined, comments cut."""
+    text = (REPO / "docs" / "deploy.md").read_text()
+    section = text.split("\n## Kubernetes", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1).replace("\\\n", " ")
+    return [re.sub(r"\s+#.*", "", line).strip() for line in block.splitlines() if line.strip()]
+
+
+def test_deploy_doc_edits_and_applies_the_same_overlay(rendered, pyproject):
+    commands = _deploy_doc_k8s_commands()
+    text = (REPO / "docs" / "deploy.md").read_text()
+    for overlay in re.findall(r"k8s/overlays/([\w-]+)", text):
+        assert overlay in OVERLAYS, f"docs/deploy.md names k8s/overlays/{overlay}, which does not exist"
+    # One line picks the overlay; the image edit and the apply both use it, so choosing gpu there deploys
+    # the gpu overlay with the images pointed at the registry (not the cpu overlay's edit and a bare gpu).
+    choices = [c for c in commands if re.search(r"k8s/overlays/", c)]
+    assert len(choices) == 1 and re.fullmatch(r"OVERLAY=k8s/overlays/[\w-]+", choices[0]), choices
+    edits = [c for c in commands if "kustomize edit" in c]
+    applies = [c for c in commands if c.startswith("kubectl apply")]
+    assert edits and applies
+    assert all('cd "$OVERLAY"' in c for c in edits) and applies == ['kubectl apply -k "$OVERLAY"']
+    # The edit repoints every image of ours, at the project's version.
+    images = {box["image"] for manifests in rendered.values() for workload in workloads(manifests)
+              for box in pod_spec(workload)["containers"]}
+    ours = {image.rpartition(":")[0] for image in images if image.startswith("digits-")}
+    pairs = dict(re.findall(r"\b(digits-[\w-]+)=([^\s)]+)", " ".join(edits)))
+    assert set(pairs) == ours, pairs
+    assert all(ref.endswith(f"/{name}:{pyproject['project']['version']}") for name, ref in pairs.items())
+
+
+def test_deploy_doc_kubectl_commands_name_rendered_resources(rendered):
+    kinds = {"job": "Job", "deploy": "Deployment", "svc": "Service"}
+    commands = [c for c in _deploy_doc_k8s_commands() if c.startswith("kubectl -n")]
+    assert commands
+    for command in commands:
+        assert command.startswith(f"kubectl -n {NAMESPACE} "), command
+        for overlay in OVERLAYS:
+            for kind, name in re.findall(r"\b(job|deploy|svc)/([\w-]+)", command):
+                resource = find(rendered[overlay], kinds[kind], name)
+                if kind == "svc" and "port-forward" in command:
+                    remote = int(re.search(rf"svc/{name} \d+:(\d+)", command).group(1))
+                    assert remote in {p["port"] for p in resource["spec"]["ports"]}, command
