@@ -296,3 +296,14 @@ def test_deploy_doc_kubectl_commands_name_rendered_resources(rendered):
                 if kind == "svc" and "port-forward" in command:
                     remote = int(re.search(rf"svc/{name} \d+:(\d+)", command).group(1))
                     assert remote in {p["port"] for p in resource["spec"]["ports"]}, command
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_trainer_writes_as_the_image_user_and_the_uid_serving_reads_as(overlay, rendered, dockerfiles):
+    # Versions are exported 0755/0644 by the trainer's uid; serving reads them as that same uid, and the
+    # Job runs as the user the trainer image was built for.
+    image_user = [i.args for i in dockerfiles["trainer"] if i.keyword == "USER"][-1]
+    trainer = pod_spec(find(rendered[overlay], "Job", "trainer"))["securityContext"]
+    serving = pod_spec(find(rendered[overlay], "Deployment", "serving"))["securityContext"]
+    assert image_user == f"{trainer['runAsUser']}:{trainer['runAsGroup']}"
+    assert trainer["runAsUser"] == serving["runAsUser"] and trainer["fsGroup"] == trainer["runAsGroup"]
