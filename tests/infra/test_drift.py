@@ -231,7 +231,7 @@ def test_trainer_data_dir_agrees(compose, k8s, dockerfiles):
     for name in ("trainer", "trainer-cpu"):
         assert compose["services"][name]["environment"]["DIGITS_DATA_DIR"] == image_dir
         assert f"data:{image_dir}" in compose["services"][name]["volumes"]
-    job_env = {e["name"]: e["value"] for e in container(find(k8s, "Job", "trainer"), "trainer")["env"]}
+    job_env = {e["name"]: e.get("value") for e in container(find(k8s, "Job", "trainer"), "trainer")["env"]}
     assert job_env["DIGITS_DATA_DIR"] == image_dir
 
 
