@@ -18,6 +18,7 @@ from tests.infra.conftest import (
     REPO,
     copy_sources,
     ignore_files_for,
+    pinned_minor,
     require_tool,
     run_tool,
 )
@@ -49,14 +50,21 @@ def test_base_images_are_pinned_releases(image, dockerfiles):
             stages.append(words[2])
 
 
-def test_trainer_base_is_the_projects_tensorflow_release(dockerfiles, dependency_pins):
+def test_trainer_installs_tensorflow_with_the_cuda_libraries_it_was_built_for(dockerfiles, dependency_pins):
+    # tensorflow/tensorflow:X-gpu images from 2.18 on were reported to carry a CUDA older than their
+    # TensorFlow needs, which then lists no GPU (tensorflow/tensorflow#88348); the and-cuda extra brings
+    # the CUDA and cuDNN wheels that TensorFlow release asks for, on any Python base.
     bases = [i.args.split()[0] for i in dockerfiles["trainer"] if i.keyword == "FROM"]
-    assert bases[-1].startswith(f"tensorflow/tensorflow:{dependency_pins['tensorflow']}."), bases
-    assert bases[-1].endswith("-gpu"), "the trainer image must carry CUDA for GPU hosts"
+    assert not bases[-1].startswith("tensorflow/tensorflow:"), f"{bases[-1]}: its CUDA does not fit its TF"
+    installs = [i.args for i in dockerfiles["trainer"] if i.keyword == "RUN" and "pip install" in i.args]
+    extras = [m for args in installs for m in re.findall(r"tensorflow\[and-cuda\]==([\d.*]+)", args)]
+    assert extras, "the trainer image must carry CUDA for GPU hosts: tensorflow[and-cuda]"
+    assert all(pinned_minor(f"=={line}") == dependency_pins["tensorflow"] for line in extras), extras
 
 
-def test_gateway_base_python_is_one_the_project_supports(dockerfiles, pyproject):
-    bases = [i.args.split()[0] for i in dockerfiles["gateway"] if i.keyword == "FROM"]
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_base_python_is_one_the_project_supports(image, dockerfiles, pyproject):
+    bases = [i.args.split()[0] for i in dockerfiles[image] if i.keyword == "FROM"]
     low, high = re.findall(r"3\.(\d+)", pyproject["project"]["requires-python"])
     for base in bases:
         minor = int(re.match(r"python:3\.(\d+)\.", base).group(1))
