@@ -196,3 +196,11 @@ def test_dependency_layer_installs_exactly_pyprojects_requirements(image, extras
     for extra in extras:
         expected += project["optional-dependencies"][extra]
     assert result.stdout.splitlines() == expected
+
+
+def test_trainer_image_leaves_gpu_visibility_to_the_host(dockerfiles):
+    # An image-wide NVIDIA_VISIBLE_DEVICES (nvidia/cuda's `all`) makes NVIDIA's runtime mount every GPU of a
+    # node into pods that asked for none (the cpu overlay's trainer), outside the device plugin's accounting.
+    env = " ".join(i.args for i in dockerfiles["trainer"] if i.keyword in ("ENV", "ARG"))
+    assert "NVIDIA_VISIBLE_DEVICES" not in env
+    assert re.search(r"NVIDIA_DRIVER_CAPABILITIES=\S*compute", env), "CUDA needs the compute capability"
