@@ -211,6 +211,23 @@ def test_trainer_job_runs_a_command_digits_train_accepts(overlay, rendered):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_trainer_job_does_not_retry_a_usage_error(overlay, rendered):
+    # digits-train exits 2 when its arguments are wrong (argparse): a retry cannot help.
+    from trainer.cli import build_parser
+
+    with pytest.raises(SystemExit) as usage_error:
+        build_parser().parse_args(["train", "--preset", "no-such-preset"])
+    job = find(rendered[overlay], "Job", "trainer")
+    rules = job["spec"].get("podFailurePolicy", {}).get("rules", [])
+    fail_on = [rule["onExitCodes"] for rule in rules if rule["action"] == "FailJob" and "onExitCodes" in rule]
+    assert any(
+        codes["operator"] == "In" and usage_error.value.code in codes["values"]
+        and codes.get("containerName") == "trainer"
+        for codes in fail_on
+    ), f"{overlay}: a usage error (exit {usage_error.value.code}) is retried"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_trainer_thread_pools_follow_its_cpu_limit(overlay, rendered):
     # TensorFlow sizes its pools for the node's cores, not the CFS quota: without these, a Job limited to
     # 4 CPUs on a 64-core node runs 64 intra-op threads, throttled. TensorFlow reads both variables when
