@@ -37,13 +37,17 @@ def _responses(ok_schema: str) -> dict:
     }
 
 
-def _image_body(batch: bool) -> dict:
-    side = contract.IMAGE_SIZE
+def _image_body(batch: bool, settings: GatewaySettings) -> dict:
+    side, longest = contract.IMAGE_SIZE, settings.max_image_side
+    value = {"type": "number", "minimum": 0, "maximum": contract.PIXEL_MAX}
     pixels = {
         "type": "array",
-        "items": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": contract.PIXEL_MAX}},
-        "description": f"grey pixels [height][width], JSON numbers only; {side}x{side} is taken as MNIST "
-        "format (ink bright on black) unless preprocess is true, any other size is preprocessed",
+        "items": {"type": "array", "items": value, "minItems": 1, "maxItems": longest},
+        "minItems": 1,
+        "maxItems": longest,
+        "description": f"grey pixels [height][width], JSON numbers only, rows of equal length, at most "
+        f"{settings.max_image_pixels} in all; {side}x{side} is taken as MNIST format (ink bright on "
+        "black) unless preprocess is true, any other size is preprocessed",
     }
     preprocess = {"type": "boolean", "description": f"preprocess a {side}x{side} pixel array too"}
     # A single image's object may carry "preprocess"; a batch takes it once, next to "images".
@@ -60,15 +64,16 @@ def _image_body(batch: bool) -> dict:
         ],
         "description": "an object with both pixels and b64 is refused",
     }
+    items = {"type": "array", "items": item, "minItems": 1, "maxItems": settings.max_batch_images}
     json_schema = (
         {
             "oneOf": [
                 {
                     "type": "object",
-                    "properties": {"images": {"type": "array", "items": item}, "preprocess": preprocess},
+                    "properties": {"images": items, "preprocess": preprocess},
                     "required": ["images"],
                 },
-                {"type": "array", "items": item},
+                items,
             ]
         }
         if batch
@@ -78,7 +83,11 @@ def _image_body(batch: bool) -> dict:
     sent = "the images as files, in order" if batch else "the image as one file"
     multipart = {
         "type": "object",
-        "properties": {"image": {"type": "array", "items": files} if batch else files},
+        "properties": {
+            "image": {"type": "array", "items": files, "maxItems": settings.max_batch_images}
+            if batch
+            else files
+        },
         "description": f"{sent}; `image` is the usual field name, but a file in a field of any name is "
         "taken, and non-file fields are ignored",
     }
@@ -119,15 +128,17 @@ def openapi_document(settings: GatewaySettings) -> dict:
                 "description": f"the preprocessed {side}x{side} image [row][column] (?include_input=1)",
             },
         },
+        "required": ["digit", "label", "confidence", "probabilities"],
     }
     version = {"type": "integer", "nullable": True, "description": "null when the gateway cannot look it up"}
-    model = {"type": "object", "properties": {"name": {"type": "string"}, "version": version}}
-    timings = {"type": "object", "additionalProperties": {"type": "number"}}
+    model = _object(name={"type": "string"}, version=version)
+    timings = _object(**{step: {"type": "number"} for step in ("preprocess", "model", "total")})
     include = {
         "name": "include_input",
         "in": "query",
-        "schema": {"type": "boolean"},
-        "description": "also return the preprocessed 28x28 image the model saw",
+        "schema": {"type": "string", "enum": ["1", "true"]},
+        "description": "1 or true: also return the preprocessed 28x28 image the model saw "
+        "(any other value, or none, leaves it out)",
     }
     security = [{"bearer": []}] if settings.auth_token else []
     ready = _object(
@@ -156,7 +167,7 @@ def openapi_document(settings: GatewaySettings) -> dict:
                     "summary": "Classify one image (file, raw bytes or JSON pixels)",
                     "parameters": [include],
                     "security": security,
-                    "requestBody": _image_body(batch=False),
+                    "requestBody": _image_body(batch=False, settings=settings),
                     "responses": _responses("#/components/schemas/Prediction"),
                 }
             },
@@ -165,7 +176,7 @@ def openapi_document(settings: GatewaySettings) -> dict:
                     "summary": "Classify many images in one request",
                     "parameters": [include],
                     "security": security,
-                    "requestBody": _image_body(batch=True),
+                    "requestBody": _image_body(batch=True, settings=settings),
                     "responses": _responses("#/components/schemas/BatchPrediction"),
                 }
             },
@@ -200,6 +211,21 @@ def openapi_document(settings: GatewaySettings) -> dict:
                     "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
                 }
             },
+            "/static/{filename}": {
+                "get": {
+                    "summary": "The drawing page's script and style sheet (draw.js, style.css)",
+                    "parameters": [
+                        {"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the file",
+                            "content": {"text/javascript": {}, "text/css": {}},
+                        },
+                        "404": _error("no such file"),
+                    },
+                }
+            },
         },
         "components": {
             "schemas": {
@@ -208,20 +234,10 @@ def openapi_document(settings: GatewaySettings) -> dict:
                     "properties": {"error": {"type": "string"}},
                     "required": ["error"],
                 },
-                "Prediction": {
-                    "allOf": [
-                        answer,
-                        {"type": "object", "properties": {"model": model, "timings_ms": timings}},
-                    ]
-                },
-                "BatchPrediction": {
-                    "type": "object",
-                    "properties": {
-                        "predictions": {"type": "array", "items": answer},
-                        "model": model,
-                        "timings_ms": timings,
-                    },
-                },
+                "Prediction": {"allOf": [answer, _object(model=model, timings_ms=timings)]},
+                "BatchPrediction": _object(
+                    predictions={"type": "array", "items": answer}, model=model, timings_ms=timings
+                ),
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },

@@ -1,0 +1,140 @@
+"""The gateway's /openapi.json against its real answers over a socket, and its request schemas against
+the bodies the gateway takes and refuses."""
+
+from __future__ import annotations
+
+import base64
+
+import jsonschema
+import numpy as np
+import pytest
+import requests
+
+from tests.image_payloads import encode, png_claiming
+from tests.openapi_validation import SpecChecker, _json_schema
+
+
+@pytest.fixture(scope="module")
+def spec(gateway) -> SpecChecker:
+    reply = requests.get(f"{gateway.url}/openapi.json", timeout=10)
+    assert reply.status_code == 200
+    return SpecChecker(reply.json())
+
+
+def test_every_schema_in_the_document_is_a_valid_schema(spec):
+    for schema in spec.document["components"]["schemas"].values():
+        jsonschema.Draft7Validator.check_schema(_json_schema(schema))
+
+
+def _requests(digit: np.ndarray) -> list[tuple[str, str, dict]]:
+    png = encode(digit, "PNG")
+    b64 = base64.b64encode(png).decode()
+    return [
+        ("POST", "/v1/predict", {"files": {"image": ("d.png", png, "image/png")}}),
+        ("POST", "/v1/predict", {"data": png, "headers": {"Content-Type": "image/png"}}),
+        ("POST", "/v1/predict?include_input=1", {"data": png, "headers": {"Content-Type": "application/x"}}),
+        ("POST", "/v1/predict", {"json": {"pixels": digit.tolist()}}),
+        ("POST", "/v1/predict", {"json": {"pixels": digit.tolist(), "preprocess": True}}),
+        ("POST", "/v1/predict", {"json": digit.tolist()}),
+        ("POST", "/v1/predict", {"json": {"b64": b64}}),
+        ("POST", "/v1/predict/batch", {"files": [("image", ("a.png", png)), ("image", ("b.png", png))]}),
+        (
+            "POST",
+            "/v1/predict/batch?include_input=true",
+            {"json": {"images": [{"b64": b64}, digit.tolist()]}},
+        ),
+        ("POST", "/v1/predict/batch", {"json": [{"pixels": digit.tolist()}]}),
+        ("GET", "/healthz", {}),
+        ("GET", "/readyz", {}),
+        ("GET", "/openapi.json", {}),
+        ("GET", "/", {}),
+        ("GET", "/static/draw.js", {}),
+        ("GET", "/static/style.css", {}),
+    ]
+
+
+def test_successful_answers_match_the_document(spec, gateway, test_digits):
+    for method, path, kwargs in _requests(test_digits[0][0]):
+        reply = requests.request(method, f"{gateway.url}{path}", timeout=30, **kwargs)
+        assert reply.status_code == 200, (method, path, reply.text)
+        spec.check(method, path, reply)
+
+
+def test_error_answers_are_documented(spec, gateway):
+    cases = [
+        ("/v1/predict", {"data": b"not an image"}, 400),
+        ("/v1/predict", {"json": {"pixels": [[256]]}}, 400),
+        ("/v1/predict", {"data": png_claiming(5000, 5000)}, 413),
+        ("/v1/predict", {"data": b"x" * (2 * 1024 * 1024 + 1)}, 413),
+        ("/v1/predict/batch", {"json": {"images": [[[0]]] * 65}}, 400),
+        ("/v1/predict/batch", {"json": {"nothing": 1}}, 400),
+    ]
+    for path, kwargs, status in cases:
+        reply = requests.post(f"{gateway.url}{path}", timeout=30, **kwargs)
+        assert reply.status_code == status, (path, reply.text)
+        spec.check("POST", path, reply)
+
+
+def test_auth_and_model_server_errors_are_documented(gateway_factory, unused_port):
+    config = {
+        "MODEL_SERVER": f"127.0.0.1:{unused_port}",
+        "PROTOCOL": "rest",
+        "RETRIES": 0,
+        "AUTH_TOKEN": "s3",
+    }
+    with gateway_factory(config) as running:
+        checker = SpecChecker(requests.get(f"{running.url}/openapi.json", timeout=10).json())
+        assert checker.document["paths"]["/v1/predict"]["post"]["security"] == [{"bearer": []}]
+        one = np.zeros((28, 28), np.uint8)
+        one[4:24, 12:16] = 255  # a digit 1, so the gateway asks the (absent) model server
+        png = encode(one, "PNG")
+        refused = requests.post(f"{running.url}/v1/predict", data=png, timeout=30)
+        assert refused.status_code == 401
+        checker.check("POST", "/v1/predict", refused)
+        down = requests.post(
+            f"{running.url}/v1/predict/batch", data=png, headers={"Authorization": "Bearer s3"}, timeout=30
+        )
+        assert down.status_code == 503, down.text
+        checker.check("POST", "/v1/predict/batch", down)
+        not_ready = requests.get(f"{running.url}/readyz", timeout=30)
+        assert not_ready.status_code == 503
+        checker.check("GET", "/readyz", not_ready)
+
+
+def _request_schema(spec: SpecChecker, path: str) -> jsonschema.Draft7Validator:
+    body = spec.document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    root = {"components": _json_schema(spec.document["components"]), "allOf": [_json_schema(body)]}
+    return jsonschema.Draft7Validator(root)
+
+
+def test_json_bodies_the_gateway_takes_fit_the_request_schema(spec, test_digits):
+    digit = test_digits[0][0].tolist()
+    single, batch = _request_schema(spec, "/v1/predict"), _request_schema(spec, "/v1/predict/batch")
+    for body in (digit, {"pixels": digit}, {"pixels": digit, "preprocess": True}, {"b64": "AAAA"}):
+        single.validate(body)
+    for body in ([digit], {"images": [digit, {"b64": "AAAA"}], "preprocess": True}, [{"pixels": digit}]):
+        batch.validate(body)
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/predict", {"pixels": [[256]]}),
+        ("/v1/predict", {"pixels": [[-1]]}),
+        ("/v1/predict", {"pixels": []}),
+        ("/v1/predict", {"pixels": [[]]}),
+        ("/v1/predict", {"pixels": [[True]]}),
+        ("/v1/predict", {"pixels": [[1]], "b64": "AAAA"}),
+        ("/v1/predict", {"picture": [[1]]}),
+        ("/v1/predict", {"b64": 7}),
+        ("/v1/predict/batch", {"images": []}),
+        ("/v1/predict/batch", {"images": [[[0]]] * 65}),
+        ("/v1/predict/batch", [[[0]]] * 65),
+        ("/v1/predict/batch", {"images": [{"pixels": [[300]]}]}),
+    ],
+)
+def test_json_bodies_the_gateway_refuses_do_not_fit_the_request_schema(spec, gateway, path, body):
+    reply = requests.post(f"{gateway.url}{path}", json=body, timeout=30)
+    assert reply.status_code == 400, reply.text
+    with pytest.raises(jsonschema.ValidationError):
+        _request_schema(spec, path).validate(body)
