@@ -4,6 +4,11 @@ the bodies the gateway takes and refuses."""
 from __future__ import annotations
 
 import base64
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -138,3 +143,40 @@ def test_json_bodies_the_gateway_refuses_do_not_fit_the_request_schema(spec, gat
     assert reply.status_code == 400, reply.text
     with pytest.raises(jsonschema.ValidationError):
         _request_schema(spec, path).validate(body)
+
+
+def test_the_client_readme_curl_examples_work_and_match_the_document(spec, gateway, test_digits, tmp_path):
+    """client/README.md's curl block, run as written (address swapped) on real files: every answer fits."""
+    readme = (Path(__file__).parents[2] / "client" / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```bash\n(.*?)```", readme, re.DOTALL) if "/v1/predict" in b]
+    assert len(blocks) == 1, "client/README.md should have one bash block of gateway curl examples"
+    script = blocks[0].replace("http://localhost:8080", gateway.url).replace("python3 ", f"{sys.executable} ")
+    digits, labels = test_digits
+    for name, digit, fmt in (("digit.png", 0, "PNG"), ("a.png", 1, "PNG"), ("b.png", 2, "PNG")):
+        (tmp_path / name).write_bytes(encode(digits[digit], fmt))
+    (tmp_path / "photo.jpg").write_bytes(encode(255 - np.kron(digits[3], np.ones((4, 4), np.uint8)), "JPEG"))
+    # each curl prints its answer's status and path after the body, so every answer can be checked
+    script = script.replace("curl ", "curl -s -w '\\n@@%{http_code} %{url_effective}\\n' ")
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = [
+        (body, f"{code} {url}")
+        for body, code, url in re.findall(r"(.*?)\n@@(\d{3}) (\S+)\n", done.stdout, re.S)
+    ]
+    assert len(answers) == 7, done.stdout[-2000:]
+    for body, trailer in answers:
+        code, url = trailer.split(" ", 1)
+        path = url.removeprefix(gateway.url)
+        method = "POST" if path.startswith("/v1/") else "GET"
+        reply = requests.models.Response()
+        reply.status_code, reply._content = int(code), body.encode()
+        reply.headers["Content-Type"] = "application/json"
+        assert code == "200", (path, body)
+        spec.check(method, path, reply)
+    single = [json.loads(body) for body, trailer in answers if trailer.endswith("/v1/predict")]
+    batch = next(json.loads(body) for body, trailer in answers if trailer.endswith("/batch"))
+    assert [s["digit"] for s in single] == [labels[0], labels[3], 1, labels[0]]  # the JSON array draws a 1
+    assert len(batch["predictions"]) == 2
