@@ -157,10 +157,12 @@ def openapi_document() -> dict:
         "PredictRequest": {
             "type": "object",
             "description": "exactly one of instances / inputs",
+            "oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
             "properties": {
                 "signature_name": {"type": "string", "default": "serving_default"},
                 "instances": {
                     "type": "array",
+                    "minItems": 1,
                     "description": "row format: one element per example; objects "
                     "of input name -> value for several inputs",
                 },
@@ -172,6 +174,7 @@ def openapi_document() -> dict:
         },
         "PredictResponse": {
             "type": "object",
+            "oneOf": [{"required": ["predictions"]}, {"required": ["outputs"]}],
             "properties": {
                 "predictions": {"description": "row requests: one element per example"},
                 "outputs": {
@@ -185,10 +188,25 @@ def openapi_document() -> dict:
             "properties": {
                 "signature_name": {"type": "string"},
                 "context": {"type": "object"},
-                "examples": {"type": "array", "items": {"type": "object"}},
+                "examples": {
+                    "type": "array",
+                    "items": {"type": "object"},
+                    "minItems": 1,
+                    "description": 'feature name -> value (or list, or {"b64": ...}); merged with context',
+                },
             },
         },
-        "Results": {"type": "object", "properties": {"results": {"type": "array"}}},
+        "Results": {
+            "type": "object",
+            "properties": {
+                "results": {
+                    "type": "array",
+                    "description": "classify: per example a list of [label, score]; regress: per example "
+                    "a number",
+                }
+            },
+            "required": ["results"],
+        },
         "Status": {
             "type": "object",
             "properties": {

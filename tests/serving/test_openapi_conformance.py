@@ -106,3 +106,39 @@ def test_every_documented_route_is_served(spec, http, rest_url):
             error = reply.json().get("error", "") if "json" in reply.headers["Content-Type"] else ""
             assert not error.startswith(("Not found", "Malformed request")), (method, template, error)
             spec.check(method.upper(), path, reply)
+
+
+def _request_validator(spec: SpecChecker, path: str) -> jsonschema.Draft7Validator:
+    body = spec.document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    return jsonschema.Draft7Validator({"components": spec.document["components"], "allOf": [body]})
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/models/{name}:predict", {"signature_name": "serving_default"}),
+        ("/v1/models/{name}:predict", {"instances": [[[0]]], "inputs": [[[0]]]}),
+        ("/v1/models/{name}:predict", {"instances": []}),
+        ("/v1/models/{name}:predict", {"instances": {"x": 1}}),
+        ("/v1/models/{name}:predict", {"instances": [[[0]]], "signature_name": 7}),
+        ("/v1/models/{name}:regress", {"signature_name": "regress_x"}),
+        ("/v1/models/{name}:regress", {"signature_name": "regress_x", "examples": []}),
+        ("/v1/models/{name}:regress", {"signature_name": "regress_x", "examples": [1.0]}),
+        ("/v1/models/{name}:regress", {"signature_name": "regress_x", "examples": [{}], "context": [1]}),
+    ],
+)
+def test_request_bodies_the_server_refuses_do_not_fit_the_request_schema(spec, http, rest_url, path, body):
+    model = "estimator" if "regress" in path else "digits"
+    reply = http.post(f"{rest_url}{path.replace('{name}', model)}", json=body)
+    assert reply.status_code == 400, reply.text
+    with pytest.raises(jsonschema.ValidationError):
+        _request_validator(spec, path).validate(body)
+
+
+def test_request_bodies_the_server_takes_fit_the_request_schema(spec, images):
+    predict = _request_validator(spec, "/v1/models/{name}:predict")
+    for body in ({"instances": images[:1].tolist()}, {"inputs": images[:1].tolist(), "signature_name": ""}):
+        predict.validate(body)
+    _request_validator(spec, "/v1/models/{name}:regress").validate(
+        {"signature_name": "regress_x", "context": {"x": 3.0}, "examples": [{}]}
+    )
