@@ -61,3 +61,48 @@ class SpecChecker:
         if mimetype == "application/json" and schema:
             root = {"components": self._components, "allOf": [_json_schema(schema)]}
             jsonschema.Draft7Validator(root).validate(response.json())
+
+
+def structural_problems(document: dict) -> list[str]:
+    """What makes `document` an invalid OpenAPI 3.0 document (the rules a generator or validator trips on)."""
+    problems = []
+    if not str(document.get("openapi", "")).startswith("3.0."):
+        problems.append("openapi is not 3.0.x")
+    if not {"title", "version"} <= set(document.get("info", {})):
+        problems.append("info needs title and version")
+
+    def refs(node: object) -> list[str]:
+        if isinstance(node, list):
+            return [ref for child in node for ref in refs(child)]
+        if not isinstance(node, dict):
+            return []
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [ref for child in node.values() for ref in refs(child)]
+
+    schemas = document.get("components", {}).get("schemas", {})
+    for ref in refs(document):
+        if not (ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in schemas):
+            problems.append(f"$ref {ref} resolves to nothing")
+    for template, item in document["paths"].items():
+        placeholders = set(re.findall(r"\{([^}]+)\}", template))
+        for method, operation in item.items():
+            if method not in {"get", "put", "post", "delete", "options", "head", "patch", "trace"}:
+                problems.append(f"{template}: {method} is no HTTP method")
+                continue
+            declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+            if declared != placeholders:
+                problems.append(f"{method} {template}: path parameters {declared} != {placeholders}")
+            if not all(p.get("required") for p in operation.get("parameters", []) if p["in"] == "path"):
+                problems.append(f"{method} {template}: a path parameter is not required: true")
+            responses = operation.get("responses") or {}
+            if not responses:
+                problems.append(f"{method} {template}: no responses")
+            for code, response in responses.items():
+                if not re.fullmatch(r"[1-5]\d\d|[1-5]XX|default", code):
+                    problems.append(f"{method} {template}: bad status key {code}")
+                if "description" not in response:
+                    problems.append(f"{method} {template} {code}: no description")
+    for name, scheme in document.get("components", {}).get("securitySchemes", {}).items():
+        if "type" not in scheme:
+            problems.append(f"security scheme {name} has no type")
+    return problems

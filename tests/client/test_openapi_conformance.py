@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from tests.image_payloads import encode, png_claiming
-from tests.openapi_validation import SpecChecker, _json_schema
+from tests.openapi_validation import SpecChecker, _json_schema, structural_problems
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,7 @@ def spec(gateway) -> SpecChecker:
 
 
 def test_every_schema_in_the_document_is_a_valid_schema(spec):
+    assert structural_problems(spec.document) == []
     for schema in spec.document["components"]["schemas"].values():
         jsonschema.Draft7Validator.check_schema(_json_schema(schema))
 

@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 import requests
 
-from tests.openapi_validation import SpecChecker
+from tests.openapi_validation import SpecChecker, structural_problems
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +24,7 @@ def spec(http, rest_url) -> SpecChecker:
 
 
 def test_every_schema_in_the_document_is_a_valid_schema(spec):
+    assert structural_problems(spec.document) == []
     for schema in spec.document["components"]["schemas"].values():
         jsonschema.Draft7Validator.check_schema(schema)
     for template, item in spec.document["paths"].items():
