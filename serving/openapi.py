@@ -227,13 +227,39 @@ def openapi_document() -> dict:
                                 },
                             },
                         },
+                        "required": ["version", "state", "status"],
                     },
                 }
             },
+            "required": ["model_version_status"],
         },
         "Metadata": {
             "type": "object",
-            "properties": {"model_spec": {"type": "object"}, "metadata": {"type": "object"}},
+            "properties": {
+                "model_spec": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "signature_name": {"type": "string"},
+                        "version": {"type": "string", "description": "the version that answered"},
+                    },
+                    "required": ["name", "version"],
+                },
+                "metadata": {
+                    "type": "object",
+                    "properties": {
+                        "signature_def": {
+                            "type": "object",
+                            "description": "a SignatureDefMap in proto JSON: "
+                            '{"signature_def": {name: SignatureDef}}',
+                            "properties": {"signature_def": {"type": "object"}},
+                            "required": ["signature_def"],
+                        }
+                    },
+                    "required": ["signature_def"],
+                },
+            },
+            "required": ["model_spec", "metadata"],
         },
         "ModelList": {
             "type": "object",
@@ -245,6 +271,7 @@ def openapi_document() -> dict:
                 },
                 "ready": {"type": "object", "additionalProperties": {"type": "boolean"}},
             },
+            "required": ["models", "versions", "ready"],
         },
     }
     return {
