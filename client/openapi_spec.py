@@ -27,7 +27,10 @@ def _responses(ok_schema: str) -> dict:
     }
     return {
         "200": _json({"$ref": ok_schema}, "OK"),
-        "400": _error("not an image, truncated file, empty input, wrong JSON or pixel array"),
+        "400": _error(
+            "not an image, truncated file, empty input, wrong JSON or pixel array, no digit in the picture, "
+            "more than one image to /v1/predict or more than the batch limit to /v1/predict/batch"
+        ),
         "401": unauthorized,
         "413": _error("body or image dimensions over the limit"),
         "500": _error("unexpected error in the gateway, or one the model server did not classify"),
