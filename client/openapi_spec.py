@@ -116,13 +116,20 @@ def openapi_document(settings: GatewaySettings) -> dict:
     """The document, with this gateway's limits filled in."""
     n, side = contract.NUM_CLASSES, contract.IMAGE_SIZE
     grey = {"type": "integer", "minimum": 0, "maximum": contract.PIXEL_MAX}
+    share = {"type": "number", "minimum": 0, "maximum": 1}
     answer = {
         "type": "object",
         "properties": {
             "digit": {"type": "integer", "minimum": 0, "maximum": n - 1},
-            "label": {"type": "string"},
-            "confidence": {"type": "number"},
-            "probabilities": {"type": "array", "items": {"type": "number"}, "minItems": n, "maxItems": n},
+            "label": {"type": "string", "description": "the class name of digit (DIGITS_DATASET)"},
+            "confidence": {**share, "description": "the probability of digit"},
+            "probabilities": {
+                "type": "array",
+                "items": share,
+                "minItems": n,
+                "maxItems": n,
+                "description": "one per class, by class index",
+            },
             "input": {
                 "type": "array",
                 "items": {"type": "array", "items": grey, "minItems": side, "maxItems": side},
