@@ -157,7 +157,8 @@ def openapi_document(settings: GatewaySettings) -> dict:
         available_versions={
             "type": "array",
             "items": {"type": "integer"},
-            "description": "newest first; only the pinned label's version when one is set",
+            "description": "newest first; only the pinned label's version when one is set and the model "
+            "server names it (else every AVAILABLE version)",
         },
     )
     not_ready = _object(ready={"type": "boolean", "enum": [False]}, error={"type": "string"})

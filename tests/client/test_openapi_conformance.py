@@ -8,6 +8,8 @@ import json
 import re
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jsonschema
@@ -181,3 +183,52 @@ def test_the_client_readme_curl_examples_work_and_match_the_document(spec, gatew
     batch = next(json.loads(body) for body, trailer in answers if trailer.endswith("/batch"))
     assert [s["digit"] for s in single] == [labels[0], labels[3], 1, labels[0]]  # the JSON array draws a 1
     assert len(batch["predictions"]) == 2
+
+
+class _NoVersionServer(BaseHTTPRequestHandler):
+    """A REST model server whose metadata does not say which version answered (the field is optional)."""
+
+    def do_GET(self):  # noqa: N802 -- http.server's naming
+        if self.path.endswith("/metadata"):
+            signature = {"serving_default": {"inputs": {}, "outputs": {}, "method_name": ""}}
+            doc = {
+                "model_spec": {"name": "mnist"},
+                "metadata": {"signature_def": {"signature_def": signature}},
+            }
+        else:
+            entry = {
+                "version": "3",
+                "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
+            doc = {"model_version_status": [entry]}
+        body = json.dumps(doc).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_readyz_with_a_label_answers_version_numbers_when_the_server_names_none(gateway_factory):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NoVersionServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = {
+        "MODEL_SERVER": f"127.0.0.1:{server.server_port}",
+        "PROTOCOL": "rest",
+        "RETRIES": 0,
+        "VERSION_LABEL": "stable",
+    }
+    try:
+        with gateway_factory(config) as running:
+            checker = SpecChecker(requests.get(f"{running.url}/openapi.json", timeout=10).json())
+            reply = requests.get(f"{running.url}/readyz", timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["available_versions"] == [3]
+    checker.check("GET", "/readyz", reply)
