@@ -284,6 +284,8 @@ def openapi_document() -> dict:
             "404 for a path outside /v1/, 400 (Malformed request) for an unknown /v1/ path or a "
             "method a /v1/ path does not take (TF Serving answers no 405), 413 for a body over "
             "--rest_api_max_body_bytes on any route, 400 for a broken Content-Length, chunked or gzip body. "
+            "Methods other than GET, POST, PUT, DELETE and OPTIONS (HEAD, PATCH, ...) get 501 "
+            "Not Implemented. "
             "With --rest_api_enable_cors_support an OPTIONS preflight on any path answers 200 (400 "
             "without an http(s) Origin) and every answer carries the CORS headers.",
         },

@@ -138,3 +138,19 @@ def test_request_bodies_the_server_takes_fit_the_request_schema(spec, images):
     _request_validator(spec, "/v1/models/{name}:regress").validate(
         {"signature_name": "regress_x", "context": {"x": 3.0}, "examples": [{}]}
     )
+
+
+@pytest.mark.parametrize(
+    "method, path, status, words",
+    [
+        ("GET", "/nothing", 404, "Not found"),
+        ("GET", "/v1/nothing", 400, "Malformed request"),
+        ("DELETE", "/v1/models/digits", 400, "Malformed request"),
+        ("PATCH", "/v1/models/digits", 501, "PATCH"),
+    ],
+)
+def test_off_route_answers_are_the_ones_the_document_describes(spec, rest_url, method, path, status, words):
+    reply = requests.request(method, f"{rest_url}{path}", timeout=10)
+    assert reply.status_code == status and words in reply.json()["error"]
+    described = spec.document["info"]["description"]
+    assert f"{status} " in described and ("PATCH" in described if status == 501 else True)
