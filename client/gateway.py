@@ -129,7 +129,9 @@ def readyz():
     try:
         versions = available_versions(service.client.status(version=settings.model_version))
         if settings.version_label:
-            versions = [service.client.metadata().model_version]  # raises if the label is unknown
+            labelled = service.client.metadata().model_version  # raises if the label is unknown
+            if labelled is not None:  # a server may leave model_spec.version out; keep the numbers then
+                versions = [labelled]
     except ClientError as err:
         return jsonify(ready=False, error=f"model server: {err}"), 503
     if not versions:

@@ -27,7 +27,10 @@ def _responses(ok_schema: str) -> dict:
     }
     return {
         "200": _json({"$ref": ok_schema}, "OK"),
-        "400": _error("not an image, truncated file, empty input, wrong JSON or pixel array"),
+        "400": _error(
+            "not an image, truncated file, empty input, wrong JSON or pixel array, no digit in the picture, "
+            "more than one image to /v1/predict or more than the batch limit to /v1/predict/batch"
+        ),
         "401": unauthorized,
         "413": _error("body or image dimensions over the limit"),
         "500": _error("unexpected error in the gateway, or one the model server did not classify"),
@@ -37,13 +40,17 @@ def _responses(ok_schema: str) -> dict:
     }
 
 
-def _image_body(batch: bool) -> dict:
-    side = contract.IMAGE_SIZE
+def _image_body(batch: bool, settings: GatewaySettings) -> dict:
+    side, longest = contract.IMAGE_SIZE, settings.max_image_side
+    value = {"type": "number", "minimum": 0, "maximum": contract.PIXEL_MAX}
     pixels = {
         "type": "array",
-        "items": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": contract.PIXEL_MAX}},
-        "description": f"grey pixels [height][width], JSON numbers only; {side}x{side} is taken as MNIST "
-        "format (ink bright on black) unless preprocess is true, any other size is preprocessed",
+        "items": {"type": "array", "items": value, "minItems": 1, "maxItems": longest},
+        "minItems": 1,
+        "maxItems": longest,
+        "description": f"grey pixels [height][width], JSON numbers only, rows of equal length, at most "
+        f"{settings.max_image_pixels} in all; {side}x{side} is taken as MNIST format (ink bright on "
+        "black) unless preprocess is true, any other size is preprocessed",
     }
     preprocess = {"type": "boolean", "description": f"preprocess a {side}x{side} pixel array too"}
     # A single image's object may carry "preprocess"; a batch takes it once, next to "images".
@@ -60,15 +67,16 @@ def _image_body(batch: bool) -> dict:
         ],
         "description": "an object with both pixels and b64 is refused",
     }
+    items = {"type": "array", "items": item, "minItems": 1, "maxItems": settings.max_batch_images}
     json_schema = (
         {
             "oneOf": [
                 {
                     "type": "object",
-                    "properties": {"images": {"type": "array", "items": item}, "preprocess": preprocess},
+                    "properties": {"images": items, "preprocess": preprocess},
                     "required": ["images"],
                 },
-                {"type": "array", "items": item},
+                items,
             ]
         }
         if batch
@@ -78,7 +86,11 @@ def _image_body(batch: bool) -> dict:
     sent = "the images as files, in order" if batch else "the image as one file"
     multipart = {
         "type": "object",
-        "properties": {"image": {"type": "array", "items": files} if batch else files},
+        "properties": {
+            "image": {"type": "array", "items": files, "maxItems": settings.max_batch_images}
+            if batch
+            else files
+        },
         "description": f"{sent}; `image` is the usual field name, but a file in a field of any name is "
         "taken, and non-file fields are ignored",
     }
@@ -104,13 +116,20 @@ def openapi_document(settings: GatewaySettings) -> dict:
     """The document, with this gateway's limits filled in."""
     n, side = contract.NUM_CLASSES, contract.IMAGE_SIZE
     grey = {"type": "integer", "minimum": 0, "maximum": contract.PIXEL_MAX}
+    share = {"type": "number", "minimum": 0, "maximum": 1}
     answer = {
         "type": "object",
         "properties": {
             "digit": {"type": "integer", "minimum": 0, "maximum": n - 1},
-            "label": {"type": "string"},
-            "confidence": {"type": "number"},
-            "probabilities": {"type": "array", "items": {"type": "number"}, "minItems": n, "maxItems": n},
+            "label": {"type": "string", "description": "the class name of digit (DIGITS_DATASET)"},
+            "confidence": {**share, "description": "the probability of digit"},
+            "probabilities": {
+                "type": "array",
+                "items": share,
+                "minItems": n,
+                "maxItems": n,
+                "description": "one per class, by class index",
+            },
             "input": {
                 "type": "array",
                 "items": {"type": "array", "items": grey, "minItems": side, "maxItems": side},
@@ -119,15 +138,17 @@ def openapi_document(settings: GatewaySettings) -> dict:
                 "description": f"the preprocessed {side}x{side} image [row][column] (?include_input=1)",
             },
         },
+        "required": ["digit", "label", "confidence", "probabilities"],
     }
     version = {"type": "integer", "nullable": True, "description": "null when the gateway cannot look it up"}
-    model = {"type": "object", "properties": {"name": {"type": "string"}, "version": version}}
-    timings = {"type": "object", "additionalProperties": {"type": "number"}}
+    model = _object(name={"type": "string"}, version=version)
+    timings = _object(**{step: {"type": "number"} for step in ("preprocess", "model", "total")})
     include = {
         "name": "include_input",
         "in": "query",
-        "schema": {"type": "boolean"},
-        "description": "also return the preprocessed 28x28 image the model saw",
+        "schema": {"type": "string", "enum": ["1", "true"]},
+        "description": "1 or true: also return the preprocessed 28x28 image the model saw "
+        "(any other value, or none, leaves it out)",
     }
     security = [{"bearer": []}] if settings.auth_token else []
     ready = _object(
@@ -136,7 +157,8 @@ def openapi_document(settings: GatewaySettings) -> dict:
         available_versions={
             "type": "array",
             "items": {"type": "integer"},
-            "description": "newest first; only the pinned label's version when one is set",
+            "description": "newest first; only the pinned label's version when one is set and the model "
+            "server names it (else every AVAILABLE version)",
         },
     )
     not_ready = _object(ready={"type": "boolean", "enum": [False]}, error={"type": "string"})
@@ -156,7 +178,7 @@ def openapi_document(settings: GatewaySettings) -> dict:
                     "summary": "Classify one image (file, raw bytes or JSON pixels)",
                     "parameters": [include],
                     "security": security,
-                    "requestBody": _image_body(batch=False),
+                    "requestBody": _image_body(batch=False, settings=settings),
                     "responses": _responses("#/components/schemas/Prediction"),
                 }
             },
@@ -165,7 +187,7 @@ def openapi_document(settings: GatewaySettings) -> dict:
                     "summary": "Classify many images in one request",
                     "parameters": [include],
                     "security": security,
-                    "requestBody": _image_body(batch=True),
+                    "requestBody": _image_body(batch=True, settings=settings),
                     "responses": _responses("#/components/schemas/BatchPrediction"),
                 }
             },
@@ -200,6 +222,21 @@ def openapi_document(settings: GatewaySettings) -> dict:
                     "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
                 }
             },
+            "/static/{filename}": {
+                "get": {
+                    "summary": "The drawing page's script and style sheet (draw.js, style.css)",
+                    "parameters": [
+                        {"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the file",
+                            "content": {"text/javascript": {}, "text/css": {}},
+                        },
+                        "404": _error("no such file"),
+                    },
+                }
+            },
         },
         "components": {
             "schemas": {
@@ -208,20 +245,10 @@ def openapi_document(settings: GatewaySettings) -> dict:
                     "properties": {"error": {"type": "string"}},
                     "required": ["error"],
                 },
-                "Prediction": {
-                    "allOf": [
-                        answer,
-                        {"type": "object", "properties": {"model": model, "timings_ms": timings}},
-                    ]
-                },
-                "BatchPrediction": {
-                    "type": "object",
-                    "properties": {
-                        "predictions": {"type": "array", "items": answer},
-                        "model": model,
-                        "timings_ms": timings,
-                    },
-                },
+                "Prediction": {"allOf": [answer, _object(model=model, timings_ms=timings)]},
+                "BatchPrediction": _object(
+                    predictions={"type": "array", "items": answer}, model=model, timings_ms=timings
+                ),
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },

@@ -25,7 +25,31 @@ _LABEL = {
 }
 
 
+# What every model route can answer besides 200 (TF Serving's ToHTTPStatusCode of each failure).
+_GET_ERRORS = {
+    "400": "malformed request: bad version number, unknown version label",
+    "404": "no such model or version",
+    "500": "internal error",
+    "503": "the model or its labels are not loaded yet, or the server is shutting down",
+    "504": "no REST worker became free within --rest_api_timeout_in_ms",
+}
+_POST_ERRORS = {
+    **_GET_ERRORS,
+    "400": "malformed request: bad JSON, unknown input or signature, wrong dtype or shape, bad version "
+    "number, unknown version label, a signature of the wrong kind (classify/regress)",
+    "413": "request body (or its gzip-decompressed form) over --rest_api_max_body_bytes",
+    "429": "the model ran out of resources (RESOURCE_EXHAUSTED), e.g. memory",
+    "503": "the batch queue is full, the model is not loaded yet, or the server is shutting down",
+    "504": "the request ran past --rest_api_timeout_in_ms",
+}
+
+
+def _error(text: str) -> dict:
+    return {**_ERROR, "description": text}
+
+
 def _json_op(summary: str, params: list, request: str | None, response: str) -> dict:
+    errors = _POST_ERRORS if request else _GET_ERRORS
     op = {
         "summary": summary,
         "parameters": params,
@@ -34,17 +58,20 @@ def _json_op(summary: str, params: list, request: str | None, response: str) -> 
                 "description": "OK",
                 "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{response}"}}},
             },
-            "400": _ERROR,
-            "404": _ERROR,
-            "503": _ERROR,
+            **{code: _error(text) for code, text in errors.items()},
         },
     }
     if request:
         op["requestBody"] = {
             "required": True,
+            "description": "JSON; a body sent with Content-Encoding: gzip is decompressed first",
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{request}"}}},
         }
     return op
+
+
+def _json_body(description: str, schema: dict) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 @cache
@@ -57,7 +84,10 @@ def openapi_document() -> dict:
         ("/labels/{label}", [_NAME, _LABEL]),
     ):
         base = "/v1/models/{name}" + suffix
-        paths[base] = {"get": _json_op("Model version status (the readiness check)", params, None, "Status")}
+        summary = "Model version status (the readiness check)"
+        if suffix.startswith("/labels"):
+            summary += "; as TF Serving, the label is not resolved: every version's status is returned"
+        paths[base] = {"get": _json_op(summary, params, None, "Status")}
         paths[base + "/metadata"] = {
             "get": _json_op("Signatures (SignatureDefMap)", params, None, "Metadata")
         }
@@ -75,21 +105,50 @@ def openapi_document() -> dict:
             )
         }
     paths["/v1/models"] = {
-        "get": _json_op(
-            "List models and their AVAILABLE versions (KServe V1 shape plus versions)", [], None, "ModelList"
-        )
+        "get": {
+            "summary": "List models and their AVAILABLE versions (KServe V1 shape plus versions)",
+            "parameters": [],
+            "responses": {
+                "200": _json_body("OK", {"$ref": "#/components/schemas/ModelList"}),
+                "500": _error("internal error"),
+                "504": _error(_GET_ERRORS["504"]),
+            },
+        }
     }
-    paths["/v2/health/live"] = {"get": {"summary": "Liveness", "responses": {"200": {"description": "live"}}}}
+    paths["/v1/openapi.json"] = {
+        "get": {
+            "summary": "This document",
+            "responses": {"200": _json_body("the OpenAPI 3 document", {"type": "object"})},
+        }
+    }
+    live = {
+        "type": "object",
+        "properties": {"live": {"type": "boolean", "enum": [True]}},
+        "required": ["live"],
+    }
+    ready = {"type": "object", "properties": {"ready": {"type": "boolean"}}, "required": ["ready"]}
+    paths["/v2/health/live"] = {
+        "get": {"summary": "Liveness", "responses": {"200": _json_body("live", live)}}
+    }
     paths["/v2/health/ready"] = {
         "get": {
             "summary": "Ready when every configured model has an AVAILABLE version",
-            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+            "responses": {
+                "200": _json_body('ready: {"ready": true}', ready),
+                "503": _json_body('not ready: {"ready": false}', ready),
+            },
         }
     }
     paths["/monitoring/prometheus/metrics"] = {
         "get": {
-            "summary": "Prometheus metrics (with --monitoring_config_file)",
-            "responses": {"200": {"description": "text/plain exposition"}},
+            "summary": "Prometheus metrics (at the path set by --monitoring_config_file's "
+            "prometheus_config; this is the usual one)",
+            "responses": {
+                "200": {
+                    "description": "Prometheus text exposition format 0.0.4",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
         }
     }
     tensor = {"description": 'a value or (nested) list; {"b64": "..."} for string tensors'}
@@ -98,10 +157,12 @@ def openapi_document() -> dict:
         "PredictRequest": {
             "type": "object",
             "description": "exactly one of instances / inputs",
+            "oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
             "properties": {
                 "signature_name": {"type": "string", "default": "serving_default"},
                 "instances": {
                     "type": "array",
+                    "minItems": 1,
                     "description": "row format: one element per example; objects "
                     "of input name -> value for several inputs",
                 },
@@ -113,6 +174,7 @@ def openapi_document() -> dict:
         },
         "PredictResponse": {
             "type": "object",
+            "oneOf": [{"required": ["predictions"]}, {"required": ["outputs"]}],
             "properties": {
                 "predictions": {"description": "row requests: one element per example"},
                 "outputs": {
@@ -126,10 +188,25 @@ def openapi_document() -> dict:
             "properties": {
                 "signature_name": {"type": "string"},
                 "context": {"type": "object"},
-                "examples": {"type": "array", "items": {"type": "object"}},
+                "examples": {
+                    "type": "array",
+                    "items": {"type": "object"},
+                    "minItems": 1,
+                    "description": 'feature name -> value (or list, or {"b64": ...}); merged with context',
+                },
             },
         },
-        "Results": {"type": "object", "properties": {"results": {"type": "array"}}},
+        "Results": {
+            "type": "object",
+            "properties": {
+                "results": {
+                    "type": "array",
+                    "description": "classify: per example a list of [label, score]; regress: per example "
+                    "a number",
+                }
+            },
+            "required": ["results"],
+        },
         "Status": {
             "type": "object",
             "properties": {
@@ -150,13 +227,39 @@ def openapi_document() -> dict:
                                 },
                             },
                         },
+                        "required": ["version", "state", "status"],
                     },
                 }
             },
+            "required": ["model_version_status"],
         },
         "Metadata": {
             "type": "object",
-            "properties": {"model_spec": {"type": "object"}, "metadata": {"type": "object"}},
+            "properties": {
+                "model_spec": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "signature_name": {"type": "string"},
+                        "version": {"type": "string", "description": "the version that answered"},
+                    },
+                    "required": ["name", "version"],
+                },
+                "metadata": {
+                    "type": "object",
+                    "properties": {
+                        "signature_def": {
+                            "type": "object",
+                            "description": "a SignatureDefMap in proto JSON: "
+                            '{"signature_def": {name: SignatureDef}}',
+                            "properties": {"signature_def": {"type": "object"}},
+                            "required": ["signature_def"],
+                        }
+                    },
+                    "required": ["signature_def"],
+                },
+            },
+            "required": ["model_spec", "metadata"],
         },
         "ModelList": {
             "type": "object",
@@ -168,6 +271,7 @@ def openapi_document() -> dict:
                 },
                 "ready": {"type": "object", "additionalProperties": {"type": "boolean"}},
             },
+            "required": ["models", "versions", "ready"],
         },
     }
     return {
@@ -176,7 +280,14 @@ def openapi_document() -> dict:
             "title": "digits-serve REST API",
             "version": "1",
             "description": "TensorFlow Serving's REST API (same paths, JSON and status codes), "
-            "plus health, model listing and metrics.",
+            'plus health, model listing and metrics. Every error has the body {"error": "..."}: '
+            "404 for a path outside /v1/, 400 (Malformed request) for an unknown /v1/ path or a "
+            "method a /v1/ path does not take (TF Serving answers no 405), 413 for a body over "
+            "--rest_api_max_body_bytes on any route, 400 for a broken Content-Length, chunked or gzip body. "
+            "Methods other than GET, POST, PUT, DELETE and OPTIONS (HEAD, PATCH, ...) get 501 "
+            "Not Implemented. "
+            "With --rest_api_enable_cors_support an OPTIONS preflight on any path answers 200 (400 "
+            "without an http(s) Origin) and every answer carries the CORS headers.",
         },
         "paths": paths,
         "components": {"schemas": schemas},

@@ -153,7 +153,15 @@ def test_openapi_every_array_schema_says_what_its_items_are(openapi_spec):
 
 def test_openapi_lists_every_route_and_the_probes_bodies(openapi_spec):
     paths = openapi_spec["paths"]
-    assert set(paths) == {"/v1/predict", "/v1/predict/batch", "/healthz", "/readyz", "/openapi.json", "/"}
+    assert set(paths) == {
+        "/v1/predict",
+        "/v1/predict/batch",
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+        "/",
+        "/static/{filename}",
+    }
     assert json_schema(paths["/healthz"]["get"]["responses"]["200"])["required"] == ["status"]
     ready = paths["/readyz"]["get"]["responses"]
     fields = {code: json_schema(ready[code])["required"] for code in ("200", "503")}
