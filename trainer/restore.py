@@ -55,10 +55,20 @@ def restore_model(version_dir: str | Path) -> RestoredModel:
         raise RestoreError(f"{version_dir}: not an exported version (no {ASSETS_EXTRA}/{MODEL_CARD_FILE})")
     try:
         card = read_model_card(version_dir)
+        if not isinstance(card, dict):
+            raise TypeError(f"a JSON {type(card).__name__}, not an object")
         presets = member_presets(card)
+    except OSError as exc:
+        raise RestoreError(f"{version_dir}: its model card cannot be read ({exc})") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise RestoreError(f"{version_dir}: the model card does not describe the network ({exc})") from None
-    members = tuple(serving_network(preset.model, build_model(preset.model)) for preset in presets)
+    if not presets:
+        raise RestoreError(f"{version_dir}: the model card lists no network ({MEMBER_CONFIGS} is empty)")
+    try:
+        members = tuple(serving_network(preset.model, build_model(preset.model)) for preset in presets)
+    except (KeyError, TypeError, ValueError) as exc:  # e.g. unknown layer defaults, a crop larger than 28
+        raise RestoreError(f"{version_dir}: the model card describes a network that cannot be built ({exc})"
+                           ) from None
     model = average_models(members) if len(members) > 1 else members[0]
 
     try:
