@@ -371,14 +371,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     preset = preset_from_args(args)
     if preset.train.members > 1:
         from trainer.ensemble import train_ensemble
-        from trainer.member_store import MEMBERS_FOLDER, MemberStore, MemberStoreError
+        from trainer.member_store import MEMBERS_FOLDER, MemberStore
 
         store = MemberStore(args.members_dir or Path(args.models_dir) / MEMBERS_FOLDER)
-        try:
-            ensemble = train_ensemble(preset, dataset, limit_train=args.limit_train, log=_log, store=store)
-        except MemberStoreError as exc:
-            print(f"digits-train: train: {exc}", file=sys.stderr)
-            return 1
+        ensemble = train_ensemble(preset, dataset, limit_train=args.limit_train, log=_log, store=store)
         result = ensemble.combined
     else:
         result = train_model(preset, dataset, limit_train=args.limit_train, log=_log)
