@@ -24,6 +24,7 @@ import keras
 
 from trainer.data import Dataset
 from trainer.model import build_model
+from trainer.precision import resolve_precision
 from trainer.presets import Preset
 from trainer.train import TrainResult, predict_classes, score_predictions
 from trainer.tta import serving_network
@@ -44,7 +45,11 @@ class MemberStore:
     root: Path
 
     def folder(self, member: Preset, dataset: Dataset, limit_train: int | None) -> Path:
-        """The folder of the member trained with `member`'s recipe and seed on this data."""
+        """The folder of the member trained with `member`'s recipe and seed on this data.
+
+        Keyed on the precision that trains here: "auto" is bfloat16 on some machines and float32 on
+        others, and a member trained in one is not the recipe the other asks for."""
+        member = settled_precision(member)
         preset = replace(member, train=replace(member.train, seed=0)).to_dict()  # seeds share it
         if preset["train"]["precision"] == "float32":  # as every member saved before the field existed
             del preset["train"]["precision"]
@@ -68,10 +73,12 @@ class MemberStore:
             record = json.loads((folder / MEMBER_RECORD).read_text())
             if not isinstance(record, dict):
                 raise MemberStoreError("its record is not a JSON object")
-            # Compared as presets, so a record from before a field existed reads as that field's default.
-            if Preset.from_dict(record["requested"]) != member or record["dataset"] != dataset.name:
-                raise MemberStoreError("its record names another recipe or dataset")
+            # Compared as presets, so a record from before a field existed reads as that field's default;
+            # with the precision the member trained in, which "auto" settled when it was trained.
             preset = Preset.from_dict(record["preset"])
+            requested = Preset.from_dict(record["requested"]).with_overrides(precision=preset.train.precision)
+            if requested != settled_precision(member) or record["dataset"] != dataset.name:
+                raise MemberStoreError("its record names another recipe or dataset")
             model = serving_network(preset.model, build_model(preset.model))
             model.load_weights(folder / MEMBER_WEIGHTS)
             predictions = predict_classes(model, dataset.x_test)
@@ -127,6 +134,11 @@ class MemberStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder
+
+
+def settled_precision(member: Preset) -> Preset:
+    """`member` with its precision as it trains on this machine ("auto" settled, trainer/precision.py)."""
+    return member.with_overrides(precision=resolve_precision(member.train.precision))
 
 
 def _record(member: Preset, result: TrainResult) -> dict[str, Any]:

@@ -161,3 +161,24 @@ def test_members_trained_on_other_images_are_kept_apart(tmp_path, mnist_data):
                ((mnist_data, 500), (mnist_data, 1000), (mnist_data, None), (relabelled, 500))]
     assert len(set(folders)) == 4
     assert store.folder(member, mnist_data, 500) == folders[0]  # the same recipe and data: the same folder
+
+
+def test_an_auto_precision_member_is_kept_with_the_precision_it_trained_in(tmp_path, mnist_data, monkeypatch):
+    """--precision auto is bfloat16 on some machines, float32 on others: a member trained in one is never
+    reused where auto means the other, and shares its folder with the explicit precision it ran in."""
+    import trainer.member_store as member_store
+    from trainer.presets import get_preset
+
+    store = MemberStore(tmp_path)
+    preset = get_preset("seed-best").with_overrides(members=2)
+    member = {precision: member_preset(preset.with_overrides(precision=precision), 0)
+              for precision in ("auto", "float32", "bfloat16")}
+    folders = {}
+    for native in ("bfloat16", "float32"):
+        real = member_store.resolve_precision
+        monkeypatch.setattr(member_store, "resolve_precision",
+                            lambda precision, real=real, native=native: native if precision == "auto"
+                            else real(precision))
+        folders[native] = store.folder(member["auto"], mnist_data, 500)
+        assert folders[native] == store.folder(member[native], mnist_data, 500)
+    assert folders["bfloat16"] != folders["float32"]
