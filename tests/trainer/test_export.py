@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -246,3 +247,24 @@ def test_a_file_where_the_versions_go_is_refused_before_training(tmp_path, capsy
             main([*command, "--models-dir", str(tmp_path / "models"), "--reports-dir", str(tmp_path / "r")])
         assert exit_info.value.code == 2
         assert f"{tmp_path / 'models' / 'mnist'}: it is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_file_with_a_version_name_is_skipped_not_fatal(tmp_path, small_model):
+    """A stray file called 3 (a log, a copy gone wrong): the export takes 4, it does not loop and fail."""
+    base = tmp_path / "m"
+    base.mkdir()
+    (base / "2").mkdir()
+    (base / "3").write_text("not a version")
+    version_dir = export_model(small_model, tmp_path, "m", verify=False)
+    assert version_dir.name == "4" and read_model_card(version_dir)["version"] == 4
+    assert (base / "3").read_text() == "not a version"
+
+
+def test_a_killed_exports_temp_folder_is_removed_once_stale(tmp_path, small_model):
+    base = tmp_path / "m"
+    (base / ".export-killed" / "variables").mkdir(parents=True)
+    (base / ".export-in-progress").mkdir()
+    hours_ago = time.time() - 2 * 3600
+    os.utime(base / ".export-killed", (hours_ago, hours_ago))
+    export_model(small_model, tmp_path, "m", verify=False)
+    assert sorted(p.name for p in base.iterdir()) == [".export-in-progress", "1"]
