@@ -227,28 +227,6 @@ def test_saved_model_cli_run_gives_the_same_classes(mnist_model_dir, mnist_data,
     json.dumps(cli_classes.tolist())  # plain ints, as a client would print them
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../mnist", ".members", ".hidden"])
-def test_a_model_name_that_is_no_single_visible_folder_is_refused_before_training(tmp_path, capsys, name):
-    from trainer.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--preset", "fast", "--models-dir", str(tmp_path / "models"), "--model-name", name])
-    assert exit_info.value.code == 2 and "is not a model name" in capsys.readouterr().err
-    assert not (tmp_path / "models").exists()
-
-
-def test_a_file_where_the_versions_go_is_refused_before_training(tmp_path, capsys):
-    from trainer.cli import main
-
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "mnist").write_text("not a folder")
-    for command in (["train", "--preset", "fast"], ["combine", "models/mnist/1", "models/mnist/2"]):
-        with pytest.raises(SystemExit) as exit_info:
-            main([*command, "--models-dir", str(tmp_path / "models"), "--reports-dir", str(tmp_path / "r")])
-        assert exit_info.value.code == 2
-        assert f"{tmp_path / 'models' / 'mnist'}: it is a file, not a folder" in capsys.readouterr().err
-
-
 def test_a_file_with_a_version_name_is_skipped_not_fatal(tmp_path, small_model):
     """A stray file called 3 (a log, a copy gone wrong): the export takes 4, it does not loop and fail."""
     base = tmp_path / "m"
