@@ -206,5 +206,7 @@ def check_same_data(path: Path, card: dict[str, Any], name: str, checksums: dict
         raise RestoreError(f"{path}: its model card does not say which data it was trained on")
     if trained_on.get("name") != name:
         raise RestoreError(f"{path} was trained on {trained_on.get('name')!r}, not {name!r}")
-    if trained_on.get("sha256") not in (None, checksums):
+    if "sha256" not in trained_on:  # every card since the first has them: this one was edited or made by hand
+        raise RestoreError(f"{path}: its model card records no sha256 of the {name} arrays it was trained on")
+    if trained_on["sha256"] != checksums:
         raise RestoreError(f"{path} was trained on different {name} arrays (sha256 differ)")

@@ -151,6 +151,7 @@ def test_a_member_fit_on_all_images_has_no_validation_score(exports, capsys):
     [
         (lambda card: card["dataset"].update(name="fashion_mnist"), "on 'fashion_mnist', not 'mnist'"),
         (lambda card: card["dataset"]["sha256"].update(x_test="0" * 64), "different mnist arrays"),
+        (lambda card: card["dataset"].pop("sha256"), "records no sha256"),
         (lambda card: card["config"]["model"]["conv_layers"][0].update(filters=8), "do not fit the network"),
         (lambda card: card["config"].pop("model"), "does not describe the network"),
         (lambda card: card["config"]["model"].update(layer_defaults="tensorflow"), "cannot be built"),
