@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from client.contract import INPUT_NAME, OUTPUT_CLASSES, OUTPUT_PROBABILITIES, SIGNATURE_NAME
 from trainer.ensemble import average_models, member_preset
 from trainer.export import ASSETS_EXTRA, MODEL_CARD_FILE, check_export, read_model_card
 from trainer.model import build_model
@@ -87,4 +88,10 @@ def restore_model(version_dir: str | Path) -> RestoredModel:
         check_export(version_dir, model, _CHECK_IMAGES)
     except RuntimeError as exc:
         raise RestoreError(f"{version_dir}: the rebuilt network does not match the export: {exc}") from None
+    except (KeyError, TypeError, ValueError, tf.errors.OpError) as exc:  # no such signature, input or output
+        raise RestoreError(
+            f"{version_dir}: the export does not serve the '{SIGNATURE_NAME}' signature (uint8 "
+            f"'{INPUT_NAME}' [N, 28, 28] in, '{OUTPUT_PROBABILITIES}' and '{OUTPUT_CLASSES}' out): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
     return RestoredModel(model=model, members=members, member_presets=presets, card=card)

@@ -226,3 +226,14 @@ def test_combine_refuses_a_network_given_twice(exports, tmp_path, capsys):
     assert "members 2 and 3" in capsys.readouterr().err
     assert main(["combine", str(source / "3"), str(source / "3") + "/", *common]) == 1  # one path, twice
     assert existing_versions(tmp_path / "models/mnist") == [1]
+
+
+def test_restore_refuses_an_export_without_the_serving_signature(exports, tmp_path):
+    """The same weights re-saved under another signature name: no server or client could call it."""
+    root, _ = exports
+    loaded = tf.saved_model.load(str(root / "models/mnist/1"))
+    renamed = tmp_path / "renamed"
+    tf.saved_model.save(loaded, str(renamed), signatures={"predict": loaded.signatures[SIGNATURE_NAME]})
+    shutil.copytree(root / "models/mnist/1" / ASSETS_EXTRA, renamed / ASSETS_EXTRA)
+    with pytest.raises(RestoreError, match=f"does not serve the '{SIGNATURE_NAME}' signature"):
+        restore_model(renamed)
