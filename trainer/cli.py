@@ -300,6 +300,21 @@ def _check_output_dirs(parser: argparse.ArgumentParser, args: argparse.Namespace
         problem = folder is not None and _unusable_folder(Path(folder))
         if problem:
             parser.error(f"{flag} {folder}: {problem}")
+    if getattr(args, "models_dir", None) is not None:  # where the versions go must be a folder too
+        model_base = Path(args.models_dir) / args.model_name
+        problem = _unusable_folder(model_base)
+        if problem:
+            parser.error(f"--model-name {args.model_name}: {model_base}: {problem}")
+
+
+def _model_name(text: str) -> str:
+    """A model name is one folder under MODELS_DIR, the name a server serves it by (TF Serving's URLs)."""
+    if not text or text in (".", "..") or "/" in text or "\\" in text or text.startswith("."):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a model name: one folder name under --models-dir, without '/' or a leading '.' "
+            "(servers skip hidden folders, and the ensemble members live in MODELS_DIR/.members)"
+        )
+    return text
 
 
 def _unusable_folder(folder: Path) -> str:
@@ -385,14 +400,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     preset = preset_from_args(args)
     if preset.train.members > 1:
         from trainer.ensemble import train_ensemble
-        from trainer.member_store import MEMBERS_FOLDER, MemberStore, MemberStoreError
+        from trainer.member_store import MEMBERS_FOLDER, MemberStore
 
         store = MemberStore(args.members_dir or Path(args.models_dir) / MEMBERS_FOLDER)
-        try:
-            ensemble = train_ensemble(preset, dataset, limit_train=args.limit_train, log=_log, store=store)
-        except MemberStoreError as exc:
-            print(f"digits-train: train: {exc}", file=sys.stderr)
-            return 1
+        ensemble = train_ensemble(preset, dataset, limit_train=args.limit_train, log=_log, store=store)
         result = ensemble.combined
     else:
         result = train_model(preset, dataset, limit_train=args.limit_train, log=_log)
@@ -600,7 +611,10 @@ def _add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--models-dir", default=DEFAULT_MODEL_BASE, help="export under MODELS_DIR/MODEL_NAME/<version>"
     )
-    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
+    parser.add_argument(
+        "--model-name", type=_model_name, default=DEFAULT_MODEL_NAME,
+        help=f"the served model's name: versions go to MODELS_DIR/MODEL_NAME/ (default {DEFAULT_MODEL_NAME})",
+    )
     parser.add_argument(
         "--reports-dir", default=DEFAULT_REPORTS_DIR, help="run outputs go to REPORTS_DIR/<run-id>/"
     )

@@ -8,6 +8,7 @@ member fit on all 60,000 images with no hold-out).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -110,6 +111,7 @@ def combine_exports(
                for model, preset in zip(export.members, export.member_presets, strict=True)]
     if len(sources) < 2:
         raise RestoreError(f"an ensemble needs at least two members; {paths[0]} holds one network")
+    check_distinct_networks(sources)
 
     members, member_probabilities, member_wrong = [], [], []
     for index, (source, model, preset) in enumerate(sources, start=1):
@@ -163,6 +165,32 @@ def combine_exports(
     )
 
 
+def weights_fingerprint(model: keras.Model) -> str:
+    """sha256 of every weight's shape and values: equal for the same network, wherever it was exported."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+        digest.update(repr((value.shape, value.dtype.str)).encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def check_distinct_networks(sources: Sequence[tuple[str, keras.Model, Preset]]) -> None:
+    """Refuse one network given twice (a copied export, or a version and an ensemble that holds it):
+    averaged with itself it would only weigh twice, and the card would count it as two members."""
+    seen: dict[str, tuple[int, str]] = {}
+    for index, (source, model, preset) in enumerate(sources, start=1):
+        fingerprint = weights_fingerprint(model)
+        if fingerprint in seen:
+            first_index, first_source = seen[fingerprint]
+            where = source if source == first_source else f"{first_source} and {source}"
+            raise RestoreError(
+                f"members {first_index} and {index} (from {where}, seed {preset.train.seed}) are the same "
+                "network: averaging a network with itself adds nothing but weight; give each one once"
+            )
+        seen[fingerprint] = (index, source)
+
+
 def _own_split_accuracy(model: keras.Model, preset: Preset, dataset: Dataset) -> float | None:
     """Accuracy on the validation split the member was trained beside; None if it was fit on all 60k."""
     if not preset.train.val_size:
@@ -173,8 +201,12 @@ def _own_split_accuracy(model: keras.Model, preset: Preset, dataset: Dataset) ->
 
 def check_same_data(path: Path, card: dict[str, Any], name: str, checksums: dict[str, str]) -> None:
     """Members are scored on the dataset `name`: refuse exports that were trained on something else."""
-    trained_on = card.get("dataset", {})
+    trained_on = card.get("dataset")
+    if not isinstance(trained_on, dict):
+        raise RestoreError(f"{path}: its model card does not say which data it was trained on")
     if trained_on.get("name") != name:
         raise RestoreError(f"{path} was trained on {trained_on.get('name')!r}, not {name!r}")
-    if trained_on.get("sha256") not in (None, checksums):
+    if "sha256" not in trained_on:  # every card since the first has them: this one was edited or made by hand
+        raise RestoreError(f"{path}: its model card records no sha256 of the {name} arrays it was trained on")
+    if trained_on["sha256"] != checksums:
         raise RestoreError(f"{path} was trained on different {name} arrays (sha256 differ)")

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 
 from trainer.data import Dataset
+from trainer.member_store import MemberStore, MemberStoreError
 from trainer.model import MODEL_INPUT_SHAPE
 from trainer.presets import Preset
 from trainer.train import TrainResult, predict_classes, score_predictions, train_model
-
-if TYPE_CHECKING:
-    from trainer.member_store import MemberStore
 
 
 @dataclass(frozen=True)
@@ -67,13 +64,20 @@ def train_ensemble(
     """Train `preset.train.members` members (each keeps its best validation epoch), then average them.
 
     With a `store`, each member is saved as it finishes, and members saved there by an earlier run of
-    the same recipe on the same data are reused instead of trained again.
+    the same recipe on the same data are reused instead of trained again; a saved member that cannot be
+    reused (damaged, or not scoring what its record says) is trained again, said in the log, and replaced.
     """
     count = preset.train.members
     members = []
     for index in range(count):
         recipe = member_preset(preset, index)
-        saved = store.load(recipe, dataset, limit_train) if store else None
+        damaged = False
+        try:
+            saved = store.load(recipe, dataset, limit_train) if store else None
+        except MemberStoreError as exc:
+            log(f"ensemble member {index + 1}/{count}: seed {recipe.train.seed}: the saved member cannot be "
+                f"reused: {exc}; training it again")
+            saved, damaged = None, True
         if saved is not None:
             log(
                 f"ensemble member {index + 1}/{count}: seed {recipe.train.seed} reused from "
@@ -85,7 +89,8 @@ def train_ensemble(
         log(f"ensemble member {index + 1}/{count}")
         member = train_model(recipe, dataset, limit_train=limit_train, log=log)
         if store:
-            log(f"member saved in {store.save(recipe, member, dataset, limit_train)}")
+            folder = store.save(recipe, member, dataset, limit_train, replace_damaged=damaged)
+            log(f"member {'replaced' if damaged else 'saved'} in {folder}")
         members.append(member)
     model = average_models([member.model for member in members], name=f"{preset.name.replace('-', '_')}")
 

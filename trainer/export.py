@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 MODEL_CARD_FILE = "model_card.json"
 WARMUP_BATCH_SIZES = (1, 2, 4, 8, 16)
 _TMP_PREFIX = ".export-"  # not all digits, so TF Serving's version scan ignores it
+STALE_EXPORT_S = 3600.0  # an export's temp folder older than this is a killed export's: removed
 
 
 INPUT_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE], tf.uint8, name=INPUT_NAME)
@@ -66,9 +68,30 @@ def existing_versions(model_base: str | Path) -> list[int]:
 
 
 def next_version(model_base: str | Path) -> int:
-    """One more than the highest existing version (1 for an empty or missing directory)."""
-    versions = existing_versions(model_base)
+    """One more than the highest version name taken (1 for an empty or missing directory).
+
+    A file or a link with a version's name counts as taken too: a version cannot be renamed onto it.
+    """
+    base = Path(model_base)
+    taken = [parse_version(p.name) for p in base.iterdir()] if base.is_dir() else []
+    versions = sorted(version for version in taken if version is not None)
     return versions[-1] + 1 if versions else 1
+
+
+def remove_stale_exports(model_base: Path, older_than_s: float = STALE_EXPORT_S) -> list[Path]:
+    """Delete the temp folders of exports killed before they finished (SIGKILL, a power cut), once they
+    are older than `older_than_s`: a recent one may be an export in progress in another process."""
+    removed = []
+    now = time.time()
+    for entry in model_base.iterdir() if model_base.is_dir() else ():
+        try:
+            stale = entry.name.startswith(_TMP_PREFIX) and now - entry.lstat().st_mtime > older_than_s
+        except OSError:  # gone meanwhile
+            continue
+        if stale and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def export_model(
@@ -82,10 +105,12 @@ def export_model(
     """Write models_dir/model_name/<next version>/ atomically and return that path.
 
     The SavedModel is built in a hidden temp dir next to the versions and renamed into place last,
-    so a server polling the directory sees either nothing or a complete version.
+    so a server polling the directory sees either nothing or a complete version. Temp dirs that killed
+    exports left over an hour ago are removed first.
     """
     model_base = Path(models_dir) / model_name
     model_base.mkdir(parents=True, exist_ok=True)
+    remove_stale_exports(model_base)
     tmp_dir = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=model_base))
     try:
         serving_archive(model).write_out(str(tmp_dir), verbose=False)

@@ -4,7 +4,9 @@
 saved as it finishes, in `<root>/<recipe>-<data>-<key>/seed-<S>/` (root: `models/.members` by
 default): its weights and a record of its recipe, data and scores. A rerun of the same recipe on the
 same data reuses the members it finds there and trains only the rest. Another recipe, training subset
-or dataset hashes to another folder, so a member is never reused for a recipe it was not trained with.
+or dataset hashes to another folder, so a member is never reused for a recipe it was not trained with. A
+member that is there but damaged (unreadable, truncated, or not scoring what its record says) is trained
+again, with a message naming its folder, and the new one replaces it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import keras
 
 from trainer.data import Dataset
 from trainer.model import build_model
+from trainer.precision import resolve_precision
 from trainer.presets import Preset
 from trainer.train import TrainResult, predict_classes, score_predictions
 from trainer.tta import serving_network
@@ -29,7 +32,6 @@ from trainer.tta import serving_network
 MEMBERS_FOLDER = ".members"  # under the models directory: kept with the models, served by no server
 MEMBER_WEIGHTS = "member.weights.h5"
 MEMBER_RECORD = "member.json"
-_DELETE_TO_RETRAIN = "delete it to train this member again"
 
 
 class MemberStoreError(ValueError):
@@ -43,7 +45,11 @@ class MemberStore:
     root: Path
 
     def folder(self, member: Preset, dataset: Dataset, limit_train: int | None) -> Path:
-        """The folder of the member trained with `member`'s recipe and seed on this data."""
+        """The folder of the member trained with `member`'s recipe and seed on this data.
+
+        Keyed on the precision that trains here: "auto" is bfloat16 on some machines and float32 on
+        others, and a member trained in one is not the recipe the other asks for."""
+        member = settled_precision(member)
         preset = replace(member, train=replace(member.train, seed=0)).to_dict()  # seeds share it
         if preset["train"]["precision"] == "float32":  # as every member saved before the field existed
             del preset["train"]["precision"]
@@ -57,49 +63,58 @@ class MemberStore:
         return self.root / f"{member.name}-{dataset.name}-{key}" / f"seed-{member.train.seed}"
 
     def load(self, member: Preset, dataset: Dataset, limit_train: int | None) -> TrainResult | None:
-        """The saved member for this recipe, seed and data, rebuilt and re-scored; None if none is saved."""
+        """The saved member for this recipe, seed and data, rebuilt and re-scored; None if none is saved.
+
+        Raises MemberStoreError, naming the folder, for a member that is there but cannot be trusted."""
         folder = self.folder(member, dataset, limit_train)
         if not folder.is_dir():
             return None
         try:
             record = json.loads((folder / MEMBER_RECORD).read_text())
-            # Compared as presets, so a record from before a field existed reads as that field's default.
-            if Preset.from_dict(record["requested"]) != member or record["dataset"] != dataset.name:
-                raise MemberStoreError("its record names another recipe or dataset")
+            if not isinstance(record, dict):
+                raise MemberStoreError("its record is not a JSON object")
+            # Compared as presets, so a record from before a field existed reads as that field's default;
+            # with the precision the member trained in, which "auto" settled when it was trained.
             preset = Preset.from_dict(record["preset"])
+            requested = Preset.from_dict(record["requested"]).with_overrides(precision=preset.train.precision)
+            if requested != settled_precision(member) or record["dataset"] != dataset.name:
+                raise MemberStoreError("its record names another recipe or dataset")
             model = serving_network(preset.model, build_model(preset.model))
             model.load_weights(folder / MEMBER_WEIGHTS)
-        except MemberStoreError as exc:
-            raise MemberStoreError(f"{folder}: {exc}; {_DELETE_TO_RETRAIN}") from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise MemberStoreError(f"{folder}: cannot be reused ({exc}); {_DELETE_TO_RETRAIN}") from None
-        predictions = predict_classes(model, dataset.x_test)
-        accuracy, errors = score_predictions(predictions, dataset.y_test)
-        if errors != record["test_errors"]:
-            raise MemberStoreError(
-                f"{folder}: its weights give {errors} test errors, its record says {record['test_errors']}; "
-                f"{_DELETE_TO_RETRAIN}"
+            predictions = predict_classes(model, dataset.x_test)
+            accuracy, errors = score_predictions(predictions, dataset.y_test)
+            if errors != record["test_errors"]:
+                raise MemberStoreError(
+                    f"its weights give {errors} test errors, its record says {record['test_errors']}"
+                )
+            return TrainResult(
+                model=model,
+                preset=preset,
+                dataset=dataset.name,
+                history=dict(record["history"]),
+                best_epoch=int(record["best_epoch"]),
+                val_accuracy=record["val_accuracy"],
+                test_accuracy=accuracy,
+                test_errors=errors,
+                test_predictions=predictions,
+                train_size=int(record["train_size"]),
+                val_size=int(record["val_size"]),
+                seconds=float(record["seconds"]),
+                epoch_seconds=list(record["epoch_seconds"]),
+                epoch_cpu_seconds=list(record.get("epoch_cpu_seconds", [])),  # absent from older records
             )
-        return TrainResult(
-            model=model,
-            preset=preset,
-            dataset=dataset.name,
-            history=record["history"],
-            best_epoch=record["best_epoch"],
-            val_accuracy=record["val_accuracy"],
-            test_accuracy=accuracy,
-            test_errors=errors,
-            test_predictions=predictions,
-            train_size=record["train_size"],
-            val_size=record["val_size"],
-            seconds=record["seconds"],
-            epoch_seconds=record["epoch_seconds"],
-            epoch_cpu_seconds=record.get("epoch_cpu_seconds", []),  # absent from older records
-        )
+        except MemberStoreError as exc:
+            raise MemberStoreError(f"{folder}: {exc}") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise MemberStoreError(f"{folder}: cannot be reused ({type(exc).__name__}: {exc})") from None
 
-    def save(self, member: Preset, result: TrainResult, dataset: Dataset, limit_train: int | None) -> Path:
+    def save(
+        self, member: Preset, result: TrainResult, dataset: Dataset, limit_train: int | None,
+        replace_damaged: bool = False,
+    ) -> Path:
         """Keep a finished member: written beside its folder and renamed into place, so a member that
-        is there is whole."""
+        is there is whole. A member already there is kept (another run saved it first), unless
+        `replace_damaged` says it is one `load` refused: that one is swapped out for this one."""
         folder = self.folder(member, dataset, limit_train)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
@@ -107,6 +122,11 @@ class MemberStore:
             result.model.save_weights(tmp / MEMBER_WEIGHTS)
             (tmp / MEMBER_RECORD).write_text(json.dumps(_record(member, result), indent=2) + "\n")
             os.chmod(tmp, 0o755)  # mkdtemp makes 0700
+            if replace_damaged and folder.exists():
+                # Renamed aside first (an atomic step), so the folder is never half old, half new.
+                aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}-damaged-", dir=folder.parent))
+                os.rename(folder, aside / folder.name)
+                shutil.rmtree(aside, ignore_errors=True)
             os.rename(tmp, folder)  # fails if another run saved this member first: theirs is kept
         except OSError:
             if not folder.is_dir():
@@ -114,6 +134,11 @@ class MemberStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder
+
+
+def settled_precision(member: Preset) -> Preset:
+    """`member` with its precision as it trains on this machine ("auto" settled, trainer/precision.py)."""
+    return member.with_overrides(precision=resolve_precision(member.train.precision))
 
 
 def _record(member: Preset, result: TrainResult) -> dict[str, Any]:

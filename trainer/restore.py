@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from client.contract import INPUT_NAME, OUTPUT_CLASSES, OUTPUT_PROBABILITIES, SIGNATURE_NAME
 from trainer.ensemble import average_models, member_preset
 from trainer.export import ASSETS_EXTRA, MODEL_CARD_FILE, check_export, read_model_card
 from trainer.model import build_model
@@ -55,10 +56,20 @@ def restore_model(version_dir: str | Path) -> RestoredModel:
         raise RestoreError(f"{version_dir}: not an exported version (no {ASSETS_EXTRA}/{MODEL_CARD_FILE})")
     try:
         card = read_model_card(version_dir)
+        if not isinstance(card, dict):
+            raise TypeError(f"a JSON {type(card).__name__}, not an object")
         presets = member_presets(card)
+    except OSError as exc:
+        raise RestoreError(f"{version_dir}: its model card cannot be read ({exc})") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise RestoreError(f"{version_dir}: the model card does not describe the network ({exc})") from None
-    members = tuple(serving_network(preset.model, build_model(preset.model)) for preset in presets)
+    if not presets:
+        raise RestoreError(f"{version_dir}: the model card lists no network ({MEMBER_CONFIGS} is empty)")
+    try:
+        members = tuple(serving_network(preset.model, build_model(preset.model)) for preset in presets)
+    except (KeyError, TypeError, ValueError) as exc:  # e.g. unknown layer defaults, a crop larger than 28
+        raise RestoreError(f"{version_dir}: the model card describes a network that cannot be built ({exc})"
+                           ) from None
     model = average_models(members) if len(members) > 1 else members[0]
 
     try:
@@ -77,4 +88,10 @@ def restore_model(version_dir: str | Path) -> RestoredModel:
         check_export(version_dir, model, _CHECK_IMAGES)
     except RuntimeError as exc:
         raise RestoreError(f"{version_dir}: the rebuilt network does not match the export: {exc}") from None
+    except (KeyError, TypeError, ValueError, tf.errors.OpError) as exc:  # no such signature, input or output
+        raise RestoreError(
+            f"{version_dir}: the export does not serve the '{SIGNATURE_NAME}' signature (uint8 "
+            f"'{INPUT_NAME}' [N, 28, 28] in, '{OUTPUT_PROBABILITIES}' and '{OUTPUT_CLASSES}' out): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
     return RestoredModel(model=model, members=members, member_presets=presets, card=card)

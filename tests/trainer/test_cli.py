@@ -149,6 +149,27 @@ def test_unusable_output_folders_are_refused_before_any_work(tmp_path, handlers_
     assert handlers_run == []
 
 
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../mnist", ".members", ".hidden"])
+def test_a_model_name_that_is_no_single_visible_folder_is_refused(tmp_path, handlers_run, capsys, name):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--preset", "fast", "--models-dir", str(tmp_path / "models"), "--model-name", name])
+    assert exc.value.code == 2 and handlers_run == []
+    assert "is not a model name" in capsys.readouterr().err
+
+
+def test_a_file_where_the_versions_go_is_refused_before_any_work(tmp_path, handlers_run, capsys):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "mnist").write_text("not a folder")
+    for command in (["train", "--preset", "fast"], ["combine", "models/mnist/1", "models/mnist/2"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*command, "--models-dir", str(tmp_path / "models"), "--reports-dir", str(tmp_path / "r")])
+        assert exc.value.code == 2
+        assert f"{tmp_path / 'models' / 'mnist'}: it is a file, not a folder" in capsys.readouterr().err
+    assert handlers_run == []
+    assert main(["train", "--preset", "fast", "--models-dir", str(tmp_path / "models"),
+                 "--model-name", "digits"]) == 0 and handlers_run == ["_cmd_train"]
+
+
 def test_damaged_data_or_an_unusable_data_dir_is_exit_1_not_a_traceback(tmp_path, mnist_data, monkeypatch,
                                                                         capsys, no_keras_cache):
     import trainer.data

@@ -13,7 +13,7 @@ import tensorflow as tf
 from client.contract import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_PROBABILITIES, SIGNATURE_NAME
 from trainer.cli import main
 from trainer.combine import errors_as_members_are_added, mean_over_pairs, shared_error_ratios
-from trainer.export import ASSETS_EXTRA, MODEL_CARD_FILE, read_model_card
+from trainer.export import ASSETS_EXTRA, MODEL_CARD_FILE, existing_versions, read_model_card
 from trainer.presets import PRESETS, Preset
 from trainer.restore import RestoreError, restore_model
 
@@ -151,8 +151,13 @@ def test_a_member_fit_on_all_images_has_no_validation_score(exports, capsys):
     [
         (lambda card: card["dataset"].update(name="fashion_mnist"), "on 'fashion_mnist', not 'mnist'"),
         (lambda card: card["dataset"]["sha256"].update(x_test="0" * 64), "different mnist arrays"),
+        (lambda card: card["dataset"].pop("sha256"), "records no sha256"),
         (lambda card: card["config"]["model"]["conv_layers"][0].update(filters=8), "do not fit the network"),
         (lambda card: card["config"].pop("model"), "does not describe the network"),
+        (lambda card: card["config"]["model"].update(layer_defaults="tensorflow"), "cannot be built"),
+        (lambda card: card["config"]["model"].update(trim_border=14), "cannot be built"),
+        (lambda card: card.update(member_configs=[]), "lists no network"),
+        (lambda card: card.update(dataset="mnist"), "does not say which data"),
     ],
 )
 def test_combine_refuses_an_export_it_cannot_trust(exports, tmp_path, capsys, edit, message):
@@ -201,3 +206,34 @@ def test_restore_refuses_weights_that_do_not_reproduce_the_export(exports, tmp_p
     tanh = edited_copy(root / "models/mnist/1", tmp_path / "tanh", to_tanh)
     with pytest.raises(RestoreError, match="does not match the export"):
         restore_model(tanh)
+
+
+def test_combine_refuses_a_network_given_twice(exports, tmp_path, capsys):
+    """A copied export, or a version beside an ensemble that already holds it, is one network, not two."""
+    root, _ = exports
+    common = ["--models-dir", str(tmp_path / "models"), "--reports-dir", str(tmp_path / "reports")]
+    source = root / "models/mnist"
+    copy = tmp_path / "copy-of-1"
+    shutil.copytree(source / "1", copy)
+    assert main(["combine", str(source / "1"), str(copy), *common]) == 1
+    error = capsys.readouterr().err
+    assert "members 1 and 2" in error and "same network" in error and str(copy) in error
+    assert not (tmp_path / "models").exists()  # nothing exported
+
+    assert main(["combine", str(source / "1"), str(source / "2"), *common]) == 0  # -> tmp models/mnist/1
+    capsys.readouterr()
+    assert main(["combine", str(tmp_path / "models/mnist/1"), str(source / "2"), *common]) == 1
+    assert "members 2 and 3" in capsys.readouterr().err
+    assert main(["combine", str(source / "3"), str(source / "3") + "/", *common]) == 1  # one path, twice
+    assert existing_versions(tmp_path / "models/mnist") == [1]
+
+
+def test_restore_refuses_an_export_without_the_serving_signature(exports, tmp_path):
+    """The same weights re-saved under another signature name: no server or client could call it."""
+    root, _ = exports
+    loaded = tf.saved_model.load(str(root / "models/mnist/1"))
+    renamed = tmp_path / "renamed"
+    tf.saved_model.save(loaded, str(renamed), signatures={"predict": loaded.signatures[SIGNATURE_NAME]})
+    shutil.copytree(root / "models/mnist/1" / ASSETS_EXTRA, renamed / ASSETS_EXTRA)
+    with pytest.raises(RestoreError, match=f"does not serve the '{SIGNATURE_NAME}' signature"):
+        restore_model(renamed)

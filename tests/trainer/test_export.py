@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,24 @@ def test_saved_model_cli_run_gives_the_same_classes(mnist_model_dir, mnist_data,
     np.testing.assert_array_equal(cli_classes, expected)
     assert np.mean(cli_classes == mnist_data.y_test[:20]) >= 0.8
     json.dumps(cli_classes.tolist())  # plain ints, as a client would print them
+
+
+def test_a_file_with_a_version_name_is_skipped_not_fatal(tmp_path, small_model):
+    """A stray file called 3 (a log, a copy gone wrong): the export takes 4, it does not loop and fail."""
+    base = tmp_path / "m"
+    base.mkdir()
+    (base / "2").mkdir()
+    (base / "3").write_text("not a version")
+    version_dir = export_model(small_model, tmp_path, "m", verify=False)
+    assert version_dir.name == "4" and read_model_card(version_dir)["version"] == 4
+    assert (base / "3").read_text() == "not a version"
+
+
+def test_a_killed_exports_temp_folder_is_removed_once_stale(tmp_path, small_model):
+    base = tmp_path / "m"
+    (base / ".export-killed" / "variables").mkdir(parents=True)
+    (base / ".export-in-progress").mkdir()
+    hours_ago = time.time() - 2 * 3600
+    os.utime(base / ".export-killed", (hours_ago, hours_ago))
+    export_model(small_model, tmp_path, "m", verify=False)
+    assert sorted(p.name for p in base.iterdir()) == [".export-in-progress", "1"]

@@ -83,30 +83,44 @@ def test_an_interrupted_ensemble_resumes_with_the_members_it_finished(tmp_path, 
     assert len(list((tmp_path / "models" / MEMBERS_FOLDER).iterdir())) == 2
 
 
-def test_a_damaged_member_is_refused_and_nothing_is_exported(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        # A disk that filled up mid-write: half the weights file.
+        (lambda folder: (folder / MEMBER_WEIGHTS).write_bytes((folder / MEMBER_WEIGHTS).read_bytes()[:5000]),
+         "cannot be reused"),
+        (lambda folder: edit_record(folder, lambda r: r.update(test_errors=r["test_errors"] + 1)),
+         "its record says"),
+        (lambda folder: edit_record(folder, lambda r: r.pop("history")), "KeyError"),
+        (lambda folder: (folder / MEMBER_RECORD).write_text("[]"), "not a JSON object"),
+    ],
+)
+def test_a_damaged_member_is_trained_again_and_replaced(tmp_path, capsys, damage, message):
     argv = [*TINY, "--members", "2", *dirs(tmp_path)]
     assert train(argv, TrainingSpy()) == 0
     base = tmp_path / "models" / DEFAULT_MODEL_NAME
     (folder,) = (tmp_path / "models" / MEMBERS_FOLDER).glob("*/seed-43")
-    weights = (folder / MEMBER_WEIGHTS).read_bytes()
     capsys.readouterr()
 
-    (folder / MEMBER_WEIGHTS).write_bytes(weights[: len(weights) // 2])  # a disk filled up mid-write
-    assert train(argv, TrainingSpy()) == 1
-    error = capsys.readouterr().err
-    assert str(folder) in error and "delete it to train this member again" in error
-
-    (folder / MEMBER_WEIGHTS).write_bytes(weights)
-    record = json.loads((folder / MEMBER_RECORD).read_text())
-    (folder / MEMBER_RECORD).write_text(json.dumps({**record, "test_errors": record["test_errors"] + 1}))
-    assert train(argv, TrainingSpy()) == 1
-    assert "its record says" in capsys.readouterr().err
-    assert existing_versions(base) == [1]  # neither attempt exported anything
-
-    (folder / MEMBER_RECORD).write_text(json.dumps(record))
+    damage(folder)
     again = TrainingSpy()
-    assert train(argv, again) == 0 and again.seeds == []  # repaired: both reused
+    assert train(argv, again) == 0
+    assert again.seeds == [43]  # the damaged member alone is trained again; seed 42 is reused
+    log = capsys.readouterr().out
+    assert f"seed 43: the saved member cannot be reused: {folder}" in log and message in log
+    assert "training it again" in log and f"member replaced in {folder}" in log
     assert existing_versions(base) == [1, 2]
+    assert saved_seeds(tmp_path) == ["seed-42", "seed-43"]
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temp or damaged copy left
+
+    third = TrainingSpy()
+    assert train(argv, third) == 0 and third.seeds == []  # the replacement is whole: both reused
+
+
+def edit_record(folder, edit) -> None:
+    record = json.loads((folder / MEMBER_RECORD).read_text())
+    edit(record)
+    (folder / MEMBER_RECORD).write_text(json.dumps(record))
 
 
 def test_members_dir_is_refused_for_one_network(tmp_path):
@@ -147,3 +161,24 @@ def test_members_trained_on_other_images_are_kept_apart(tmp_path, mnist_data):
                ((mnist_data, 500), (mnist_data, 1000), (mnist_data, None), (relabelled, 500))]
     assert len(set(folders)) == 4
     assert store.folder(member, mnist_data, 500) == folders[0]  # the same recipe and data: the same folder
+
+
+def test_an_auto_precision_member_is_kept_with_the_precision_it_trained_in(tmp_path, mnist_data, monkeypatch):
+    """--precision auto is bfloat16 on some machines, float32 on others: a member trained in one is never
+    reused where auto means the other, and shares its folder with the explicit precision it ran in."""
+    import trainer.member_store as member_store
+    from trainer.presets import get_preset
+
+    store = MemberStore(tmp_path)
+    preset = get_preset("seed-best").with_overrides(members=2)
+    member = {precision: member_preset(preset.with_overrides(precision=precision), 0)
+              for precision in ("auto", "float32", "bfloat16")}
+    folders = {}
+    for native in ("bfloat16", "float32"):
+        real = member_store.resolve_precision
+        monkeypatch.setattr(member_store, "resolve_precision",
+                            lambda precision, real=real, native=native: native if precision == "auto"
+                            else real(precision))
+        folders[native] = store.folder(member["auto"], mnist_data, 500)
+        assert folders[native] == store.folder(member[native], mnist_data, 500)
+    assert folders["bfloat16"] != folders["float32"]
