@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="model base path with numbered versions (default: train one into bench/results)",
     )
-    parser.add_argument("--model-name", default="mnist")
+    parser.add_argument("--model-name", default="mnist", help="the served model's name (default mnist)")
     parser.add_argument(
         "--data-dir",
         type=Path,

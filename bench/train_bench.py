@@ -187,15 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference-epochs",
         type=checked(int, lambda v: v >= 2, "must be 2 or more (the first epoch includes tracing)"),
         default=3,
-        help="seed-best epochs timed before each candidate run and after the last (>= 2)",
+        help="seed-best epochs timed before each candidate run and after the last (>= 2; default 3)",
     )
-    parser.add_argument("--seeds", type=positive_int, default=1, help="candidate runs, seeds 42, 43, ...")
+    parser.add_argument(
+        "--seeds", type=positive_int, default=1, help="candidate runs, seeds 42, 43, ... (default 1)"
+    )
     parser.add_argument(
         "--data-dir",
         default=str(data_dir(os.environ.get(DATA_DIR_ENV) or REPO_ROOT / "data")),
         help="folder with mnist.npz (default: $DIGITS_DATA_DIR or the checkout's data/)",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "train_bench.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS_DIR / "train_bench.json",
+        help="JSON results file (default bench/results/train_bench.json)",
+    )
     return parser
 
 
