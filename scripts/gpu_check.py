@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from client.contract import DEFAULT_MODEL_NAME  # noqa: E402
+from client.contract import DEFAULT_MODEL_NAME, data_dir  # noqa: E402
 from trainer.data import Dataset, load_dataset  # noqa: E402
 from trainer.model import build_model  # noqa: E402
 from trainer.presets import AUGMENTOR_CROPS, Preset, get_preset  # noqa: E402
@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--export", metavar="MODELS_DIR", help="export each verified network under it")
     check.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     for command in (train, check):
-        command.add_argument("--data-dir", default="data")
+        command.add_argument("--data-dir", default=str(data_dir()),
+                             help="folder with mnist.npz (default: $DIGITS_DATA_DIR or data)")
     args = parser.parse_args(argv)
     return run(args) if args.command == "run" else verify(args)
 
