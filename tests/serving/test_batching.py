@@ -165,15 +165,20 @@ def test_full_queue_is_unavailable_and_oversized_task_is_invalid():
     pool.shutdown()
 
 
-def test_rest_returns_503_when_the_batch_queue_is_full(tmp_path, built_models, server_factory):
+def _one_slot_server(tmp_path, built_models, server_factory):
+    """A server of model "digits" whose batch queue holds one batch of one image: easy to fill."""
     shutil.copytree(built_models.digits[1], tmp_path / "digits" / "1")
     config = BatchingConfig(
         max_batch_size=1, batch_timeout_micros=0, max_enqueued_batches=1, num_batch_threads=1
     )
-    server = server_factory(
+    return server_factory(
         f'model_config_list {{ config {{ name: "digits" base_path: "{tmp_path / "digits"}" }} }}',
         batching=config,
     )
+
+
+def test_rest_returns_503_when_the_batch_queue_is_full(tmp_path, built_models, server_factory):
+    server = _one_slot_server(tmp_path, built_models, server_factory)
     rest = f"http://127.0.0.1:{server.rest_port}"
     body = {"instances": np.zeros((1, 28, 28), np.uint8).tolist()}
     with ThreadPoolExecutor(16) as pool:
@@ -356,14 +361,7 @@ def test_a_split_request_whose_pieces_cannot_be_joined_fails_instead_of_hanging(
 
 
 def test_grpc_answers_unavailable_when_the_batch_queue_is_full(tmp_path, built_models, server_factory):
-    shutil.copytree(built_models.digits[1], tmp_path / "digits" / "1")
-    config = BatchingConfig(
-        max_batch_size=1, batch_timeout_micros=0, max_enqueued_batches=1, num_batch_threads=1
-    )
-    server = server_factory(
-        f'model_config_list {{ config {{ name: "digits" base_path: "{tmp_path / "digits"}" }} }}',
-        batching=config,
-    )
+    server = _one_slot_server(tmp_path, built_models, server_factory)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "digits"
     request.inputs[INPUT_NAME].CopyFrom(tf.make_tensor_proto(np.zeros((1, 28, 28), np.uint8)))
