@@ -145,7 +145,11 @@ class KeepBestEpoch(keras.callbacks.Callback):
         self._best_weights: list[np.ndarray] | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        accuracy = float((logs or {}).get(self.monitor, -1.0))
+        logs = logs or {}
+        if self.monitor not in logs:  # else no epoch is kept and the last one is exported as "epoch 0"
+            raise KeyError(f"the epoch is chosen on {self.monitor!r}, which epoch {epoch + 1} did not log "
+                           f"(it logged {', '.join(sorted(logs)) or 'nothing'})")
+        accuracy = float(logs[self.monitor])
         if accuracy > self.best_accuracy:
             self.best_accuracy, self.best_epoch = accuracy, epoch + 1
             self._best_weights = self.model.get_weights()

@@ -172,3 +172,13 @@ def test_the_learning_rate_schedule_ends_on_the_last_step_when_the_batch_does_no
     schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else optimizer._learning_rate
     assert int(optimizer.iterations.numpy()) == 6 == schedule.total_steps
     assert float(schedule(5)) > 0.0 and float(schedule(6)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_keep_best_epoch_refuses_an_epoch_without_the_accuracy_it_chooses_on():
+    """A missing validation score is an error, not a silent "best epoch 0" that exports the last weights."""
+    import keras
+
+    keeper = KeepBestEpoch("val_served_accuracy")
+    keeper.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    with pytest.raises(KeyError, match="val_served_accuracy.*epoch 1 did not log.*accuracy, val_accuracy"):
+        keeper.on_epoch_end(0, {"val_accuracy": 0.9, "accuracy": 1.0})
