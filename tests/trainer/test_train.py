@@ -182,3 +182,24 @@ def test_keep_best_epoch_refuses_an_epoch_without_the_accuracy_it_chooses_on():
     keeper.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
     with pytest.raises(KeyError, match="val_served_accuracy.*epoch 1 did not log.*accuracy, val_accuracy"):
         keeper.on_epoch_end(0, {"val_accuracy": 0.9, "accuracy": 1.0})
+
+
+def test_a_long_epoch_says_it_is_running_and_falls_silent_when_it_ends():
+    """An epoch longer than the heartbeat logs a line each heartbeat; none follows its own epoch line."""
+    import time
+
+    from trainer.train import EpochProgress
+
+    lines: list[str] = []
+    progress = EpochProgress(3, lines.append, heartbeat=0.05)
+    progress.on_epoch_begin(1)
+    time.sleep(0.3)
+    progress.on_epoch_end(1, {"loss": 0.5, "accuracy": 0.9, "val_loss": 0.4, "val_accuracy": 0.95})
+    time.sleep(0.2)
+    assert len(lines) >= 3 and lines[0].startswith("  epoch 2/3 running: ") and lines[0].endswith("s so far")
+    assert lines[-1].startswith("epoch   2/3  loss 0.5000") and lines[-1].endswith(" *")
+    assert all(line.startswith("  epoch 2/3 running") for line in lines[:-1])
+    progress.on_epoch_begin(2)
+    progress.stop()  # a fit that failed mid-epoch: no line claims the epoch still runs
+    time.sleep(0.2)
+    assert not lines[-1].startswith("  epoch 3/3")
