@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from trainer.tta import for_dataset, serving_network
 PREDICT_BATCH = 1_000
 SERVED_VAL = "val_served_accuracy"  # history key: validation accuracy of a mirror-averaged model
 AVERAGED_VAL = "val_averaged_accuracy"  # history key: validation accuracy with the averaged weights
+HEARTBEAT_SECONDS = 60.0  # a line this often while an epoch runs, so a slow epoch is not minutes of silence
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,11 @@ class KeepBestEpoch(keras.callbacks.Callback):
         self._best_weights: list[np.ndarray] | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        accuracy = float((logs or {}).get(self.monitor, -1.0))
+        logs = logs or {}
+        if self.monitor not in logs:  # else no epoch is kept and the last one is exported as "epoch 0"
+            raise KeyError(f"the epoch is chosen on {self.monitor!r}, which epoch {epoch + 1} did not log "
+                           f"(it logged {', '.join(sorted(logs)) or 'nothing'})")
+        accuracy = float(logs[self.monitor])
         if accuracy > self.best_accuracy:
             self.best_accuracy, self.best_epoch = accuracy, epoch + 1
             self._best_weights = self.model.get_weights()
@@ -156,20 +162,45 @@ class KeepBestEpoch(keras.callbacks.Callback):
 
 
 class EpochProgress(keras.callbacks.Callback):
-    """One console line per epoch: metrics, seconds, and a star on a new best validation accuracy."""
+    """One console line per epoch: metrics, seconds, and a star on a new best validation accuracy; and,
+    while an epoch runs longer than `heartbeat` seconds, a line each `heartbeat` seconds saying it runs
+    (an epoch of `resnet` takes minutes on a CPU). Call `stop` if `fit` ends without ending its epoch."""
 
-    def __init__(self, epochs: int, log: Callable[[str], None], monitor: str = "val_accuracy") -> None:
+    def __init__(
+        self, epochs: int, log: Callable[[str], None], monitor: str = "val_accuracy",
+        heartbeat: float = HEARTBEAT_SECONDS,
+    ) -> None:
         super().__init__()
-        self.epochs, self.log, self.monitor = epochs, log, monitor
+        self.epochs, self.log, self.monitor, self.heartbeat = epochs, log, monitor, heartbeat
         self.seconds: list[float] = []
         self.cpu_seconds: list[float] = []
         self._best = -1.0
         self._start = self._cpu_start = 0.0
+        self._running: threading.Event | None = None  # set when the running epoch ends
+        self._lock = threading.Lock()  # once `stop` returns, no line of the epoch it stopped follows
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._start, self._cpu_start = time.perf_counter(), time.process_time()
+        self.stop()
+        self._running = threading.Event()
+        threading.Thread(target=self._beat, args=(epoch, self._running, self._start), daemon=True).start()
+
+    def _beat(self, epoch: int, ended: threading.Event, start: float) -> None:
+        while not ended.wait(self.heartbeat):
+            with self._lock:
+                if not ended.is_set():
+                    self.log(f"  epoch {epoch + 1}/{self.epochs} running: "
+                             f"{time.perf_counter() - start:.0f}s so far")
+
+    def stop(self) -> None:
+        """No more lines for the running epoch (`on_epoch_end` calls this; so does a fit that failed)."""
+        with self._lock:
+            if self._running is not None:
+                self._running.set()
+                self._running = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.stop()
         logs = logs or {}
         self.seconds.append(time.perf_counter() - self._start)
         self.cpu_seconds.append(time.process_time() - self._cpu_start)
@@ -294,16 +325,19 @@ def train_model(
     if twin_weights:  # first: the twin is current before anything scores it
         callbacks.insert(0, twin_weights)
     start = time.perf_counter()
-    history = fit_model.fit(
-        x_train,
-        y_train,
-        validation_data=validation,
-        batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
-        shuffle=True,
-        verbose=0,
-        callbacks=callbacks,
-    )
+    try:
+        history = fit_model.fit(
+            x_train,
+            y_train,
+            validation_data=validation,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            shuffle=True,
+            verbose=0,
+            callbacks=callbacks,
+        )
+    finally:  # a fit stopped mid-epoch (Ctrl-C, an error) leaves no line saying the epoch still runs
+        progress.stop()
     if twin_weights:  # the weights KeepBestEpoch restored at the end
         twin_weights.sync()
     seconds = time.perf_counter() - start

@@ -138,3 +138,68 @@ def test_test_set_changes_only_the_test_score(mnist_data):
     assert "val_accuracy" in real.history and not any("test" in key for key in real.history)
     assert real.test_accuracy.value > 0.8 > fake.test_accuracy.value
     assert real.train_size == 3000 and real.val_size == 1000
+
+
+@pytest.mark.parametrize("weight_average", [0.0, 0.9])
+def test_the_returned_model_scores_the_validation_accuracy_that_chose_it(mnist_data, weight_average):
+    """Whichever epoch wins (the average's, with weight averaging), the model returned for export is that
+    epoch's: on the hold-out it scores exactly the accuracy the kept epoch was chosen with."""
+    from trainer.train import AVERAGED_VAL
+
+    small = Dataset("mnist", mnist_data.x_train[:1500], mnist_data.y_train[:1500], mnist_data.x_test[:500],
+                    mnist_data.y_test[:500])
+    # A rate high enough that the epochs' validation accuracies move about, so the best need not be the last.
+    preset = get_preset("seed-best").with_overrides(
+        epochs=4, val_size=500, batch_size=32, seed=3, learning_rate=0.01, weight_average=weight_average
+    )
+    result = train_model(preset, small, log=lambda _: None)
+    monitor = AVERAGED_VAL if weight_average else "val_accuracy"
+    chosen = result.history[monitor]
+    assert result.best_epoch == 1 + int(np.argmax(chosen))
+    assert result.val_accuracy == pytest.approx(max(chosen))
+    held_out = stratified_split(small.y_train, 500, seed=3).val
+    scored = np.mean(predict_classes(result.model, small.x_train[held_out]) == small.y_train[held_out])
+    assert scored == pytest.approx(result.val_accuracy, abs=1e-6)  # one image is 0.002
+    assert np.array_equal(predict_classes(result.model, small.x_test), result.test_predictions)
+
+
+def test_the_learning_rate_schedule_ends_on_the_last_step_when_the_batch_does_not_divide_the_data(mnist_data):
+    """250 images at batch 100 take 3 steps an epoch (the last one partial): the one-cycle rate has counted
+    them and reaches 0 at the fit's last step, not before or after it."""
+    preset = get_preset("fast").with_overrides(epochs=2, val_size=200, batch_size=100, seed=4)
+    result = train_model(preset, mnist_data, limit_train=250, log=lambda _: None)
+    optimizer = result.model.optimizer
+    schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else optimizer._learning_rate
+    assert int(optimizer.iterations.numpy()) == 6 == schedule.total_steps
+    assert float(schedule(5)) > 0.0 and float(schedule(6)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_keep_best_epoch_refuses_an_epoch_without_the_accuracy_it_chooses_on():
+    """A missing validation score is an error, not a silent "best epoch 0" that exports the last weights."""
+    import keras
+
+    keeper = KeepBestEpoch("val_served_accuracy")
+    keeper.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    with pytest.raises(KeyError, match="val_served_accuracy.*epoch 1 did not log.*accuracy, val_accuracy"):
+        keeper.on_epoch_end(0, {"val_accuracy": 0.9, "accuracy": 1.0})
+
+
+def test_a_long_epoch_says_it_is_running_and_falls_silent_when_it_ends():
+    """An epoch longer than the heartbeat logs a line each heartbeat; none follows its own epoch line."""
+    import time
+
+    from trainer.train import EpochProgress
+
+    lines: list[str] = []
+    progress = EpochProgress(3, lines.append, heartbeat=0.05)
+    progress.on_epoch_begin(1)
+    time.sleep(0.3)
+    progress.on_epoch_end(1, {"loss": 0.5, "accuracy": 0.9, "val_loss": 0.4, "val_accuracy": 0.95})
+    time.sleep(0.2)
+    assert len(lines) >= 3 and lines[0].startswith("  epoch 2/3 running: ") and lines[0].endswith("s so far")
+    assert lines[-1].startswith("epoch   2/3  loss 0.5000") and lines[-1].endswith(" *")
+    assert all(line.startswith("  epoch 2/3 running") for line in lines[:-1])
+    progress.on_epoch_begin(2)
+    progress.stop()  # a fit that failed mid-epoch: no line claims the epoch still runs
+    time.sleep(0.2)
+    assert not lines[-1].startswith("  epoch 3/3")
