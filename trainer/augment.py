@@ -8,10 +8,12 @@ switch the augmenter off for the last epochs of a fit (a clean finish on the ima
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import keras
+import numpy as np
 
 from trainer.cropped_rotation import CroppedRotation
 from trainer.grid_distortion import GridDistortion
@@ -109,32 +111,43 @@ def augment_policy(
     return replace(policy, strength=strength, elastic=elastic, elastic_probability=elastic_probability)
 
 
+def _layer_seeds(seed: int | None) -> Iterator[int | None]:
+    """A distinct 32-bit seed for each random layer, all from `seed` (None: unseeded). Keras layers given
+    one and the same seed draw the same numbers: each rotation would come with a zoom and a horizontal
+    shift in proportion to it, one random number for all three."""
+    for k in itertools.count():
+        yield None if seed is None else int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+
+
 def build_augmenter(cfg: AugmentConfig, seed: int | None = None) -> keras.Sequential:
-    """Random flip, elastic and grid distortion, rotation, zoom, shift and erasing of [N,28,28,1] images."""
+    """Random flip, elastic and grid distortion, rotation, zoom, shift and erasing of [N,28,28,1] images,
+    each drawn independently of the others."""
     s = cfg.strength
+    seeds = _layer_seeds(seed)
     # Background is 0 (ink bright on dark), so pad with a constant 0, never by reflection.
-    fill = {"fill_mode": "constant", "fill_value": 0.0, "seed": seed}
+    fill = {"fill_mode": "constant", "fill_value": 0.0}
     layers: list[keras.layers.Layer] = [keras.Input(shape=MODEL_INPUT_SHAPE)]
     if cfg.horizontal_flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        layers.append(keras.layers.RandomFlip("horizontal", seed=next(seeds)))
     if cfg.elastic * s:  # first, on the crisp image: the stroke bends, then the whole digit moves
         from trainer.elastic import ElasticDistortion  # TensorFlow only; the default path runs on any backend
 
-        layers.append(ElasticDistortion(cfg.elastic * s, SIMARD_SIGMA, cfg.elastic_probability, seed=seed))
+        layers.append(ElasticDistortion(cfg.elastic * s, SIMARD_SIGMA, cfg.elastic_probability,
+                                        seed=next(seeds)))
     if cfg.grid * s:
-        layers.append(GridDistortion(cfg.grid, GRID_CELLS, scale=s, seed=seed))
+        layers.append(GridDistortion(cfg.grid, GRID_CELLS, scale=s, seed=next(seeds)))
     if cfg.rotation_degrees and cfg.rotation_crop:
-        layers.append(CroppedRotation(s * cfg.rotation_degrees, seed=seed))
+        layers.append(CroppedRotation(s * cfg.rotation_degrees, seed=next(seeds)))
     elif cfg.rotation_degrees:
-        layers.append(keras.layers.RandomRotation(s * cfg.rotation_degrees / 360.0, **fill))
+        layers.append(keras.layers.RandomRotation(s * cfg.rotation_degrees / 360.0, seed=next(seeds), **fill))
     if cfg.zoom:
-        layers.append(keras.layers.RandomZoom(s * cfg.zoom, **fill))
+        layers.append(keras.layers.RandomZoom(s * cfg.zoom, seed=next(seeds), **fill))
     if cfg.shift:
-        layers.append(keras.layers.RandomTranslation(s * cfg.shift, s * cfg.shift, **fill))
+        layers.append(keras.layers.RandomTranslation(s * cfg.shift, s * cfg.shift, seed=next(seeds), **fill))
     if cfg.erase_probability:
         # Keras draws each image's chance from U(low, high): equal bounds make it exactly p.
         p = cfg.erase_probability
-        layers.append(keras.layers.RandomErasing(factor=(p, p), value_range=(0.0, 1.0), seed=seed))
+        layers.append(keras.layers.RandomErasing(factor=(p, p), value_range=(0.0, 1.0), seed=next(seeds)))
     if keras.backend.backend() == "jax":
         # Keras marks rotation, zoom and translation as not jit-compatible (TensorFlow's image ops are
         # not), which makes the whole JAX training step run op by op: `best` on the lent H200 did not

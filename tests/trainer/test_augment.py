@@ -177,3 +177,18 @@ def test_trained_with_augmentation_exported_without_it(tmp_path, mnist_data):
     first = loaded.signatures[SIGNATURE_NAME](**{INPUT_NAME: images})[OUTPUT_PROBABILITIES].numpy()
     second = loaded.signatures[SIGNATURE_NAME](**{INPUT_NAME: images})[OUTPUT_PROBABILITIES].numpy()
     np.testing.assert_array_equal(first, second)  # deterministic: nothing random at serving time
+
+
+def test_each_random_transform_draws_its_own_numbers():
+    """Rotation, zoom and shift vary independently: one seed given to every layer made them one number
+    (each rotation came with a zoom and a horizontal shift in proportion to it)."""
+    images = np.zeros((512, 28, 28, 1), "float32")
+    augmenter = build_augmenter(AugmentConfig(), seed=42)
+    draw = lambda layer: layer.get_random_transformation(images, training=True)  # noqa: E731
+    rotation, zoom, shift = (draw(layer) for layer in augmenter.layers)
+    draws = {"angle": np.ravel(rotation["angle"]), "zoom": np.ravel(zoom["height_zoom"]),
+             "up": np.asarray(shift["translations"])[:, 0], "across": np.asarray(shift["translations"])[:, 1]}
+    correlations = np.corrcoef(np.stack(list(draws.values())))
+    assert np.all(np.abs(correlations[np.triu_indices(4, k=1)]) < 0.2), correlations
+    again = draw(build_augmenter(AugmentConfig(), seed=42).layers[0])
+    np.testing.assert_array_equal(again["angle"], rotation["angle"])  # still seeded: a rerun draws the same
