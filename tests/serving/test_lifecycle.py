@@ -17,7 +17,6 @@ from tensorflow_serving.apis import (
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
-    prediction_log_pb2,
     prediction_service_pb2_grpc,
 )
 
@@ -25,6 +24,7 @@ from client.contract import INPUT_NAME, OUTPUT_CLASSES, OUTPUT_PROBABILITIES
 from serving.config_files import parse_model_server_config
 from serving.model_manager import list_version_dirs
 from serving.server import StartupError
+from tests.serving.warmup_files import write_warmup, zero_batches
 
 
 def _publish(source, target):
@@ -171,30 +171,18 @@ def test_only_a_corrupt_version_fails_startup(tmp_path, built_models, server_fac
         server_factory(_config("m", tmp_path / "m"))
 
 
-def _write_warmup(version_dir, images_list):
-    path = version_dir / "assets.extra"
-    path.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(path / "tf_serving_warmup_requests")) as writer:
-        for images in images_list:
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = "digits"
-            request.inputs[INPUT_NAME].CopyFrom(tf.make_tensor_proto(images))
-            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
-
-
 def test_warmup_records_are_replayed_and_a_bad_one_fails_the_load(
     tmp_path, built_models, server_factory, caplog
 ):
     base = tmp_path / "digits"
     shutil.copytree(built_models.digits[1], base / "1")
-    _write_warmup(base / "1", [np.zeros((n, 28, 28), np.uint8) for n in (1, 2, 3)])
+    write_warmup(base / "1", zero_batches([1, 2, 3]))
     with caplog.at_level(logging.INFO):
         server = server_factory(_config("digits", base))
     assert "Number of warmup records read: 3." in caplog.text
     rest = f"http://127.0.0.1:{server.rest_port}"
     shutil.copytree(built_models.digits[2], tmp_path / "staging")
-    _write_warmup(tmp_path / "staging", [np.zeros((1, 28, 5), np.uint8)])  # does not fit the signature
+    write_warmup(tmp_path / "staging", [np.zeros((1, 28, 5), np.uint8)])  # does not fit the signature
     os.rename(tmp_path / "staging", base / "2")
     _wait_for(
         lambda: _states(rest, "digits").get(2, {}).get("state") == "END", what="version 2 warmup failure"

@@ -15,27 +15,15 @@ from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
-    prediction_log_pb2,
     prediction_service_pb2_grpc,
 )
 
 from client.contract import INPUT_NAME
 from serving.batching import BatchingConfig
+from tests.serving.warmup_files import write_warmup, zero_batches
 
 METRICS = "/monitoring/prometheus/metrics"
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
-
-
-def write_warmup(version_dir, row_counts):
-    path = version_dir / "assets.extra"
-    path.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(path / "tf_serving_warmup_requests")) as writer:
-        for rows in row_counts:
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = "digits"
-            request.inputs[INPUT_NAME].CopyFrom(tf.make_tensor_proto(np.zeros((rows, 28, 28), np.uint8)))
-            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
 
 
 def parse_exposition(text: str) -> dict[str, float]:
@@ -64,7 +52,7 @@ def parse_exposition(text: str) -> dict[str, float]:
 def monitored_server(tmp_path, built_models, server_factory):
     base = tmp_path / "digits"
     shutil.copytree(built_models.digits[1], base / "1")
-    write_warmup(base / "1", [1, 2])
+    write_warmup(base / "1", zero_batches([1, 2]))
     batching = BatchingConfig(max_batch_size=8, batch_timeout_micros=1000, num_batch_threads=2)
     server = server_factory(
         f'model_config_list {{ config {{ name: "digits" base_path: "{base}" }} }}', batching=batching

@@ -16,23 +16,23 @@ from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
-    prediction_log_pb2,
     prediction_service_pb2_grpc,
 )
 
 from client.contract import INPUT_NAME, OUTPUT_CLASSES
 from serving.server import StartupError
-from tests.serving.test_metrics import METRICS, parse_exposition, write_warmup
+from tests.serving.test_metrics import METRICS, parse_exposition
+from tests.serving.warmup_files import (
+    digits_request,
+    warmup_file,
+    write_warmup,
+    write_warmup_requests,
+    zero_batches,
+)
 
 
 def _config(base):
     return f'model_config_list {{ config {{ name: "digits" base_path: "{base}" }} }}'
-
-
-def _warmup_file(version_dir):
-    path = version_dir / "assets.extra" / "tf_serving_warmup_requests"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _version_status(rest, version):
@@ -53,7 +53,7 @@ def test_a_file_that_is_not_tfrecord_fails_the_version_with_data_loss(tmp_path, 
     rest = f"http://127.0.0.1:{server.rest_port}"
     staging = tmp_path / "staging"
     shutil.copytree(built_models.digits[2], staging)
-    _warmup_file(staging).write_bytes(b"this is not a TFRecord file" * 10)
+    warmup_file(staging).write_bytes(b"this is not a TFRecord file" * 10)
     os.rename(staging, base / "2")
     status = _version_status(rest, 2)
     assert status["error_code"] == "DATA_LOSS"
@@ -74,7 +74,7 @@ def test_a_file_that_is_not_tfrecord_fails_the_version_with_data_loss(tmp_path, 
 def test_a_record_that_is_not_a_prediction_log_fails_the_load(tmp_path, built_models, server_factory):
     base = tmp_path / "digits"
     shutil.copytree(built_models.digits[1], base / "1")
-    with tf.io.TFRecordWriter(str(_warmup_file(base / "1"))) as writer:
+    with tf.io.TFRecordWriter(str(warmup_file(base / "1"))) as writer:
         writer.write(b"\xff\xff\xff not a PredictionLog")
     message = "Failed to parse warmup record 1 from .*tf_serving_warmup_requests"
     with pytest.raises(StartupError, match=message):
@@ -84,7 +84,7 @@ def test_a_record_that_is_not_a_prediction_log_fails_the_load(tmp_path, built_mo
 def test_more_than_1000_records_fail_the_load(tmp_path, built_models, server_factory):
     base = tmp_path / "digits"
     shutil.copytree(built_models.digits[1], base / "1")
-    write_warmup(base / "1", [1] * 1001)
+    write_warmup(base / "1", zero_batches([1] * 1001))
     with pytest.raises(StartupError, match=r"Number of warmup records exceeds the maximum \(1000\) at "):
         server_factory(_config(base))
 
@@ -100,13 +100,7 @@ def test_a_warmup_request_for_an_unknown_signature_reports_failed_precondition(
     rest = f"http://127.0.0.1:{server.rest_port}"
     staging = tmp_path / "staging"
     shutil.copytree(built_models.digits[2], staging)
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "digits"
-    request.model_spec.signature_name = "no_such_signature"
-    request.inputs[INPUT_NAME].CopyFrom(tf.make_tensor_proto(np.zeros((1, 28, 28), np.uint8)))
-    with tf.io.TFRecordWriter(str(_warmup_file(staging))) as writer:
-        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-        writer.write(log.SerializeToString())
+    write_warmup_requests(staging, [digits_request(zero_batches([1])[0], "no_such_signature")])
     os.rename(staging, base / "2")
     status = _version_status(rest, 2)
     assert status["error_code"] == "FAILED_PRECONDITION"
