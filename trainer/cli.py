@@ -28,6 +28,7 @@ from trainer.precision import PRECISIONS, accelerator_count, resolve_precision
 from trainer.presets import AUGMENTOR_CROPS, LAYER_DEFAULTS, PRESETS, SEED_PRESETS, Preset, TrainConfig
 
 if TYPE_CHECKING:  # the TensorFlow import waits until a command needs it
+    from trainer.member_store import MemberStore
     from trainer.paired import Misclassified
     from trainer.train import TrainResult
 
@@ -391,7 +392,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     # Load (and fail on bad data) before the seconds-long TensorFlow import below.
     dataset = load_dataset(args.dataset, args.data_dir, args.source, args.idx_dir)
-    from trainer.train import train_model
 
     # What the run's end needs is imported now, from the same code as the fit: a broken or half-updated
     # install fails here, not after hours of training with the model unsaved.
@@ -399,15 +399,80 @@ def _cmd_train(args: argparse.Namespace) -> int:
         importlib.import_module(module)
     preset = preset_from_args(args)
     if preset.train.members > 1:
-        from trainer.ensemble import train_ensemble
-        from trainer.member_store import MEMBERS_FOLDER, MemberStore
+        return _train_ensemble(preset, dataset, args)
+    return _train_network(preset, dataset, args)
 
-        store = MemberStore(args.members_dir or Path(args.models_dir) / MEMBERS_FOLDER)
-        ensemble = train_ensemble(preset, dataset, limit_train=args.limit_train, log=_log, store=store)
-        result = ensemble.combined
-    else:
+
+def _train_ensemble(preset: Preset, dataset: Dataset, args: argparse.Namespace) -> int:
+    """Train (or reuse) the members, average them and export the ensemble."""
+    from trainer.ensemble import train_ensemble
+    from trainer.member_store import MEMBERS_FOLDER, MemberStore
+
+    store = MemberStore(args.members_dir or Path(args.models_dir) / MEMBERS_FOLDER)
+    ensemble = train_ensemble(preset, dataset, limit_train=args.limit_train, log=_log, store=store)
+
+    def members_kept(error: BaseException) -> None:
+        _export_failed(error, f"the members are kept in {store.root}: run the same command again to average "
+                       "them without training")
+
+    return 0 if _report_and_export(ensemble.combined, dataset, args, on_export_failure=members_kept) else 1
+
+
+def _train_network(preset: Preset, dataset: Dataset, args: argparse.Namespace) -> int:
+    """Train one network and export it; if the export fails, keep the network for the same command again."""
+    from trainer.member_store import UNEXPORTED_FOLDER, MemberStore
+    from trainer.train import train_model
+
+    # A network whose export failed (a full disk) waits here, and the same command again exports it.
+    unexported = MemberStore(Path(args.models_dir) / UNEXPORTED_FOLDER)
+    result, damaged = _unexported_network(unexported, preset, dataset, args.limit_train)
+    kept = result is not None
+    if result is None:
         result = train_model(preset, dataset, limit_train=args.limit_train, log=_log)
-    return 0 if _report_and_export(result, dataset, args) else 1
+
+    def keep_network(error: BaseException) -> None:
+        if kept:  # already there, from the run that trained it
+            where = unexported.folder(preset, dataset, args.limit_train)
+        else:
+            try:
+                where = unexported.save(preset, result, dataset, args.limit_train, replace_damaged=damaged)
+            except OSError as exc:
+                _export_failed(error, f"the trained network could not be kept either ({exc})")
+                return
+        _export_failed(error, f"the trained network is kept in {where}: run the same command again to "
+                       "export it without training")
+
+    def drop_kept(version_dir: Path) -> None:  # exported (its report may still fail); or a damaged one
+        unexported.discard(preset, dataset, args.limit_train)
+
+    run_dir = _report_and_export(
+        result, dataset, args, on_export_failure=keep_network, on_exported=drop_kept
+    )
+    return 0 if run_dir else 1
+
+
+def _export_failed(error: BaseException, what_is_kept: str) -> None:
+    print(f"digits-train: the export failed ({type(error).__name__}: {error}); {what_is_kept}",
+          file=sys.stderr)
+
+
+def _unexported_network(
+    unexported: MemberStore, preset: Preset, dataset: Dataset, limit_train: int | None
+) -> tuple[TrainResult | None, bool]:
+    """The network an earlier run of this command trained but could not export, if it is kept and whole;
+    and whether a damaged one is there (then this run trains anew and replaces it)."""
+    from trainer.member_store import MemberStoreError
+
+    try:
+        saved = unexported.load(preset, dataset, limit_train)
+    except MemberStoreError as exc:
+        _log(f"the network an earlier run could not export cannot be reused: {exc}; training anew")
+        return None, True
+    if saved is not None:
+        _log(f"exporting the network an earlier run trained but could not export, from "
+             f"{unexported.folder(preset, dataset, limit_train)} (test accuracy {saved.test_accuracy}, "
+             f"{saved.test_errors} errors); nothing is trained")
+    return saved, False
 
 
 def _cmd_combine(args: argparse.Namespace) -> int:
@@ -479,10 +544,16 @@ def _cmd_errors(args: argparse.Namespace) -> int:
 
 
 def _report_and_export(
-    result: TrainResult, dataset: Dataset, args: argparse.Namespace, card_fields: dict[str, Any] | None = None
+    result: TrainResult,
+    dataset: Dataset,
+    args: argparse.Namespace,
+    card_fields: dict[str, Any] | None = None,
+    on_export_failure: Callable[[BaseException], None] | None = None,
+    on_exported: Callable[[Path], None] | None = None,
 ) -> Path | None:
     """Export the model as the next version and write the run's report, as `train` and `combine` do;
-    returns the report's folder, None (said on stderr) if none could be created."""
+    returns the report's folder, None (said on stderr) if none could be created. `on_exported` is told
+    the new version before the report is written; `on_export_failure` the error, before it is raised on."""
     from trainer.export import export_model
     from trainer.report import model_card, new_run_dir, write_run_report
 
@@ -493,10 +564,17 @@ def _report_and_export(
     report_dir = str(run_dir) if run_dir else None
     card = {**model_card(result, dataset), **(card_fields or {}), "report_dir": report_dir}
     # The model first: a report that cannot be written (a full disk, a plotting error) loses no training.
-    version_dir = export_model(
-        result.model, args.models_dir, args.model_name, card, warmup_images=dataset.x_test
-    )
+    try:
+        version_dir = export_model(
+            result.model, args.models_dir, args.model_name, card, warmup_images=dataset.x_test
+        )
+    except (Exception, KeyboardInterrupt) as exc:
+        if on_export_failure:
+            on_export_failure(exc)
+        raise
     _log(f"exported: {version_dir}")
+    if on_exported:
+        on_exported(version_dir)
     if run_dir is None:
         _log(f"test accuracy: {result.test_accuracy} ({result.test_errors} errors)")
         print(f"digits-train: the model is exported to {version_dir}, but no report folder could be created "

@@ -7,6 +7,9 @@ same data reuses the members it finds there and trains only the rest. Another re
 or dataset hashes to another folder, so a member is never reused for a recipe it was not trained with. A
 member that is there but damaged (unreadable, truncated, or not scoring what its record says) is trained
 again, with a message naming its folder, and the new one replaces it.
+
+`train` of one network keeps it the same way, in `<models>/.unexported/`, only when its export fails (a
+full disk): the same command again exports it instead of training, then removes it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from trainer.train import TrainResult, predict_classes, score_predictions
 from trainer.tta import serving_network
 
 MEMBERS_FOLDER = ".members"  # under the models directory: kept with the models, served by no server
+UNEXPORTED_FOLDER = ".unexported"  # under the models directory: a network whose export failed
 MEMBER_WEIGHTS = "member.weights.h5"
 MEMBER_RECORD = "member.json"
 
@@ -134,6 +138,17 @@ class MemberStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder
+
+
+    def discard(self, member: Preset, dataset: Dataset, limit_train: int | None) -> None:
+        """Remove the member's folder, and the recipe's folder and the root if that leaves them empty."""
+        folder = self.folder(member, dataset, limit_train)
+        shutil.rmtree(folder, ignore_errors=True)
+        for empty in (folder.parent, self.root):
+            try:
+                empty.rmdir()
+            except OSError:  # not empty, or gone
+                break
 
 
 def settled_precision(member: Preset) -> Preset:
