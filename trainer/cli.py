@@ -452,8 +452,8 @@ def _train_network(preset: Preset, dataset: Dataset, args: argparse.Namespace) -
 
 
 def _export_failed(error: BaseException, what_is_kept: str) -> None:
-    print(f"digits-train: the export failed ({type(error).__name__}: {error}); {what_is_kept}",
-          file=sys.stderr)
+    why = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__  # Ctrl-C has no text
+    print(f"digits-train: the export failed ({why}); {what_is_kept}", file=sys.stderr)
 
 
 def _unexported_network(
