@@ -141,3 +141,19 @@ def test_a_kept_network_is_exported_once_even_if_its_report_then_fails(tmp_path,
     assert kept_networks(tmp_path) == []  # exported: the next run trains, it exports no second copy
     assert main([*TINY, *folders(tmp_path)]) == 0
     assert fits.count == 2
+
+
+def test_ctrl_c_while_the_export_is_written_keeps_the_network(tmp_path, mnist_data, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    fits = Fits(monkeypatch)
+    with monkeypatch.context() as patch:
+        patch.setattr(export, "write_warmup_requests", interrupted)
+        assert main([*TINY, *folders(tmp_path)]) == 130
+    (kept,) = kept_networks(tmp_path)
+    assert f"the export failed (KeyboardInterrupt); the trained network is kept in {kept}" in (
+        capsys.readouterr().err
+    )
+    assert main([*TINY, *folders(tmp_path)]) == 0 and fits.count == 1
+    assert existing_versions(tmp_path / "models" / DEFAULT_MODEL_NAME) == [1]
