@@ -8,26 +8,47 @@ kernels. Keras is imported only when a function needs it: the CLI reads `PRECISI
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 PRECISIONS = ("float32", "bfloat16", "auto")
 MIXED_POLICY = "mixed_bfloat16"
 # CPU flags of native bfloat16 arithmetic (Intel Cooper Lake and later, AMD Zen 4 and later); without
 # them TensorFlow emulates bfloat16, slower than float32.
 NATIVE_BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+CPUINFO = Path("/proc/cpuinfo")
+PROCESSOR_FIELDS = {"name": "model name", "family": "cpu family", "model": "model"}  # the card's: cpuinfo's
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
     """The CPU's feature flags (Linux); empty where /proc/cpuinfo is not there to read."""
+    return frozenset(_first_processor(cpuinfo).get("flags", "").split())
+
+
+def processor(cpuinfo: Path = CPUINFO) -> dict[str, Any]:
+    """Which processor computed here (the same seed trains another network on another one): its name,
+    family and model where /proc/cpuinfo says them, the architecture elsewhere, and the logical cores."""
+    fields = _first_processor(cpuinfo)
+    described = {key: fields[name] for key, name in PROCESSOR_FIELDS.items() if fields.get(name)}
+    return {"name": platform.machine(), **described, "cores": os.cpu_count()}
+
+
+def _first_processor(cpuinfo: Path) -> dict[str, str]:
+    """The first processor's `key: value` lines of /proc/cpuinfo; empty where it cannot be read."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return frozenset()
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
+        if not line.strip():
+            break  # the next processor's block: the cores of one machine are alike
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
 
 
 def resolve_precision(precision: str, flags: frozenset[str] | None = None, gpus: int | None = None) -> str:

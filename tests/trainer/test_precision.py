@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+
 import keras
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from client.contract import INPUT_NAME, OUTPUT_PROBABILITIES, SIGNATURE_NAME
 from trainer.data import Dataset
 from trainer.export import export_model, serving_archive
 from trainer.model import build_model
-from trainer.precision import cpu_flags, dtype_policy, resolve_precision
+from trainer.precision import cpu_flags, dtype_policy, processor, resolve_precision
 from trainer.presets import get_preset
 from trainer.train import predict_classes, stratified_split, train_model
 
@@ -43,6 +46,16 @@ def test_cpu_flags_come_from_cpuinfo(tmp_path):
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\nbugs\t\t: none\n")
     assert cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16"}
     assert cpu_flags(tmp_path / "absent") == frozenset()  # macOS, Windows: auto means float32
+
+
+def test_the_processor_is_named_as_cpuinfo_names_it(tmp_path):
+    """The model card says which processor trained a network: the same seed gives another one elsewhere."""
+    cpuinfo = tmp_path / "cpuinfo"
+    block = "processor\t: {}\ncpu family\t: 25\nmodel\t\t: {}\nmodel name\t: AMD EPYC\n"
+    cpuinfo.write_text(block.format(0, 17) + "\n" + block.format(1, 99))
+    assert processor(cpuinfo) == {"name": "AMD EPYC", "family": "25", "model": "17", "cores": os.cpu_count()}
+    elsewhere = processor(tmp_path / "absent")  # macOS, Windows: the architecture at least
+    assert elsewhere == {"name": platform.machine(), "cores": os.cpu_count()}
 
 
 def test_the_dtype_policy_is_restored_even_after_an_error():

@@ -6,6 +6,7 @@ import keras
 
 from client.stats import wilson_interval
 from trainer.data import MNIST_SHA256
+from trainer.precision import processor
 from trainer.presets import get_preset
 from trainer.report import model_card, write_run_report
 from trainer.train import AVERAGED_VAL, SERVED_VAL, TrainResult
@@ -41,6 +42,7 @@ def test_the_model_card_reports_the_run_it_describes(mnist_data):
     }
     assert card["preset"] == "seed-best" and card["config"] == get_preset("seed-best").to_dict()
     assert card["params"] == 9 and card["training_seconds"] == 12.35
+    assert card["processor"] == processor()  # the same seed trains another network on another processor
 
 
 def _curve_labels(monkeypatch, tmp_path, mnist_data, preset, history) -> list[str]:
