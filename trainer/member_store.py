@@ -139,7 +139,6 @@ class MemberStore:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
-
     def discard(self, member: Preset, dataset: Dataset, limit_train: int | None) -> None:
         """Remove the member's folder, and the recipe's folder and the root if that leaves them empty."""
         folder = self.folder(member, dataset, limit_train)
