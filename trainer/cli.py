@@ -442,8 +442,9 @@ def _train_network(preset: Preset, dataset: Dataset, args: argparse.Namespace) -
         _export_failed(error, f"the trained network is kept in {where}: run the same command again to "
                        "export it without training")
 
-    def drop_kept(version_dir: Path) -> None:  # exported (its report may still fail); or a damaged one
-        unexported.discard(preset, dataset, args.limit_train)
+    def drop_kept() -> None:  # exported now (its report may still fail), or a damaged one replaced
+        if kept or damaged:  # another run's kept network waits for that run's command
+            unexported.discard(preset, dataset, args.limit_train)
 
     run_dir = _report_and_export(
         result, dataset, args, on_export_failure=keep_network, on_exported=drop_kept
@@ -549,11 +550,12 @@ def _report_and_export(
     args: argparse.Namespace,
     card_fields: dict[str, Any] | None = None,
     on_export_failure: Callable[[BaseException], None] | None = None,
-    on_exported: Callable[[Path], None] | None = None,
+    on_exported: Callable[[], None] | None = None,
 ) -> Path | None:
     """Export the model as the next version and write the run's report, as `train` and `combine` do;
-    returns the report's folder, None (said on stderr) if none could be created. `on_exported` is told
-    the new version before the report is written; `on_export_failure` the error, before it is raised on."""
+    returns the report's folder, None (said on stderr) if none could be created. `on_exported` is called
+    once the version is published, before the report; `on_export_failure` with the export's error, which
+    is raised on whatever the callback does."""
     from trainer.export import export_model
     from trainer.report import model_card, new_run_dir, write_run_report
 
@@ -570,11 +572,14 @@ def _report_and_export(
         )
     except (Exception, KeyboardInterrupt) as exc:
         if on_export_failure:
-            on_export_failure(exc)
+            try:
+                on_export_failure(exc)
+            except (Exception, KeyboardInterrupt) as also:  # the export's error is the one to raise
+                _export_failed(exc, f"then keeping what it needs failed too ({type(also).__name__}: {also})")
         raise
     _log(f"exported: {version_dir}")
-    if on_exported:
-        on_exported(version_dir)
+    if on_exported:  # a Ctrl-C just here leaves a kept network exported too: the next run exports it again
+        on_exported()
     if run_dir is None:
         _log(f"test accuracy: {result.test_accuracy} ({result.test_errors} errors)")
         print(f"digits-train: the model is exported to {version_dir}, but no report folder could be created "

@@ -19,6 +19,7 @@ import numpy as np
 
 from trainer.data import Dataset
 from trainer.ensemble import average_models, mean_val_accuracy
+from trainer.precision import shared_processor
 from trainer.presets import Preset
 from trainer.restore import MEMBER_CONFIGS, RestoreError, restore_model
 from trainer.train import (
@@ -159,6 +160,7 @@ def combine_exports(
         train_size=cards[0].get("dataset", {}).get("train_images", 0),
         val_size=first.train.val_size,
         seconds=float(sum(card.get("training_seconds", 0.0) for card in cards)),
+        processor=shared_processor([card.get("processor") for card in cards]),
     )
     return CombineResult(
         combined=result, members=tuple(members), errors_by_size=errors_by_size, shared_errors=shared

@@ -15,6 +15,7 @@ import numpy as np
 from trainer.data import Dataset
 from trainer.member_store import MemberStore, MemberStoreError
 from trainer.model import MODEL_INPUT_SHAPE
+from trainer.precision import shared_processor
 from trainer.presets import Preset
 from trainer.train import TrainResult, predict_classes, score_predictions, train_model
 
@@ -111,5 +112,6 @@ def train_ensemble(
         seconds=sum(m.seconds for m in members),
         epoch_seconds=[s for m in members for s in m.epoch_seconds],
         epoch_cpu_seconds=[s for m in members for s in m.epoch_cpu_seconds],
+        processor=shared_processor([m.processor for m in members]),
     )
     return EnsembleResult(combined=combined, members=tuple(members))

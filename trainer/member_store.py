@@ -44,7 +44,8 @@ class MemberStoreError(ValueError):
 
 @dataclass(frozen=True)
 class MemberStore:
-    """Where the members of ensembles are kept: one folder per recipe and data, one per seed in it."""
+    """Where trained networks are kept (an ensemble's members; a network whose export failed): one
+    folder per recipe and data, one per seed in it."""
 
     root: Path
 
@@ -106,6 +107,7 @@ class MemberStore:
                 seconds=float(record["seconds"]),
                 epoch_seconds=list(record["epoch_seconds"]),
                 epoch_cpu_seconds=list(record.get("epoch_cpu_seconds", [])),  # absent from older records
+                processor=record.get("processor"),  # absent from older records: not known
             )
         except MemberStoreError as exc:
             raise MemberStoreError(f"{folder}: {exc}") from None
@@ -122,7 +124,7 @@ class MemberStore:
         folder = self.folder(member, dataset, limit_train)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        try:
+        try:  # an error writing (a full disk) or moving a damaged one aside is raised
             result.model.save_weights(tmp / MEMBER_WEIGHTS)
             (tmp / MEMBER_RECORD).write_text(json.dumps(_record(member, result), indent=2) + "\n")
             os.chmod(tmp, 0o755)  # mkdtemp makes 0700
@@ -131,10 +133,11 @@ class MemberStore:
                 aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}-damaged-", dir=folder.parent))
                 os.rename(folder, aside / folder.name)
                 shutil.rmtree(aside, ignore_errors=True)
-            os.rename(tmp, folder)  # fails if another run saved this member first: theirs is kept
-        except OSError:
-            if not folder.is_dir():
-                raise
+            try:
+                os.rename(tmp, folder)
+            except OSError:
+                if not folder.is_dir():  # else another run saved this member first: theirs is kept
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder
@@ -170,5 +173,6 @@ def _record(member: Preset, result: TrainResult) -> dict[str, Any]:
         "seconds": result.seconds,
         "epoch_seconds": result.epoch_seconds,
         "epoch_cpu_seconds": result.epoch_cpu_seconds,
+        "processor": result.processor,
         "history": result.history,
     }

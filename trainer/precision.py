@@ -29,11 +29,24 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
 
 
 def processor(cpuinfo: Path = CPUINFO) -> dict[str, Any]:
-    """Which processor computed here (the same seed trains another network on another one): its name,
-    family and model where /proc/cpuinfo says them, the architecture elsewhere, and the logical cores."""
+    """Which processor computes here (the same seed trains another network on another one): the
+    architecture; name, family and model where /proc/cpuinfo says them; the cores this process may use."""
     fields = _first_processor(cpuinfo)
     described = {key: fields[name] for key, name in PROCESSOR_FIELDS.items() if fields.get(name)}
-    return {"name": platform.machine(), **described, "cores": os.cpu_count()}
+    return {"architecture": platform.machine(), **described, "cores": usable_cores()}
+
+
+def shared_processor(processors: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The processor that trained every member; None where they differ or one is unknown."""
+    first = processors[0]
+    return first if first is not None and all(each == first for each in processors) else None
+
+
+def usable_cores() -> int:
+    """The logical cores this process may run on (its affinity where the OS has one, e.g. a container's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _first_processor(cpuinfo: Path) -> dict[str, str]:

@@ -31,7 +31,7 @@ from client.stats import Interval, confusion_matrix
 from trainer.augment import training_augmentation
 from trainer.data import Dataset
 from trainer.paired import ERROR_INDICES, error_indices
-from trainer.precision import accelerator_count, processor
+from trainer.precision import accelerator_count
 from trainer.presets import Preset
 from trainer.train import AVERAGED_VAL, SERVED_VAL, TrainResult
 from trainer.tta import describe as describe_tta
@@ -103,7 +103,7 @@ def model_card(result: TrainResult, dataset: Dataset) -> dict[str, Any]:
         "keras_version": keras.__version__,
         "python_version": platform.python_version(),
         "gpus": accelerator_count(),
-        "processor": processor(),
+        "processor": result.processor,  # that trained it; null where not one (combine) or not known
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import keras
 import numpy as np
@@ -17,7 +18,7 @@ from client.stats import Interval, wilson_interval
 from trainer.augment import AugmentationOff, training_augmentation, with_augmentation
 from trainer.data import Dataset
 from trainer.model import build_model, compile_model, model_input_array
-from trainer.precision import dtype_policy, resolve_precision
+from trainer.precision import dtype_policy, processor, resolve_precision
 from trainer.presets import ModelConfig, Preset
 from trainer.tta import for_dataset, serving_network
 
@@ -53,6 +54,7 @@ class TrainResult:
     seconds: float
     epoch_seconds: list[float] = field(default_factory=list)
     epoch_cpu_seconds: list[float] = field(default_factory=list)  # this process's CPU time (all threads)
+    processor: dict[str, Any] | None = None  # the one that trained it (trainer/precision.py); None: unknown
 
     @property
     def params(self) -> int:
@@ -366,4 +368,5 @@ def train_model(
         seconds=seconds,
         epoch_seconds=progress.seconds,
         epoch_cpu_seconds=progress.cpu_seconds,
+        processor=processor(),
     )

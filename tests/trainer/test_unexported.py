@@ -10,7 +10,8 @@ from client.contract import DEFAULT_MODEL_NAME
 from trainer import export
 from trainer.cli import main
 from trainer.export import existing_versions, read_model_card
-from trainer.member_store import MEMBER_WEIGHTS, MEMBERS_FOLDER, UNEXPORTED_FOLDER
+from trainer.member_store import MEMBER_WEIGHTS, MEMBERS_FOLDER, UNEXPORTED_FOLDER, MemberStore
+from trainer.precision import processor
 
 TINY = ["train", "--preset", "seed-best", "--epochs", "1", "--limit-train", "300", "--val-size", "100"]
 
@@ -70,6 +71,7 @@ def test_the_same_command_again_exports_the_kept_network_without_training(
     )
     card = read_model_card(tmp_path / "models" / DEFAULT_MODEL_NAME / "1")
     assert card["metrics"]["test_errors"] == trained_errors and card["config"]["train"]["seed"] == 42
+    assert card["processor"] == processor()  # the one that trained it, kept with it
     assert not (tmp_path / "models" / UNEXPORTED_FOLDER).exists()  # exported, so no longer kept
 
     assert main([*TINY, *folders(tmp_path)]) == 0  # a later run trains, as a run always has
@@ -101,7 +103,7 @@ def test_a_damaged_kept_network_is_trained_anew(tmp_path, mnist_data, monkeypatc
     fail_export(tmp_path, monkeypatch, TINY)
     (kept,) = kept_networks(tmp_path)
     weights = kept / MEMBER_WEIGHTS
-    weights.write_bytes(weights.read_bytes()[:5000])  # the disk filled up while it was written
+    weights.write_bytes(weights.read_bytes()[:5000])  # damaged since it was kept
     capsys.readouterr()
 
     assert main([*TINY, *folders(tmp_path)]) == 0
@@ -157,3 +159,43 @@ def test_ctrl_c_while_the_export_is_written_keeps_the_network(tmp_path, mnist_da
     )
     assert main([*TINY, *folders(tmp_path)]) == 0 and fits.count == 1
     assert existing_versions(tmp_path / "models" / DEFAULT_MODEL_NAME) == [1]
+
+
+def test_a_run_that_exports_leaves_another_runs_kept_network_alone(tmp_path, mnist_data, monkeypatch):
+    """Run B started before run A kept its network; B's own export must not throw A's away."""
+    fits = Fits(monkeypatch)
+    fail_export(tmp_path, monkeypatch, TINY)  # run A
+    (kept,) = kept_networks(tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(MemberStore, "load", lambda *args: None)  # B looked before A kept it
+        assert main([*TINY, *folders(tmp_path)]) == 0
+    assert fits.count == 2 and kept_networks(tmp_path) == [kept]
+
+
+def test_a_damaged_network_is_not_passed_off_as_this_one(tmp_path, mnist_data, monkeypatch, capsys):
+    import keras
+
+    fail_export(tmp_path, monkeypatch, TINY)
+    (kept,) = kept_networks(tmp_path)
+    weights = kept / MEMBER_WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:5000])
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.Model, "save_weights", full_disk)  # no room for this run's network either
+        fail_export(tmp_path, monkeypatch, TINY)
+    err = capsys.readouterr().err
+    assert "the trained network could not be kept either ([Errno 28] No space left on device)" in err
+    assert "kept in" not in err
+
+
+def test_a_failure_while_keeping_the_network_does_not_hide_the_exports_error(
+    tmp_path, mnist_data, monkeypatch, capsys
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("h5 writer broke")
+
+    monkeypatch.setattr(MemberStore, "save", broken)
+    fail_export(tmp_path, monkeypatch, TINY)  # the export's OSError is what is raised
+    err = capsys.readouterr().err
+    assert "the export failed (OSError: [Errno 28] No space left on device); then keeping what it needs " \
+        "failed too (RuntimeError: h5 writer broke)" in err
