@@ -103,7 +103,7 @@ def model_card(result: TrainResult, dataset: Dataset) -> dict[str, Any]:
         "keras_version": keras.__version__,
         "python_version": platform.python_version(),
         "gpus": accelerator_count(),
-        "processor": result.processor,  # that trained it; null where not one (combine) or not known
+        "processor": result.processor,  # that trained it; null where members differ or it is not known
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
